@@ -1,0 +1,82 @@
+"""Client of the blob node protocol (``cairn.wire``), used by frontends and raftmeta."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+
+from cairn import wire
+
+
+class BlobClient:
+    def __init__(self, secret: str, timeout: float = 30.0) -> None:
+        self.pool = wire.ConnectionPool(secret)
+        self.timeout = timeout
+
+    async def _call(
+        self, addr: str, header: dict[str, Any], payload: bytes | bytearray | memoryview | None = None,
+        *, want_payload: bool = False, timeout: float | None = None,
+    ) -> tuple[dict[str, Any], bytearray | None]:
+        conn = await self.pool.acquire(addr)
+        ok = False
+        try:
+            with trio.fail_after(timeout or self.timeout):
+                if payload is not None:
+                    header = {**header, "n": len(payload)}
+                await conn.send(header, payload)
+                reply = await conn.recv_header()
+                if reply is None:
+                    raise wire.WireError(wire.ERR_UNAVAILABLE, f"{addr} closed the connection")
+                data = None
+                n = int(reply.get("n", 0) or 0)
+                if n:
+                    data = await conn.recv_payload(n)
+                elif want_payload:
+                    data = bytearray()
+            ok = True
+        except trio.TooSlowError:
+            raise wire.WireError(wire.ERR_UNAVAILABLE, f"{addr} timed out") from None
+        except OSError as exc:
+            raise wire.WireError(wire.ERR_UNAVAILABLE, f"{addr}: {exc!r}") from None
+        finally:
+            if ok:
+                self.pool.release(addr, conn)
+            else:
+                conn.close()
+        if not reply.get("ok"):
+            raise wire.WireError(reply.get("err", wire.ERR_INTERNAL), reply.get("msg", ""))
+        return reply, data
+
+    async def put(self, addr: str, chunk_id: str, sha256: str, data: bytes | bytearray | memoryview) -> bool:
+        reply, _ = await self._call(addr, {"op": "put", "id": chunk_id, "sha256": sha256}, data)
+        return bool(reply.get("created"))
+
+    async def get(self, addr: str, chunk_id: str, offset: int = 0, length: int | None = None) -> tuple[dict[str, Any], bytearray]:
+        header: dict[str, Any] = {"op": "get", "id": chunk_id, "off": offset}
+        if length is not None:
+            header["len"] = length
+        reply, data = await self._call(addr, header, want_payload=True)
+        assert data is not None
+        return reply, data
+
+    async def stat(self, addr: str, chunk_id: str) -> dict[str, Any]:
+        return (await self._call(addr, {"op": "stat", "id": chunk_id}))[0]
+
+    async def delete(self, addr: str, chunk_ids: list[str]) -> int:
+        return (await self._call(addr, {"op": "delete", "ids": chunk_ids}))[0]["deleted"]
+
+    async def list(self, addr: str, after: str = "", limit: int = 1000) -> tuple[list[str], bool]:
+        reply = (await self._call(addr, {"op": "list", "after": after, "limit": limit}))[0]
+        return reply["ids"], reply["more"]
+
+    async def list_all(self, addr: str) -> list[str]:
+        ids: list[str] = []
+        more = True
+        while more:
+            page, more = await self.list(addr, ids[-1] if ids else "", 10000)
+            ids.extend(page)
+        return ids
+
+    async def info(self, addr: str, timeout: float = 3.0) -> dict[str, Any]:
+        return (await self._call(addr, {"op": "info"}, timeout=timeout))[0]

@@ -1,0 +1,112 @@
+"""The blob node process: serves the chunk store over the framed msgpack protocol
+(``cairn.wire``) and heartbeats its capacity and usage to raftmeta."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import trio
+
+from blobnode.store import ChunkStore, StoreError
+from cairn import wire
+from raftmeta.client import MetaClient
+
+log = logging.getLogger("blobnode")
+
+MAX_CHUNK = 64 * 1024 * 1024
+HEARTBEAT_INTERVAL = 3.0
+
+
+class BlobServer:
+    def __init__(self, store: ChunkStore, secret: str) -> None:
+        self.store = store
+        self.secret = secret
+        self.limiter = trio.CapacityLimiter(8)  # concurrent disk operations
+
+    async def serve_conn(self, stream: trio.SocketStream) -> None:
+        conn = wire.FramedSocket(stream.socket)
+        try:
+            stream.socket.setsockopt(trio.socket.IPPROTO_TCP, trio.socket.TCP_NODELAY, 1)
+            if not await wire.server_handshake(conn, self.secret):
+                return
+            while True:
+                header = await conn.recv_header()
+                if header is None:
+                    return
+                await self.handle(conn, header)
+        except (wire.WireError, OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+            return
+        finally:
+            conn.close()
+
+    async def _disk(self, fn: Any, *args: Any) -> Any:
+        return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
+
+    async def handle(self, conn: wire.FramedSocket, h: dict[str, Any]) -> None:
+        op = h.get("op")
+        n = int(h.get("n", 0) or 0)
+        try:
+            if op == "put":
+                if n > MAX_CHUNK:
+                    await conn.skip_payload(n)
+                    raise StoreError(wire.ERR_BAD_REQUEST, "chunk too large")
+                data = await conn.recv_payload(n)
+                created = await self._disk(self.store.put, h["id"], h["sha256"], data)
+                await conn.send({"ok": True, "created": created})
+            elif op == "get":
+                size, sha, data = await self._disk(self.store.read, h["id"], h.get("off", 0), h.get("len"))
+                await conn.send({"ok": True, "size": size, "sha256": sha, "n": len(data)}, data)
+            elif op == "stat":
+                size, sha = await self._disk(self.store.stat, h["id"])
+                await conn.send({"ok": True, "size": size, "sha256": sha})
+            elif op == "delete":
+                deleted = 0
+                for chunk_id in h.get("ids", []):
+                    deleted += await self._disk(self.store.delete, chunk_id)
+                await conn.send({"ok": True, "deleted": deleted})
+            elif op == "list":
+                ids, more = await self._disk(self.store.list, h.get("after", ""), min(int(h.get("limit", 1000)), 10000))
+                await conn.send({"ok": True, "ids": ids, "more": more})
+            elif op == "info":
+                await conn.send({"ok": True, **self.info()})
+            else:
+                if n:
+                    await conn.skip_payload(n)
+                raise StoreError(wire.ERR_BAD_REQUEST, f"unknown op {op!r}")
+        except StoreError as exc:
+            await conn.send({"ok": False, "err": exc.code, "msg": exc.msg})
+        except (KeyError, TypeError, ValueError) as exc:
+            await conn.send({"ok": False, "err": wire.ERR_BAD_REQUEST, "msg": repr(exc)})
+
+    def info(self) -> dict[str, Any]:
+        total, free = self.store.capacity()
+        return {"node_id": self.store.node_id, "capacity": total, "free": free,
+                "used": self.store.used, "chunks": self.store.count}
+
+
+async def heartbeat_loop(server: BlobServer, meta: MetaClient, advertise: str) -> None:
+    while True:
+        info = server.info()
+        try:
+            await meta.write({
+                "op": "node_heartbeat", "node_id": info["node_id"], "addr": advertise,
+                "capacity": info["capacity"], "used": info["capacity"] - info["free"],
+                "chunks": info["chunks"], "ts": time.time(),
+            }, deadline=HEARTBEAT_INTERVAL * 2)
+        except wire.WireError as exc:
+            log.warning("heartbeat to raftmeta failed: %s", exc)
+        await trio.sleep(HEARTBEAT_INTERVAL)
+
+
+async def serve(args: Any) -> None:
+    store = ChunkStore(args.data_dir)
+    server = BlobServer(store, args.secret)
+    meta = MetaClient(args.meta, args.secret)
+    host, port = wire.split_addr(args.listen)
+    advertise = args.advertise or args.listen
+    log.info("blobnode %s (%s) listening on %s, %d chunks", store.node_id, args.data_dir, args.listen, store.count)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(heartbeat_loop, server, meta, advertise)
+        await trio.serve_tcp(server.serve_conn, port, host=host)

@@ -1,0 +1,210 @@
+"""The chunk store: all of a blob node's disk layout behind one boundary.
+
+Layout under the data directory:
+  node_id                    this node's identity, made once
+  chunks/ab/cd/<id>          one file per chunk: a 64-byte header, then the bytes
+  tmp/                       writes in progress (emptied at start-up)
+
+A chunk file's header is ``b"CAIRNCK1" | u64 size | sha256 (32 bytes) | 16 zero bytes``,
+so a chunk can be verified at rest (the scrubber) without asking raftmeta.
+
+Durability: a put is acknowledged only after its bytes matched the SHA-256 the writer
+sent, were fsynced in a temp file, renamed into place and the directory fsynced.
+Chunk ids are 32 lowercase hex digits chosen by the frontend, never user input; any
+other id is refused before it touches a path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import struct
+import threading
+import uuid
+
+MAGIC = b"CAIRNCK1"
+HEADER = struct.Struct(">8sQ32s16x")
+HEADER_SIZE = HEADER.size  # 64
+_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+class StoreError(Exception):
+    def __init__(self, code: str, msg: str = "") -> None:
+        super().__init__(f"{code}: {msg}")
+        self.code = code
+        self.msg = msg
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def check_id(chunk_id: str) -> str:
+    if not isinstance(chunk_id, str) or not _ID.match(chunk_id):
+        raise StoreError("BadRequest", "invalid chunk id")
+    return chunk_id
+
+
+class ChunkStore:
+    def __init__(self, root: str) -> None:
+        self.root = os.path.abspath(root)
+        self.chunk_dir = os.path.join(self.root, "chunks")
+        self.tmp_dir = os.path.join(self.root, "tmp")
+        os.makedirs(self.chunk_dir, exist_ok=True)
+        shutil.rmtree(self.tmp_dir, ignore_errors=True)
+        os.makedirs(self.tmp_dir)
+        self.node_id = self._load_node_id()
+        self._lock = threading.Lock()
+        self.used, self.count = self._scan()
+
+    def _load_node_id(self) -> str:
+        path = os.path.join(self.root, "node_id")
+        try:
+            with open(path) as f:
+                return f.read().strip()
+        except FileNotFoundError:
+            node_id = uuid.uuid4().hex[:12]
+            with open(path + ".tmp", "w") as f:
+                f.write(node_id)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(path + ".tmp", path)
+            _fsync_dir(self.root)
+            return node_id
+
+    def _scan(self) -> tuple[int, int]:
+        used = count = 0
+        for dirpath, _dirs, files in os.walk(self.chunk_dir):
+            for name in files:
+                used += os.path.getsize(os.path.join(dirpath, name)) - HEADER_SIZE
+                count += 1
+        return used, count
+
+    def path(self, chunk_id: str) -> str:
+        check_id(chunk_id)
+        return os.path.join(self.chunk_dir, chunk_id[:2], chunk_id[2:4], chunk_id)
+
+    def capacity(self) -> tuple[int, int]:
+        """(total bytes of the disk, bytes free on it)."""
+        usage = shutil.disk_usage(self.root)
+        return usage.total, usage.free
+
+    # ------------------------------------------------------------------ writes
+
+    def put(self, chunk_id: str, sha256_hex: str, data: bytes | bytearray | memoryview) -> bool:
+        """Store a chunk durably. Returns False if an identical chunk was already there."""
+        final = self.path(chunk_id)
+        digest = hashlib.sha256(data).digest()
+        if digest.hex() != sha256_hex:
+            raise StoreError("ChecksumMismatch", "chunk does not match its sha256")
+        if os.path.exists(final):
+            size, sha = self._read_header(final)
+            if sha == digest and size == len(data):
+                return False
+        tmp = os.path.join(self.tmp_dir, f"{chunk_id}.{uuid.uuid4().hex[:8]}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            os.write(fd, HEADER.pack(MAGIC, len(data), digest))
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        except OSError as exc:
+            os.close(fd)
+            os.unlink(tmp)
+            raise StoreError("NoSpace" if exc.errno == 28 else "Internal", str(exc)) from exc
+        os.close(fd)
+        self._make_parents(final)
+        os.rename(tmp, final)
+        _fsync_dir(os.path.dirname(final))
+        with self._lock:
+            self.used += len(data)
+            self.count += 1
+        return True
+
+    def _make_parents(self, final: str) -> None:
+        leaf = os.path.dirname(final)
+        if os.path.isdir(leaf):
+            return
+        mid = os.path.dirname(leaf)
+        if not os.path.isdir(mid):
+            os.makedirs(mid, exist_ok=True)
+            _fsync_dir(self.chunk_dir)
+        os.makedirs(leaf, exist_ok=True)
+        _fsync_dir(mid)
+
+    def delete(self, chunk_id: str) -> bool:
+        path = self.path(chunk_id)
+        try:
+            size = os.path.getsize(path) - HEADER_SIZE
+            os.unlink(path)
+        except FileNotFoundError:
+            return False
+        with self._lock:
+            self.used -= size
+            self.count -= 1
+        return True
+
+    # ------------------------------------------------------------------ reads
+
+    @staticmethod
+    def _read_header(path: str) -> tuple[int, bytes]:
+        with open(path, "rb") as f:
+            magic, size, sha = HEADER.unpack(f.read(HEADER_SIZE))
+        if magic != MAGIC:
+            raise StoreError("ChecksumMismatch", "bad chunk header")
+        return size, sha
+
+    def stat(self, chunk_id: str) -> tuple[int, str]:
+        try:
+            size, sha = self._read_header(self.path(chunk_id))
+        except FileNotFoundError:
+            raise StoreError("NotFound", chunk_id) from None
+        return size, sha.hex()
+
+    def read(self, chunk_id: str, offset: int = 0, length: int | None = None) -> tuple[int, str, bytearray]:
+        """(chunk size, stored sha256, the bytes [offset, offset+length)). Not verified here:
+        the reader checks the SHA-256 of what it receives end to end."""
+        try:
+            fd = os.open(self.path(chunk_id), os.O_RDONLY)
+        except FileNotFoundError:
+            raise StoreError("NotFound", chunk_id) from None
+        try:
+            magic, size, sha = HEADER.unpack(os.pread(fd, HEADER_SIZE, 0))
+            if magic != MAGIC:
+                raise StoreError("ChecksumMismatch", "bad chunk header")
+            offset = max(0, min(offset, size))
+            length = size - offset if length is None else max(0, min(length, size - offset))
+            buf = bytearray(length)
+            view = memoryview(buf)
+            pos = 0
+            while pos < length:
+                got = os.preadv(fd, [view[pos:]], HEADER_SIZE + offset + pos)
+                if got == 0:
+                    raise StoreError("ChecksumMismatch", "chunk file truncated")
+                pos += got
+            return size, sha.hex(), buf
+        finally:
+            os.close(fd)
+
+    def list(self, after: str = "", limit: int = 1000) -> tuple[list[str], bool]:
+        """Chunk ids in order, after ``after``; (ids, more)."""
+        ids: list[str] = []
+        for a in sorted(os.listdir(self.chunk_dir)):
+            if a < after[:2]:
+                continue
+            for b in sorted(os.listdir(os.path.join(self.chunk_dir, a))):
+                if a + b < after[:4]:
+                    continue
+                for name in sorted(os.listdir(os.path.join(self.chunk_dir, a, b))):
+                    if name > after:
+                        ids.append(name)
+                        if len(ids) > limit:
+                            return ids[:limit], True
+        return ids, False

@@ -1,0 +1,115 @@
+"""Configuration of every role: command-line flags, a TOML file, and the environment.
+
+Precedence: a flag on the command line, then the role's section of ``--config FILE``
+(keys named like the flags, with ``_``), then the environment for secrets, then the
+defaults below. Addresses are always ``host:port``; nothing assumes 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import tomllib
+from typing import Any
+
+DEFAULT_ROOT_ACCESS_KEY = "cairnroot"
+DEFAULT_ROOT_SECRET_KEY = "cairnroot-secret-key"
+MIB = 1024 * 1024
+
+
+def addr_list(value: str | list[str]) -> list[str]:
+    if isinstance(value, list):
+        return value
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="TOML file; its [ROLE] section gives defaults for these flags")
+    p.add_argument("--secret-file", help="file holding the cluster secret (else $CAIRN_CLUSTER_SECRET)")
+    p.add_argument("--log-level", default="INFO")
+
+
+def add_raftmeta(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--raft", required=False, help="this node's Raft address host:port")
+    p.add_argument("--peers", type=addr_list, default=[], help="the other nodes' Raft addresses, comma separated")
+    p.add_argument("--rpc", help="this node's RPC address host:port")
+    p.add_argument("--data-dir", default="./data/raftmeta")
+    p.add_argument("--gc-grace", type=float, default=300.0, help="seconds before an unreferenced chunk is deleted")
+    p.add_argument("--gc-interval", type=float, default=5.0)
+
+
+def add_blobnode(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--listen", help="host:port to serve chunks on")
+    p.add_argument("--advertise", help="host:port others reach this node at (default: --listen)")
+    p.add_argument("--meta", type=addr_list, default=[], help="raftmeta RPC addresses, comma separated")
+    p.add_argument("--data-dir", default="./data/blobnode")
+
+
+def add_frontend(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--listen", default="127.0.0.1:9000", help="host:port of the S3 endpoint")
+    p.add_argument("--meta", type=addr_list, default=[], help="raftmeta RPC addresses, comma separated")
+    p.add_argument("--chunk-size", type=int, default=8 * MIB)
+    p.add_argument("--replicas", type=int, default=3, help="copies of each chunk (N)")
+    p.add_argument("--write-quorum", type=int, default=2, help="acknowledged copies before a chunk counts (W)")
+    p.add_argument("--region", default="us-east-1")
+
+
+ROLES = {"raftmeta": add_raftmeta, "blobnode": add_blobnode, "frontend": add_frontend}
+REQUIRED = {"raftmeta": ("raft", "rpc"), "blobnode": ("listen", "meta"), "frontend": ("listen", "meta")}
+
+
+def parse_role(role: str, argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=f"cairn {role}")
+    add_common(parser)
+    ROLES[role](parser)
+    first, _ = parser.parse_known_args(argv)
+    if first.config:
+        with open(first.config, "rb") as f:
+            doc = tomllib.load(f)
+        section = {k.replace("-", "_"): v for k, v in {**doc.get("cluster", {}), **doc.get(role, {})}.items()}
+        known = {a.dest for a in parser._actions}
+        parser.set_defaults(**{k: v for k, v in section.items() if k in known})
+    args = parser.parse_args(argv)
+    for name in REQUIRED[role]:
+        if not getattr(args, name):
+            parser.error(f"--{name.replace('_', '-')} is required (flag or config file)")
+    for name in ("peers", "meta"):
+        if hasattr(args, name):
+            setattr(args, name, addr_list(getattr(args, name)))
+    args.secret = load_secret(args.secret_file)
+    return args
+
+
+def load_secret(path: str | None) -> str:
+    if path:
+        with open(path) as f:
+            return f.read().strip()
+    value = os.environ.get("CAIRN_CLUSTER_SECRET")
+    if not value:
+        raise SystemExit("the cluster secret is required: --secret-file FILE or $CAIRN_CLUSTER_SECRET")
+    return value
+
+
+def ensure_secret_file(path: str) -> str:
+    """Read the cluster secret at ``path``, making a random one the first time."""
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except FileNotFoundError:
+        value = secrets.token_urlsafe(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(value)
+        return value
+
+
+def root_credentials() -> tuple[str, str]:
+    return (
+        os.environ.get("CAIRN_ROOT_ACCESS_KEY", DEFAULT_ROOT_ACCESS_KEY),
+        os.environ.get("CAIRN_ROOT_SECRET_KEY", DEFAULT_ROOT_SECRET_KEY),
+    )
+
+
+def namespace(**kw: Any) -> argparse.Namespace:
+    return argparse.Namespace(**kw)

@@ -1,0 +1,238 @@
+"""The internal wire format, defined once for every tier.
+
+A frame is ``u32 big-endian header length | msgpack header map | payload``. The payload
+is raw bytes whose length is the header's ``"n"`` field (absent or 0: no payload); it is
+never packed inside the msgpack map, so an 8 MiB chunk is sent from and received into
+one buffer without being copied through msgpack.
+
+Requests carry ``"op"``; replies carry ``"ok": True`` and fields, or ``"ok": False``,
+``"err"`` (a code from ``ERR_*`` below or an S3 error code) and ``"msg"``. An error
+crosses the wire as a code, never as a string to be matched.
+
+Blob node ops (payload where noted):
+  put    {id, sha256, n} + payload   -> {ok}
+  get    {id, off?, len?}            -> {ok, size, sha256, n} + payload
+  stat   {id}                        -> {ok, size, sha256}
+  delete {ids}                       -> {ok, deleted}
+  list   {after?, limit?}            -> {ok, ids, more}
+  info   {}                          -> {ok, node_id, capacity, used, chunks}
+
+Metadata (raftmeta) ops: ``{op: "write", cmd: {...}, rid}`` proposes a command through
+Raft; ``{op: "read", q: {...}, linear: bool}`` reads the state machine (after a Raft
+barrier when linear); ``{op: "status"}``. Command and query shapes live in
+``raftmeta.state``, the one place that interprets them.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import struct
+from typing import Any
+
+import msgpack
+import trio
+
+MAX_HEADER = 1 << 20
+_LEN = struct.Struct(">I")
+
+# Internal error codes (S3 error codes such as NoSuchBucket also cross the wire as-is).
+ERR_BAD_REQUEST = "BadRequest"
+ERR_NOT_FOUND = "NotFound"
+ERR_CHECKSUM = "ChecksumMismatch"
+ERR_NO_SPACE = "NoSpace"
+ERR_UNAVAILABLE = "Unavailable"  # no Raft leader / not ready: retry elsewhere
+ERR_INTERNAL = "Internal"
+ERR_AUTH = "AuthFailed"
+
+
+class WireError(Exception):
+    """A remote reply with ``ok: False``, or a broken connection (code ERR_UNAVAILABLE)."""
+
+    def __init__(self, code: str, msg: str = "") -> None:
+        super().__init__(f"{code}: {msg}" if msg else code)
+        self.code = code
+        self.msg = msg
+
+
+def pack(header: dict[str, Any]) -> bytes:
+    body = msgpack.packb(header, use_bin_type=True)
+    return _LEN.pack(len(body)) + body
+
+
+def unpack(body: bytes | bytearray | memoryview) -> dict[str, Any]:
+    return msgpack.unpackb(body, raw=False)
+
+
+class FramedSocket:
+    """Reads and writes frames on a connected ``trio.socket`` socket.
+
+    ``recv_into`` lets a payload land directly in a caller-provided buffer.
+    """
+
+    def __init__(self, sock: trio.socket.SocketType) -> None:
+        self.sock = sock
+        self._buf = bytearray()  # bytes read past the last header, not yet consumed
+
+    async def send(self, header: dict[str, Any], payload: bytes | bytearray | memoryview | None = None) -> None:
+        data = pack(header)
+        if payload is not None and len(payload) and len(payload) <= 65536:
+            data += bytes(payload)
+            payload = None
+        await self._send_all(data)
+        if payload is not None and len(payload):
+            await self._send_all(payload)
+
+    async def _send_all(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data)
+        while view:
+            sent = await self.sock.send(view)
+            view = view[sent:]
+
+    async def _fill(self, n: int) -> None:
+        while len(self._buf) < n:
+            data = await self.sock.recv(max(65536, n - len(self._buf)))
+            if not data:
+                raise WireError(ERR_UNAVAILABLE, "connection closed")
+            self._buf += data
+
+    async def recv_header(self) -> dict[str, Any] | None:
+        """Next frame's header, or None on a clean end of stream before any byte."""
+        if not self._buf:
+            data = await self.sock.recv(65536)
+            if not data:
+                return None
+            self._buf += data
+        await self._fill(4)
+        (size,) = _LEN.unpack_from(self._buf)
+        if size > MAX_HEADER:
+            raise WireError(ERR_BAD_REQUEST, "header too large")
+        await self._fill(4 + size)
+        header = unpack(memoryview(self._buf)[4 : 4 + size])
+        del self._buf[: 4 + size]
+        if not isinstance(header, dict):
+            raise WireError(ERR_BAD_REQUEST, "header is not a map")
+        return header
+
+    async def recv_payload_into(self, view: memoryview) -> None:
+        """Fill ``view`` completely with the payload bytes that follow the header."""
+        have = min(len(self._buf), len(view))
+        if have:
+            view[:have] = self._buf[:have]
+            del self._buf[:have]
+        pos = have
+        while pos < len(view):
+            got = await self.sock.recv_into(view[pos:])
+            if not got:
+                raise WireError(ERR_UNAVAILABLE, "connection closed mid-payload")
+            pos += got
+
+    async def recv_payload(self, n: int) -> bytearray:
+        buf = bytearray(n)
+        await self.recv_payload_into(memoryview(buf))
+        return buf
+
+    async def skip_payload(self, n: int) -> None:
+        scratch = memoryview(bytearray(min(n, 1 << 20)))
+        while n > 0:
+            step = min(n, len(scratch))
+            await self.recv_payload_into(scratch[:step])
+            n -= step
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+async def connect(addr: str, timeout: float = 3.0) -> FramedSocket:
+    host, port = split_addr(addr)
+    with trio.fail_after(timeout):
+        sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(trio.socket.IPPROTO_TCP, trio.socket.TCP_NODELAY, 1)
+            await sock.connect((await _resolve(host), port))
+        except BaseException:
+            sock.close()
+            raise
+    return FramedSocket(sock)
+
+
+async def _resolve(host: str) -> str:
+    infos = await trio.socket.getaddrinfo(host, None, trio.socket.AF_INET, trio.socket.SOCK_STREAM)
+    return infos[0][4][0]
+
+
+def split_addr(addr: str) -> tuple[str, int]:
+    host, _, port = addr.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"address must be host:port, got {addr!r}")
+    return host, int(port)
+
+
+# --- cluster authentication: every internal connection starts with a challenge --------
+
+
+def auth_proof(secret: str, nonce: bytes, role: str) -> bytes:
+    return hmac.new(secret.encode(), role.encode() + b"\0" + nonce, "sha256").digest()
+
+
+async def server_handshake(conn: FramedSocket, secret: str) -> bool:
+    """Challenge a new client: it must prove it holds the cluster secret."""
+    nonce = os.urandom(16)
+    await conn.send({"hello": nonce})
+    with trio.move_on_after(5):
+        header = await conn.recv_header()
+        if header and hmac.compare_digest(header.get("proof", b""), auth_proof(secret, nonce, "client")):
+            await conn.send({"ok": True})
+            return True
+    await conn.send({"ok": False, "err": ERR_AUTH, "msg": "cluster secret required"})
+    return False
+
+
+async def client_handshake(conn: FramedSocket, secret: str) -> None:
+    header = await conn.recv_header()
+    if not header or "hello" not in header:
+        raise WireError(ERR_UNAVAILABLE, "no handshake from server")
+    await conn.send({"proof": auth_proof(secret, header["hello"], "client")})
+    reply = await conn.recv_header()
+    if not reply or not reply.get("ok"):
+        raise WireError(ERR_AUTH, "server rejected the cluster secret")
+
+
+class ConnectionPool:
+    """Idle authenticated connections per address; one request at a time per connection."""
+
+    def __init__(self, secret: str, max_idle: int = 16, connect_timeout: float = 3.0) -> None:
+        self.secret = secret
+        self.max_idle = max_idle
+        self.connect_timeout = connect_timeout
+        self._idle: dict[str, list[FramedSocket]] = {}
+
+    async def acquire(self, addr: str) -> FramedSocket:
+        idle = self._idle.get(addr)
+        if idle:
+            return idle.pop()
+        try:
+            conn = await connect(addr, self.connect_timeout)
+        except (OSError, trio.TooSlowError) as exc:
+            raise WireError(ERR_UNAVAILABLE, f"{addr}: {exc!r}") from None
+        try:
+            with trio.fail_after(self.connect_timeout):
+                await client_handshake(conn, self.secret)
+        except BaseException as exc:
+            conn.close()
+            if isinstance(exc, (OSError, trio.TooSlowError)):
+                raise WireError(ERR_UNAVAILABLE, f"{addr}: handshake {exc!r}") from None
+            raise
+        return conn
+
+    def release(self, addr: str, conn: FramedSocket) -> None:
+        idle = self._idle.setdefault(addr, [])
+        if len(idle) < self.max_idle:
+            idle.append(conn)
+        else:
+            conn.close()
+
+    def discard(self, addr: str) -> None:
+        """Close every idle connection to ``addr`` (after it failed)."""
+        for conn in self._idle.pop(addr, []):
+            conn.close()

@@ -1,0 +1,213 @@
+"""A real Cairn cluster of separate processes on free local ports, for tests and chaos.
+
+Every process is started with ``python -m cairn.cli ROLE ...`` in its own process
+group, logs to ``ROOT/logs/NAME.log`` and keeps its state under ``ROOT/NAME``; any of
+them can be killed (any signal), paused and restarted on the same ports and data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SECRET = "test-cluster-secret"
+ACCESS_KEY = "cairnroot"
+SECRET_KEY = "cairnroot-secret-key"
+
+
+def free_ports(count: int) -> list[int]:
+    socks, ports = [], []
+    for _ in range(count):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+        ports.append(s.getsockname()[1])
+    for s in socks:
+        s.close()
+    return ports
+
+
+@dataclass
+class Proc:
+    name: str
+    args: list[str]
+    popen: subprocess.Popen | None = None
+    log_file: Path | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.popen.pid if self.popen else None
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+
+@dataclass
+class Cluster:
+    root: Path
+    metas: int = 3
+    blobs: int = 3
+    frontends: int = 2
+    chunk_size: int = 8 * 1024 * 1024
+    gc_grace: float = 300.0
+    gc_interval: float = 5.0
+    extra_env: dict[str, str] = field(default_factory=dict)
+    procs: dict[str, Proc] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root)
+        (self.root / "logs").mkdir(parents=True, exist_ok=True)
+        ports = free_ports(2 * self.metas + self.blobs + self.frontends)
+        raft = [f"127.0.0.1:{p}" for p in ports[: self.metas]]
+        self.rpc = [f"127.0.0.1:{p}" for p in ports[self.metas : 2 * self.metas]]
+        blob = [f"127.0.0.1:{p}" for p in ports[2 * self.metas : 2 * self.metas + self.blobs]]
+        self.endpoints = [f"http://127.0.0.1:{p}" for p in ports[2 * self.metas + self.blobs :]]
+        meta_list = ",".join(self.rpc)
+        for i in range(self.metas):
+            peers = ",".join(a for j, a in enumerate(raft) if j != i)
+            self._add(f"raftmeta{i + 1}", ["raftmeta", "--raft", raft[i], "--peers", peers, "--rpc", self.rpc[i],
+                                           "--data-dir", str(self.root / f"raftmeta{i + 1}"),
+                                           "--gc-grace", str(self.gc_grace), "--gc-interval", str(self.gc_interval)])
+        for i in range(self.blobs):
+            self._add(f"blobnode{i + 1}", ["blobnode", "--listen", blob[i], "--meta", meta_list,
+                                           "--data-dir", str(self.root / f"blobnode{i + 1}")])
+        for i in range(self.frontends):
+            self._add(f"frontend{i + 1}", ["frontend", "--listen", self.endpoints[i].removeprefix("http://"),
+                                           "--meta", meta_list, "--chunk-size", str(self.chunk_size)])
+
+    def _add(self, name: str, args: list[str]) -> None:
+        self.procs[name] = Proc(name, args, log_file=self.root / "logs" / f"{name}.log")
+
+    def env(self) -> dict[str, str]:
+        return dict(os.environ, CAIRN_CLUSTER_SECRET=SECRET, CAIRN_ROOT_ACCESS_KEY=ACCESS_KEY,
+                    CAIRN_ROOT_SECRET_KEY=SECRET_KEY, PYTHONUNBUFFERED="1", **self.extra_env)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self, name: str | None = None) -> None:
+        for proc in [self.procs[name]] if name else self.procs.values():
+            if proc.alive():
+                continue
+            log = open(proc.log_file, "ab")  # noqa: SIM115 (owned by the child)
+            proc.popen = subprocess.Popen(
+                [sys.executable, "-m", "cairn.cli", *proc.args], env=self.env(), stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True,
+            )
+            log.close()
+
+    def signal(self, name: str, sig: int = signal.SIGKILL) -> None:
+        proc = self.procs[name]
+        if proc.alive():
+            os.killpg(proc.popen.pid, sig)
+            if sig in (signal.SIGKILL, signal.SIGTERM):
+                proc.popen.wait(10)
+
+    def kill(self, name: str) -> None:
+        self.signal(name, signal.SIGKILL)
+
+    def restart(self, name: str) -> None:
+        self.kill(name)
+        self.start(name)
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.alive():
+                os.killpg(proc.popen.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for proc in self.procs.values():
+            if proc.popen is None:
+                continue
+            try:
+                proc.popen.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.popen.pid, signal.SIGKILL)
+                proc.popen.wait(5)
+
+    def __enter__(self) -> Cluster:
+        self.start()
+        self.wait_healthy()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ readiness
+
+    def health(self, index: int = 0) -> dict | None:
+        try:
+            with urllib.request.urlopen(f"{self.endpoints[index]}/_cairn/health", timeout=5) as r:
+                return json.loads(r.read())
+        except urllib.error.HTTPError as exc:
+            return json.loads(exc.read() or b"{}")
+        except (OSError, ValueError):
+            return None
+
+    def wait_healthy(self, timeout: float = 60.0, blobnodes: int | None = None) -> None:
+        want = self.blobs if blobnodes is None else blobnodes
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            states = [self.health(i) for i in range(self.frontends) if self.procs[f"frontend{i + 1}"].alive()]
+            if states and all(s and s.get("raftmeta") and s.get("blobnodes_writable", 0) >= want for s in states):
+                return
+            time.sleep(0.2)
+        raise TimeoutError(f"cluster not healthy after {timeout}s: {[self.health(i) for i in range(self.frontends)]}\n"
+                           + self.tail_logs())
+
+    def tail_logs(self, lines: int = 15) -> str:
+        out = []
+        for proc in self.procs.values():
+            if proc.log_file and proc.log_file.exists():
+                text = proc.log_file.read_text(errors="replace").splitlines()[-lines:]
+                out.append(f"--- {proc.name}\n" + "\n".join(text))
+        return "\n".join(out)
+
+    def s3(self, index: int = 0, **config: object):  # -> botocore S3 client
+        import boto3
+        from botocore.config import Config
+
+        cfg = Config(retries={"max_attempts": 5, "mode": "standard"}, **config)
+        return boto3.client("s3", endpoint_url=self.endpoints[index], aws_access_key_id=ACCESS_KEY,
+                            aws_secret_access_key=SECRET_KEY, region_name="us-east-1", config=cfg)
+
+    def leader(self) -> str | None:
+        """Name of the raftmeta process that is the Raft leader now, if any."""
+        import trio
+
+        from raftmeta.client import MetaClient
+
+        async def find() -> str | None:
+            client = MetaClient(self.rpc, SECRET)
+            for i, addr in enumerate(self.rpc):
+                if not self.procs[f"raftmeta{i + 1}"].alive():
+                    continue
+                try:
+                    with trio.move_on_after(2):
+                        status = await client.status(addr)
+                        if status.get("is_leader"):
+                            return f"raftmeta{i + 1}"
+                except Exception:
+                    continue
+            return None
+
+        return trio.run(find)
+
+    def blob_dirs(self) -> list[Path]:
+        return [self.root / f"blobnode{i + 1}" for i in range(self.blobs)]
+
+    def chunk_files(self) -> dict[str, list[Path]]:
+        """chunk id -> the chunk files holding it, across every blob node's disk."""
+        found: dict[str, list[Path]] = {}
+        for d in self.blob_dirs():
+            for path in (d / "chunks").rglob("*"):
+                if path.is_file():
+                    found.setdefault(path.name, []).append(path)
+        return found

@@ -1,0 +1,147 @@
+"""The S3 frontend as a QuartTrio app: request routing, authentication, error rendering.
+
+Quart is used for its ASGI plumbing, with three of its defaults replaced:
+- request bodies: Quart buffers every received piece with no backpressure. Our body
+  stops reading from the socket while more than ``BODY_BUFFER`` bytes wait, so a slow
+  replica slows the client down instead of filling memory;
+- routing: S3 paths are not URL routes ('//' and '..' are legal in keys, and Werkzeug
+  would merge or redirect them). ``dispatch_request`` parses the raw path itself;
+- timeouts: RESPONSE_TIMEOUT would cut a long download short behind a 200; it is off,
+  and so are MAX_CONTENT_LENGTH and BODY_TIMEOUT (S3 limits are enforced by handlers).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+from urllib.parse import parse_qsl, unquote_to_bytes
+
+import trio
+from quart import Response
+from quart_trio import QuartTrio
+from quart_trio.asgi import TrioASGIHTTPConnection
+from quart_trio.wrappers.request import TrioBody, TrioRequest
+
+from frontend import handlers
+from frontend.errors import S3Error
+from frontend.sigv4 import verify_request
+
+log = logging.getLogger("frontend")
+
+BODY_BUFFER = 1 << 20
+ADMIN_PREFIX = "_cairn"
+
+
+class BoundedBody(TrioBody):
+    """A request body that tells the receiver when there is room for more."""
+
+    def __init__(self, expected_content_length: int | None, max_content_length: int | None) -> None:
+        super().__init__(expected_content_length, None)
+        self._room = trio.Event()
+        self.received = 0
+
+    def append(self, data: bytes) -> None:
+        self.received += len(data)
+        super().append(data)
+
+    async def __anext__(self) -> bytes:
+        data = await super().__anext__()
+        self._room.set()
+        return data
+
+    async def wait_for_room(self) -> None:
+        while len(self._data) >= BODY_BUFFER and not self._complete.is_set():
+            self._room = trio.Event()
+            await self._room.wait()
+
+
+class BoundedRequest(TrioRequest):
+    body_class = BoundedBody
+
+
+class BoundedConnection(TrioASGIHTTPConnection):
+    async def handle_messages(self, nursery: trio.Nursery, request: Any, receive: Any) -> None:  # type: ignore[override]
+        while True:
+            await request.body.wait_for_room()
+            message = await receive()
+            if message["type"] == "http.request":
+                request.body.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    request.body.set_complete()
+            elif message["type"] == "http.disconnect":
+                break
+        nursery.cancel_scope.cancel()
+
+
+class CairnApp(QuartTrio):
+    asgi_http_class = BoundedConnection
+    request_class = BoundedRequest
+
+    def __init__(self, ctx: handlers.Context) -> None:
+        super().__init__("cairn-frontend")
+        self.ctx = ctx
+        self.config.update(MAX_CONTENT_LENGTH=None, BODY_TIMEOUT=None, RESPONSE_TIMEOUT=None, PROVIDE_AUTOMATIC_OPTIONS=False)
+        self.register_error_handler(S3Error, self._s3_error)
+        self.register_error_handler(Exception, self._internal_error)
+
+    async def dispatch_request(self, request_context: Any = None) -> Any:
+        from quart import request
+
+        return await route(self.ctx, request)
+
+    async def _s3_error(self, exc: S3Error) -> Response:
+        from quart import request
+
+        request_id = getattr(request, "request_id", "")
+        body = b"" if request.method == "HEAD" else exc.to_xml(request.path, request_id)
+        response = Response(body, status=exc.status, content_type="application/xml")
+        response.headers["x-amz-request-id"] = request_id
+        return response
+
+    async def _internal_error(self, exc: Exception) -> Response:
+        log.exception("internal error")
+        return await self._s3_error(S3Error("InternalError"))
+
+
+def split_path(raw_path: bytes) -> tuple[str, str | None]:
+    """'/bucket/some/key' -> ('bucket', 'some/key'); '/' -> ('', None); keys kept exact."""
+    path = raw_path.split(b"?", 1)[0]
+    if not path.startswith(b"/"):
+        raise S3Error("InvalidRequest", "path must start with /")
+    rest = path[1:]
+    bucket, sep, key = rest.partition(b"/")
+    try:
+        bucket_name = unquote_to_bytes(bucket).decode("utf-8")
+        key_name = unquote_to_bytes(key).decode("utf-8") if sep else None
+    except UnicodeDecodeError:
+        raise S3Error("InvalidURI") from None
+    if key_name == "":
+        key_name = None
+    return bucket_name, key_name
+
+
+def query_params(raw: bytes) -> dict[str, str]:
+    try:
+        return {k: v for k, v in parse_qsl(raw.decode("utf-8"), keep_blank_values=True)}
+    except UnicodeDecodeError:
+        raise S3Error("InvalidArgument", "Query string is not valid UTF-8") from None
+
+
+async def route(ctx: handlers.Context, request: Any) -> Response:
+    request.request_id = os.urandom(8).hex().upper()
+    scope = request.scope
+    raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+    query_string: bytes = scope.get("query_string", b"")
+    bucket, key = split_path(raw_path)
+    if bucket == ADMIN_PREFIX:
+        return await handlers.admin(ctx, request, key or "")
+    headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
+    auth = verify_request(request.method, raw_path, query_string, headers, ctx.lookup_secret)
+    if auth is None:
+        raise S3Error("AccessDenied")
+    request.auth = auth
+    params = query_params(query_string)
+    response = await handlers.dispatch(ctx, request, bucket, key, params)
+    response.headers["x-amz-request-id"] = request.request_id
+    return response

@@ -1,0 +1,79 @@
+"""Every S3 error the frontend can return, defined once.
+
+A handler raises ``S3Error(code, message=None, **fields)``; the one error hook in
+``frontend.app`` renders it as AWS does: the HTTP status of the code and an XML body
+``<Error><Code/><Message/><Resource/><RequestId/>...</Error>``. HEAD responses carry
+no body, only the status.
+"""
+
+from __future__ import annotations
+
+from xml.sax.saxutils import escape
+
+# code -> (HTTP status, AWS's default message)
+ERRORS: dict[str, tuple[int, str]] = {
+    "AccessDenied": (403, "Access Denied"),
+    "AuthorizationHeaderMalformed": (400, "The authorization header is malformed."),
+    "BadDigest": (400, "The Content-MD5 or checksum value that you specified did not match what the server received."),
+    "BucketAlreadyExists": (409, "The requested bucket name is not available. The bucket namespace is shared by all users of the system. Please select a different name and try again."),
+    "BucketAlreadyOwnedByYou": (409, "Your previous request to create the named bucket succeeded and you already own it."),
+    "BucketNotEmpty": (409, "The bucket you tried to delete is not empty"),
+    "EntityTooLarge": (400, "Your proposed upload exceeds the maximum allowed size"),
+    "EntityTooSmall": (400, "Your proposed upload is smaller than the minimum allowed object size."),
+    "IncompleteBody": (400, "You did not provide the number of bytes specified by the Content-Length HTTP header."),
+    "InternalError": (500, "We encountered an internal error. Please try again."),
+    "InvalidAccessKeyId": (403, "The AWS Access Key Id you provided does not exist in our records."),
+    "InvalidArgument": (400, "Invalid Argument"),
+    "InvalidBucketName": (400, "The specified bucket is not valid."),
+    "InvalidDigest": (400, "The Content-MD5 you specified is not valid."),
+    "InvalidLocationConstraint": (400, "The specified location constraint is not valid."),
+    "InvalidPart": (400, "One or more of the specified parts could not be found."),
+    "InvalidPartOrder": (400, "The list of parts was not in ascending order. The parts list must be specified in order by part number."),
+    "InvalidURI": (400, "Couldn't parse the specified URI."),
+    "InvalidRange": (416, "The requested range is not satisfiable"),
+    "InvalidRequest": (400, "Invalid Request"),
+    "KeyTooLongError": (400, "Your key is too long"),
+    "MalformedXML": (400, "The XML you provided was not well-formed or did not validate against our published schema."),
+    "MetadataTooLarge": (400, "Your metadata headers exceed the maximum allowed metadata size."),
+    "MethodNotAllowed": (405, "The specified method is not allowed against this resource."),
+    "MissingContentLength": (411, "You must provide the Content-Length HTTP header."),
+    "MissingSecurityHeader": (400, "Your request is missing a required header."),
+    "NoSuchBucket": (404, "The specified bucket does not exist"),
+    "NoSuchKey": (404, "The specified key does not exist."),
+    "NoSuchUpload": (404, "The specified upload does not exist. The upload ID may be invalid, or the upload may have been aborted or completed."),
+    "NotImplemented": (501, "A header you provided implies functionality that is not implemented."),
+    "PreconditionFailed": (412, "At least one of the pre-conditions you specified did not hold"),
+    "RequestTimeTooSkewed": (403, "The difference between the request time and the current time is too large."),
+    "RequestTimeout": (400, "Your socket connection to the server was not read from or written to within the timeout period."),
+    "ServiceUnavailable": (503, "Please reduce your request rate."),
+    "SignatureDoesNotMatch": (403, "The request signature we calculated does not match the signature you provided. Check your key and signing method."),
+    "SlowDown": (503, "Please reduce your request rate."),
+    "XAmzContentSHA256Mismatch": (400, "The provided 'x-amz-content-sha256' header does not match what was computed."),
+}
+
+
+class S3Error(Exception):
+    """An S3 error response. ``fields`` become extra XML elements (e.g. BucketName)."""
+
+    def __init__(self, code: str, message: str | None = None, **fields: object) -> None:
+        status, default = ERRORS[code]
+        super().__init__(f"{code}: {message or default}")
+        self.code = code
+        self.status = status
+        self.message = message or default
+        self.fields = fields
+
+    def to_xml(self, resource: str = "", request_id: str = "") -> bytes:
+        parts = [
+            '<?xml version="1.0" encoding="UTF-8"?>\n<Error>',
+            f"<Code>{self.code}</Code>",
+            f"<Message>{escape(self.message)}</Message>",
+        ]
+        for name, value in self.fields.items():
+            parts.append(f"<{name}>{escape(str(value))}</{name}>")
+        if resource:
+            parts.append(f"<Resource>{escape(resource)}</Resource>")
+        if request_id:
+            parts.append(f"<RequestId>{request_id}</RequestId>")
+        parts.append("</Error>")
+        return "".join(parts).encode()

@@ -1,0 +1,353 @@
+"""S3 operations: each handler validates, talks to raftmeta and the byte path, and
+answers as AWS does. Routing (method, bucket, key, sub-resource) is ``dispatch``."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import email.utils
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from quart import Response
+
+from blobnode.client import BlobClient
+from cairn import wire
+from frontend import s3xml
+from frontend.errors import ERRORS, S3Error
+from frontend.names import check_bucket_name, check_key
+from frontend.objects import DataPath, Stored
+from frontend.upload import UploadBody
+from raftmeta.client import MetaClient
+
+log = logging.getLogger("frontend")
+
+MAX_USER_METADATA = 2048
+STORED_HEADERS = ("cache-control", "content-disposition", "content-language", "expires")
+XML = "application/xml"
+
+
+@dataclass
+class Context:
+    meta: MetaClient
+    blobs: BlobClient
+    data: DataPath
+    region: str
+    root_access_key: str
+    root_secret_key: str
+
+    def lookup_secret(self, access_key: str) -> str | None:
+        return self.root_secret_key if access_key == self.root_access_key else None
+
+
+async def _meta(call: Any) -> dict[str, Any]:
+    """Await a raftmeta call; turn its error codes into S3 errors."""
+    try:
+        reply = await call
+    except wire.WireError:
+        raise S3Error("ServiceUnavailable", "The metadata service is unavailable. Please retry.") from None
+    if not reply.get("ok"):
+        _raise_reply(reply)
+    return reply
+
+
+def _raise_reply(reply: dict[str, Any]) -> None:
+    code = reply.get("err", "InternalError")
+    if code == wire.ERR_UNAVAILABLE:
+        raise S3Error("ServiceUnavailable", "The metadata service is unavailable. Please retry.")
+    if code not in ERRORS:
+        log.error("raftmeta error %s: %s", code, reply.get("msg"))
+        raise S3Error("InternalError")
+    raise S3Error(code)
+
+
+def _xml(body: bytes, status: int = 200) -> Response:
+    return Response(body, status=status, content_type=XML)
+
+
+def _empty(status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    response = Response(b"", status=status)
+    for k, v in (headers or {}).items():
+        response.headers[k] = v
+    return response
+
+
+# ---------------------------------------------------------------------- routing
+
+
+async def dispatch(ctx: Context, request: Any, bucket: str, key: str | None, params: dict[str, str]) -> Response:
+    method = request.method
+    if not bucket:
+        if method == "GET":
+            return await list_buckets(ctx, request)
+        raise S3Error("MethodNotAllowed")
+    if key is None:
+        return await _bucket_op(ctx, request, method, bucket, params)
+    check_key(key)
+    handler: Callable[..., Any] | None = {
+        "PUT": put_object, "GET": get_object, "HEAD": get_object, "DELETE": delete_object,
+    }.get(method)
+    if handler is None:
+        raise S3Error("MethodNotAllowed")
+    for sub in ("uploads", "uploadId", "acl", "tagging", "retention", "legal-hold", "torrent", "restore", "select"):
+        if sub in params:
+            raise S3Error("NotImplemented", f"The {sub} sub-resource is not implemented yet.")
+    if method == "PUT" and "x-amz-copy-source" in request.headers:
+        raise S3Error("NotImplemented", "CopyObject is not implemented yet.")
+    return await handler(ctx, request, bucket, key, params)
+
+
+async def _bucket_op(ctx: Context, request: Any, method: str, bucket: str, params: dict[str, str]) -> Response:
+    if method == "PUT" and not params:
+        return await create_bucket(ctx, request, bucket)
+    if method == "HEAD":
+        await _meta(ctx.meta.read({"q": "bucket", "bucket": bucket}))
+        return _empty(headers={"x-amz-bucket-region": ctx.region})
+    if method == "DELETE" and not params:
+        await _meta(ctx.meta.write({"op": "delete_bucket", "bucket": bucket}))
+        return _empty(204)
+    if method == "GET":
+        if "location" in params:
+            await _meta(ctx.meta.read({"q": "bucket", "bucket": bucket}))
+            return _xml(s3xml.location(ctx.region))
+        if "versioning" in params:
+            await _meta(ctx.meta.read({"q": "bucket", "bucket": bucket}))
+            return _xml(f'{s3xml.HEAD}<VersioningConfiguration xmlns="{s3xml.NS}"/>'.encode())
+        unsupported = {"acl", "policy", "cors", "lifecycle", "tagging", "uploads", "website", "replication",
+                       "encryption", "notification", "logging", "object-lock", "ownershipControls"}
+        hit = unsupported.intersection(params)
+        if hit:
+            raise S3Error("NotImplemented", f"The {hit.pop()} sub-resource is not implemented yet.")
+        return await list_objects(ctx, bucket, params)
+    if method == "POST" and "delete" in params:
+        raise S3Error("NotImplemented", "DeleteObjects is not implemented yet.")
+    raise S3Error("MethodNotAllowed")
+
+
+# ---------------------------------------------------------------------- buckets
+
+
+async def list_buckets(ctx: Context, request: Any) -> Response:
+    reply = await _meta(ctx.meta.read({"q": "buckets"}))
+    return _xml(s3xml.list_buckets(reply["buckets"], request.auth.access_key))
+
+
+async def create_bucket(ctx: Context, request: Any, bucket: str) -> Response:
+    check_bucket_name(bucket)
+    body = await request.get_data(cache=False) if (request.content_length or 0) <= s3xml.MAX_XML_BODY else None
+    if body is None:
+        raise S3Error("MalformedXML")
+    root = s3xml.parse(body)
+    if root is not None:
+        if s3xml.local(root.tag) != "CreateBucketConfiguration":
+            raise S3Error("MalformedXML")
+        for child in root:
+            if s3xml.local(child.tag) == "LocationConstraint" and (child.text or "") not in ("", ctx.region):
+                raise S3Error("InvalidLocationConstraint",
+                              f"The {child.text} location constraint is not this cluster's region ({ctx.region}).")
+    acl = request.headers.get("x-amz-acl", "private")
+    if acl not in ("private", "public-read", "public-read-write", "authenticated-read"):
+        raise S3Error("InvalidArgument", f"Unknown canned ACL {acl}")
+    await _meta(ctx.meta.write({
+        "op": "create_bucket", "bucket": bucket, "owner": request.auth.access_key, "acl": acl, "ts": time.time(),
+    }))
+    return _empty(headers={"Location": f"/{bucket}"})
+
+
+# ---------------------------------------------------------------------- listing
+
+
+def _max_keys(params: dict[str, str]) -> int:
+    value = params.get("max-keys", "1000")
+    if not value.lstrip("-").isdigit() or int(value) < 0:
+        raise S3Error("InvalidArgument", "Provided max-keys not an integer or within integer range", ArgumentName="max-keys")
+    return min(int(value), 1000)
+
+
+def _token(last: str) -> str:
+    return base64.urlsafe_b64encode(last.encode("utf-8", "surrogatepass")).decode()
+
+
+def _untoken(token: str) -> str:
+    try:
+        return base64.urlsafe_b64decode(token.encode()).decode("utf-8", "surrogatepass")
+    except (binascii.Error, ValueError):
+        raise S3Error("InvalidArgument", "The continuation token provided is incorrect", ArgumentName="continuation-token") from None
+
+
+async def list_objects(ctx: Context, bucket: str, params: dict[str, str]) -> Response:
+    v2 = params.get("list-type") == "2"
+    encoding = params.get("encoding-type")
+    if encoding not in (None, "url"):
+        raise S3Error("InvalidArgument", "Invalid Encoding Method specified in Request", ArgumentName="encoding-type")
+    p: dict[str, Any] = {
+        "bucket": bucket, "prefix": params.get("prefix", ""), "delimiter": params.get("delimiter", ""),
+        "max_keys": _max_keys(params), "encoding_type": encoding, "owner": "",
+    }
+    if v2:
+        p["start_after"] = params.get("start-after", "")
+        p["token"] = params.get("continuation-token")
+        p["fetch_owner"] = params.get("fetch-owner") == "true"
+        after = _untoken(p["token"]) if p["token"] is not None else p["start_after"]
+    else:
+        p["marker"] = params.get("marker", "")
+        after = p["marker"]
+    bucket_info = await _meta(ctx.meta.read({"q": "bucket", "bucket": bucket}))
+    p["owner"] = bucket_info["owner"]
+    if p["max_keys"] == 0:
+        page = {"contents": [], "prefixes": [], "truncated": False, "last": ""}
+    else:
+        page = await _meta(ctx.meta.read({
+            "q": "list", "bucket": bucket, "prefix": p["prefix"], "delimiter": p["delimiter"],
+            "after": after, "max_keys": p["max_keys"],
+        }))
+    if page["truncated"]:
+        p["next_token"] = _token(page["last"])
+    return _xml(s3xml.list_objects(page, p, v2))
+
+
+# ---------------------------------------------------------------------- objects
+
+
+def _user_metadata(request: Any) -> dict[str, str]:
+    meta = {k.lower()[len("x-amz-meta-") :]: v for k, v in request.headers.items() if k.lower().startswith("x-amz-meta-")}
+    if sum(len(k) + len(v) for k, v in meta.items()) > MAX_USER_METADATA:
+        raise S3Error("MetadataTooLarge", MaxMetadataSize=MAX_USER_METADATA)
+    return meta
+
+
+async def put_object(ctx: Context, request: Any, bucket: str, key: str, params: dict[str, str]) -> Response:
+    body = UploadBody(request, request.auth)
+    user_meta = _user_metadata(request)
+    headers = {h: request.headers[h] for h in STORED_HEADERS if h in request.headers}
+    if body.content_encoding:
+        headers["content-encoding"] = body.content_encoding
+    await _meta(ctx.meta.read({"q": "bucket", "bucket": bucket}, linear=False))  # fail fast, before any byte
+    stored = Stored()
+    try:
+        await ctx.data.store(body.pieces(), stored, body.on_chunk)
+        checksum = body.verify(stored)
+    except BaseException:
+        await ctx.data.discard(stored.chunks)
+        raise
+    etag = stored.md5.hexdigest()
+    obj = {
+        "size": stored.size, "etag": etag, "sha256": stored.sha256.hexdigest(),
+        "content_type": request.headers.get("content-type", "binary/octet-stream"), "created": time.time(),
+        "meta": {"user": user_meta, "headers": headers, "checksum": checksum}, "chunks": stored.chunks,
+    }
+    try:
+        reply = await ctx.meta.write({"op": "put_object", "bucket": bucket, "key": key, "obj": obj, "ts": obj["created"]})
+    except wire.WireError:
+        # Outcome unknown (the commit may have applied): keep the chunks; never discard them here.
+        raise S3Error("ServiceUnavailable", "The metadata service is unavailable. Please retry.") from None
+    if not reply.get("ok"):
+        await ctx.data.discard(stored.chunks)
+        _raise_reply(reply)
+    response = _empty(headers={"ETag": f'"{etag}"'})
+    for algo, value in checksum.items():
+        response.headers[f"x-amz-checksum-{algo}"] = value
+    return response
+
+
+def _http_date(ts: float) -> str:
+    return email.utils.formatdate(ts, usegmt=True)
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """RFC 9110 single byte range -> (first, last) inclusive; None = whole object."""
+    if not header:
+        return None
+    unit, _, spec = header.strip().partition("=")
+    if unit.strip().lower() != "bytes" or "," in spec:
+        return None  # not a range we serve: the whole representation, as RFC 9110 allows
+    first_s, dash, last_s = spec.strip().partition("-")
+    if not dash:
+        return None
+    try:
+        if first_s == "":
+            suffix = int(last_s)
+            if suffix <= 0 and size > 0 or last_s.strip() == "":
+                raise S3Error("InvalidRange", ActualObjectSize=size, RangeRequested=header)
+            return max(0, size - suffix), size - 1
+        first = int(first_s)
+        last = int(last_s) if last_s.strip() else size - 1
+    except ValueError:
+        return None
+    if first > last:
+        return None
+    if first >= size:
+        raise S3Error("InvalidRange", ActualObjectSize=size, RangeRequested=header)
+    return first, min(last, size - 1)
+
+
+def object_headers(obj: dict[str, Any]) -> dict[str, str]:
+    headers = {
+        "ETag": f'"{obj["etag"]}"',
+        "Last-Modified": _http_date(obj["created"]),
+        "Content-Type": obj["content_type"],
+        "Accept-Ranges": "bytes",
+    }
+    meta = obj.get("meta", {})
+    for name, value in meta.get("headers", {}).items():
+        headers[name] = value
+    for name, value in meta.get("user", {}).items():
+        headers[f"x-amz-meta-{name}"] = value
+    return headers
+
+
+async def get_object(ctx: Context, request: Any, bucket: str, key: str, params: dict[str, str]) -> Response:
+    obj = (await _meta(ctx.meta.read({"q": "object", "bucket": bucket, "key": key})))["obj"]
+    size = obj["size"]
+    headers = object_headers(obj)
+    for param, header in (("response-content-type", "Content-Type"), ("response-content-language", "Content-Language"),
+                          ("response-expires", "Expires"), ("response-cache-control", "Cache-Control"),
+                          ("response-content-disposition", "Content-Disposition"),
+                          ("response-content-encoding", "Content-Encoding")):
+        if param in params:
+            headers[header] = params[param]
+    byte_range = parse_range(request.headers.get("range"), size)
+    status = 200
+    first, last = 0, size - 1
+    if byte_range is not None:
+        first, last = byte_range
+        status = 206
+        headers["Content-Range"] = f"bytes {first}-{last}/{size}"
+    elif request.headers.get("x-amz-checksum-mode", "").upper() == "ENABLED":
+        # Whole-object checksums only describe whole-object responses.
+        for algo, value in obj.get("meta", {}).get("checksum", {}).items():
+            headers[f"x-amz-checksum-{algo}"] = value
+    length = last - first + 1 if size else 0
+    if request.method == "HEAD" or length == 0:
+        response = _empty(status, headers)
+    else:
+        response = Response(ctx.data.stream(obj["chunks"], first, last), status=status, headers=headers)
+    response.headers["Content-Length"] = str(length)
+    return response
+
+
+async def delete_object(ctx: Context, request: Any, bucket: str, key: str, params: dict[str, str]) -> Response:
+    await _meta(ctx.meta.write({"op": "delete_object", "bucket": bucket, "key": key, "ts": time.time()}))
+    return _empty(204)
+
+
+# ---------------------------------------------------------------------- operator endpoints
+
+
+async def admin(ctx: Context, request: Any, path: str) -> Response:
+    if path == "health" and request.method in ("GET", "HEAD"):
+        try:
+            reply = await ctx.meta.read({"q": "stats"}, deadline=3.0)
+            meta_ok = bool(reply.get("ok"))
+        except wire.WireError:
+            meta_ok = False
+        nodes = ctx.data.directory.writable()
+        healthy = meta_ok and len(nodes) >= ctx.data.settings.write_quorum
+        body = json.dumps({"status": "ok" if healthy else "degraded", "raftmeta": meta_ok,
+                           "blobnodes_writable": len(nodes)})
+        return Response(body, status=200 if healthy else 503, content_type="application/json")
+    return Response(json.dumps({"error": "unknown admin endpoint"}), status=404, content_type="application/json")

@@ -1,0 +1,33 @@
+"""Validation of bucket names and object keys, as S3 defines them."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+from frontend.errors import S3Error
+
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+MAX_KEY_BYTES = 1024
+
+
+def check_bucket_name(name: str) -> None:
+    """S3's general-purpose bucket naming rules; no '_' ever, so '/_cairn' is never a bucket."""
+    ok = bool(_BUCKET.match(name)) and ".." not in name and ".-" not in name and "-." not in name
+    if ok:
+        try:
+            ipaddress.IPv4Address(name)
+            ok = False
+        except ValueError:
+            pass
+    if ok and (name.startswith(("xn--", "sthree-")) or name.endswith(("-s3alias", "--ol-s3"))):
+        ok = False
+    if not ok:
+        raise S3Error("InvalidBucketName", BucketName=name)
+
+
+def check_key(key: str) -> None:
+    if len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
+        raise S3Error("KeyTooLongError", Size=len(key.encode("utf-8", "surrogatepass")), MaxSizeAllowed=MAX_KEY_BYTES)
+    if not key:
+        raise S3Error("InvalidArgument", "Key must not be empty")

@@ -1,0 +1,305 @@
+"""The byte path of the frontend: chunks in (quorum writes), chunks out (verified reads).
+
+PUT: the body is cut into chunks as it streams in; each chunk is hashed (SHA-256 for the
+chunk, MD5 and SHA-256 for the object, in worker threads so hashing overlaps network
+I/O) and written to ``replicas`` distinct blob nodes in parallel. A chunk counts once
+``write_quorum`` nodes acknowledged it durable; nodes that do not answer in time are left
+out of its manifest entry (repair re-replicates later). At most three chunks are held
+in memory at once (filling, queued, being written), whatever the object's size.
+
+GET: chunks are read in order from the fastest live replica; every chunk's SHA-256 is
+checked before a byte of it is sent, and on an error or a mismatch the next replica is
+tried. A corrupt replica is never served.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from blobnode.client import BlobClient
+from cairn import wire
+from frontend import placement
+from frontend.errors import S3Error
+from raftmeta.client import MetaClient
+
+log = logging.getLogger("frontend.objects")
+
+NODES_REFRESH = 2.0
+NODE_BACKOFF = 5.0  # seconds a node that failed an operation is tried last
+
+
+@dataclass
+class Settings:
+    chunk_size: int = 8 * 1024 * 1024
+    replicas: int = 3
+    write_quorum: int = 2
+    write_timeout: float = 30.0
+
+
+class NodeDirectory:
+    """The blob-node registry as this frontend last read it, plus local health marks."""
+
+    def __init__(self, meta: MetaClient) -> None:
+        self.meta = meta
+        self.nodes: dict[str, placement.Node] = {}
+        self.failed_at: dict[str, float] = {}
+        self.latency: dict[str, float] = {}
+        self.fresh = trio.Event()
+
+    async def refresh(self) -> None:
+        reply = await self.meta.read({"q": "nodes"}, linear=False, deadline=5.0)
+        if reply.get("ok"):
+            self.nodes = {
+                n["node_id"]: placement.Node(n["node_id"], n["addr"], n["capacity"], n["used"], n["heartbeat"])
+                for n in reply["nodes"]
+            }
+            self.fresh.set()
+
+    async def refresh_loop(self) -> None:
+        while True:
+            try:
+                await self.refresh()
+            except wire.WireError as exc:
+                log.warning("cannot refresh the blob-node registry: %s", exc)
+            await trio.sleep(NODES_REFRESH)
+
+    def writable(self) -> list[placement.Node]:
+        now = time.time()
+        mono = time.monotonic()
+        alive = [n for n in self.nodes.values() if n.alive(now)]
+        healthy = [n for n in alive if mono - self.failed_at.get(n.node_id, -1e9) > NODE_BACKOFF]
+        return healthy if healthy else alive
+
+    def read_order(self, node_ids: list[str]) -> list[str]:
+        mono = time.monotonic()
+
+        def key(node_id: str) -> tuple[bool, float]:
+            recently_failed = mono - self.failed_at.get(node_id, -1e9) < NODE_BACKOFF
+            return recently_failed, self.latency.get(node_id, 0.0)
+
+        return sorted(node_ids, key=key)
+
+    def mark_failed(self, node_id: str) -> None:
+        self.failed_at[node_id] = time.monotonic()
+
+    def observe(self, node_id: str, seconds: float) -> None:
+        old = self.latency.get(node_id)
+        self.latency[node_id] = seconds if old is None else 0.8 * old + 0.2 * seconds
+        self.failed_at.pop(node_id, None)
+
+
+@dataclass
+class Stored:
+    """What a streamed write produced: the manifest and the whole-object digests."""
+
+    chunks: list[list[Any]] = field(default_factory=list)  # [id, size, sha256, [node_ids]]
+    size: int = 0
+    md5: Any = field(default_factory=hashlib.md5)
+    sha256: Any = field(default_factory=hashlib.sha256)
+    error: BaseException | None = None
+
+    def written(self) -> list[list[Any]]:
+        return [c for c in self.chunks if c[3]]
+
+
+class QuorumError(S3Error):
+    def __init__(self, acked: list[str]) -> None:
+        super().__init__("ServiceUnavailable", "Not enough blob nodes acknowledged the write. Please retry.")
+        self.acked = acked
+
+
+class DataPath:
+    def __init__(self, meta: MetaClient, blobs: BlobClient, settings: Settings) -> None:
+        self.meta = meta
+        self.blobs = blobs
+        self.settings = settings
+        self.directory = NodeDirectory(meta)
+
+    # ------------------------------------------------------------------ writes
+
+    async def store(
+        self, pieces: AsyncIterator[bytes | bytearray | memoryview], stored: Stored,
+        on_chunk: Callable[[memoryview], None] | None = None,
+    ) -> None:
+        """Stream ``pieces`` into replicated chunks, recording them in ``stored``.
+
+        ``on_chunk`` sees every chunk's bytes in order, in a worker thread (for the
+        S3 additional checksums). On any failure, ``stored.chunks`` still lists what was
+        written so the caller can reclaim it.
+        """
+        size = self.settings.chunk_size
+        send, recv = trio.open_memory_channel[memoryview](1)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._writer, recv, stored, on_chunk, nursery.cancel_scope)
+            try:
+                async with send:
+                    buf = bytearray(size)
+                    fill = 0
+                    async for piece in pieces:
+                        view = memoryview(piece)
+                        while view:
+                            take = min(len(view), size - fill)
+                            buf[fill : fill + take] = view[:take]
+                            fill += take
+                            view = view[take:]
+                            if fill == size:
+                                await send.send(memoryview(buf))
+                                buf = bytearray(size)
+                                fill = 0
+                    if fill:
+                        await send.send(memoryview(buf)[:fill])
+            except Exception as exc:  # judged after the nursery: never an ExceptionGroup
+                stored.error = stored.error or exc
+                nursery.cancel_scope.cancel()
+        if stored.error is not None:
+            raise stored.error
+
+    async def _writer(
+        self, recv: trio.MemoryReceiveChannel[memoryview], stored: Stored,
+        on_chunk: Callable[[memoryview], None] | None, scope: trio.CancelScope,
+    ) -> None:
+        async with recv:
+            async for chunk in recv:
+                try:
+                    await self._write_chunk(chunk, stored, on_chunk)
+                except Exception as exc:  # judged once by store(); never an ExceptionGroup
+                    stored.error = exc
+                    scope.cancel()
+                    return
+
+    async def _write_chunk(self, chunk: memoryview, stored: Stored, on_chunk: Callable[[memoryview], None] | None) -> None:
+        first = not stored.chunks
+
+        def md5_work() -> None:
+            stored.md5.update(chunk)
+            if on_chunk is not None:
+                on_chunk(chunk)
+
+        def sha_work() -> str:
+            stored.sha256.update(chunk)
+            if first:  # the object's running hash is this chunk's hash so far: no second pass
+                return stored.sha256.copy().hexdigest()
+            return hashlib.sha256(chunk).hexdigest()
+
+        chunk_id = uuid.uuid4().hex
+        entry: list[Any] = [chunk_id, len(chunk), "", []]
+        stored.chunks.append(entry)
+        error: Exception | None = None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.to_thread.run_sync, md5_work)
+            try:
+                entry[2] = await trio.to_thread.run_sync(sha_work)
+                await self.replicate(chunk_id, entry[2], chunk, entry[3])
+            except Exception as exc:
+                error = exc
+        if error is not None:
+            raise error
+        stored.size += len(chunk)
+
+    async def replicate(self, chunk_id: str, sha256: str, data: memoryview, acked: list[str]) -> None:
+        """Write one chunk to ``replicas`` distinct nodes; node ids that acknowledged go to
+        ``acked``. Raises QuorumError when fewer than ``write_quorum`` did."""
+        s = self.settings
+        if not self.directory.fresh.is_set():
+            await self.directory.refresh()
+        ranked = placement.rank(chunk_id, self.directory.writable())
+        if len(ranked) < s.write_quorum:
+            raise QuorumError(acked)
+        targets, spares = ranked[: s.replicas], ranked[s.replicas :]
+        pending = len(targets)
+        all_done = trio.Event()
+        started = time.monotonic()
+
+        async def attempt(node: placement.Node) -> None:
+            nonlocal pending
+            while node is not None:
+                t0 = time.monotonic()
+                try:
+                    await self.blobs.put(node.addr, chunk_id, sha256, data)
+                    self.directory.observe(node.node_id, time.monotonic() - t0)
+                    acked.append(node.node_id)
+                    break
+                except wire.WireError as exc:
+                    log.warning("chunk %s: write to %s failed: %s", chunk_id, node.addr, exc)
+                    self.directory.mark_failed(node.node_id)
+                    node = spares.pop(0) if spares else None
+            pending -= 1
+            if pending == 0:
+                all_done.set()
+
+        async def straggler_cutoff(scope: trio.CancelScope) -> None:
+            # Once a quorum holds the chunk, give slow replicas a bounded extra time.
+            while len(acked) < s.write_quorum and not all_done.is_set():
+                await trio.sleep(0.005)
+            if not all_done.is_set():
+                with trio.move_on_after(max(1.0, 2 * (time.monotonic() - started))):
+                    await all_done.wait()
+            scope.cancel()
+
+        with trio.move_on_after(s.write_timeout):
+            async with trio.open_nursery() as nursery:
+                for node in targets:
+                    nursery.start_soon(attempt, node)
+                nursery.start_soon(straggler_cutoff, nursery.cancel_scope)
+        if len(acked) < s.write_quorum:
+            raise QuorumError(acked)
+
+    # ------------------------------------------------------------------ reads
+
+    async def read_chunk(self, chunk: list[Any]) -> bytearray:
+        """The whole chunk, verified against its SHA-256, from the first good replica."""
+        chunk_id, size, sha256, node_ids = chunk
+        if not self.directory.fresh.is_set():
+            await self.directory.refresh()
+        for node_id in self.directory.read_order(node_ids):
+            node = self.directory.nodes.get(node_id)
+            if node is None:
+                continue
+            t0 = time.monotonic()
+            try:
+                _reply, data = await self.blobs.get(node.addr, chunk_id)
+            except wire.WireError as exc:
+                log.warning("chunk %s: read from %s failed: %s", chunk_id, node.addr, exc)
+                self.directory.mark_failed(node_id)
+                continue
+            digest = await trio.to_thread.run_sync(lambda d=data: hashlib.sha256(d).hexdigest())
+            if len(data) != size or digest != sha256:
+                log.error("chunk %s on node %s is corrupt (size %d, sha %s): not served", chunk_id, node_id, len(data), digest)
+                continue
+            self.directory.observe(node_id, time.monotonic() - t0)
+            return data
+        raise S3Error("ServiceUnavailable", "No intact replica of a chunk of this object is reachable. Please retry.")
+
+    async def stream(self, chunks: list[list[Any]], start: int, end: int) -> AsyncIterator[bytes | bytearray]:
+        """Bytes [start, end] (inclusive) of the object made of ``chunks``."""
+        offset = 0
+        for chunk in chunks:
+            size = chunk[1]
+            lo, hi = offset, offset + size - 1
+            offset += size
+            if hi < start:
+                continue
+            if lo > end:
+                break
+            data = await self.read_chunk(chunk)
+            a, b = max(start, lo) - lo, min(end, hi) - lo + 1
+            yield data if (a, b) == (0, size) else bytes(memoryview(data)[a:b])
+
+    async def discard(self, chunks: list[list[Any]]) -> None:
+        """Hand chunks of a failed upload to the garbage collector (best effort)."""
+        written = [c for c in chunks if c[3]]
+        if not written:
+            return
+        with trio.CancelScope(shield=True), trio.move_on_after(10):
+            try:
+                await self.meta.write({"op": "discard_chunks", "chunks": written, "ts": time.time()}, deadline=10)
+            except wire.WireError as exc:
+                log.warning("could not queue %d orphan chunks for gc: %s", len(written), exc)

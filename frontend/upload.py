@@ -1,0 +1,133 @@
+"""Request bodies of uploads: framing, length and integrity checks.
+
+``UploadBody`` turns a request into a stream of payload bytes (decoding aws-chunked
+framing when the client used it) and, once the stream is stored, checks everything the
+client promised about it: the length, Content-MD5, x-amz-content-sha256 and the S3
+additional checksum (x-amz-checksum-*, from a header or an aws-chunked trailer). Any
+mismatch raises the S3 error before anything is committed.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import AsyncIterator
+from typing import Any
+
+from frontend.checksums import ALGORITHMS, new_checksum
+from frontend.chunked import AwsChunkedDecoder
+from frontend.errors import S3Error
+from frontend.objects import Stored
+
+MAX_PUT_SIZE = 5 * 1024**3
+_NOT_A_HASH = ("UNSIGNED-PAYLOAD",)
+
+
+def _int_header(headers: Any, name: str) -> int | None:
+    value = headers.get(name)
+    if value is None:
+        return None
+    if not value.isdigit():
+        raise S3Error("InvalidArgument", f"{name} must be a non-negative integer")
+    return int(value)
+
+
+class UploadBody:
+    def __init__(self, request: Any, auth: Any, max_size: int = MAX_PUT_SIZE) -> None:
+        h = request.headers
+        self.request = request
+        self.content_sha256 = (auth.content_sha256 if auth is not None else None) or h.get("x-amz-content-sha256", "UNSIGNED-PAYLOAD")
+        encodings = [e.strip().lower() for e in h.get("content-encoding", "").split(",") if e.strip()]
+        self.chunked = self.content_sha256.startswith("STREAMING-") or "aws-chunked" in encodings
+        self.content_encoding = ",".join(e for e in encodings if e != "aws-chunked")
+        self.raw_length = _int_header(h, "content-length")
+        if self.chunked:
+            self.length = _int_header(h, "x-amz-decoded-content-length")
+            if self.length is None:
+                raise S3Error("MissingContentLength", "x-amz-decoded-content-length is required with aws-chunked")
+            self.decoder: AwsChunkedDecoder | None = AwsChunkedDecoder(self.content_sha256, auth)
+        else:
+            self.length = self.raw_length
+            self.decoder = None
+        if self.length is not None and self.length > max_size:
+            raise S3Error("EntityTooLarge", ProposedSize=self.length, MaxSizeAllowed=max_size)
+        self.max_size = max_size
+        self.content_md5 = self._parse_md5(h.get("content-md5"))
+        self.checksum_algorithm, self.checksum_expected = self._checksum_request(h)
+        self.checksum = new_checksum(self.checksum_algorithm) if self.checksum_algorithm else None
+        self.trailers: dict[str, str] = {}
+        self.raw_received = 0
+
+    @staticmethod
+    def _parse_md5(value: str | None) -> bytes | None:
+        if value is None:
+            return None
+        try:
+            digest = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise S3Error("InvalidDigest") from None
+        if len(digest) != 16:
+            raise S3Error("InvalidDigest")
+        return digest
+
+    def _checksum_request(self, h: Any) -> tuple[str | None, str | None]:
+        for algo in ALGORITHMS:
+            value = h.get(f"x-amz-checksum-{algo}")
+            if value is not None:
+                return algo, value
+        trailer = h.get("x-amz-trailer", "").strip().lower()
+        if trailer.startswith("x-amz-checksum-"):
+            algo = trailer[len("x-amz-checksum-") :]
+            if algo not in ALGORITHMS:
+                raise S3Error("InvalidRequest", f"Unsupported checksum trailer {trailer}")
+            return algo, None  # the value arrives in the trailer
+        return None, None
+
+    async def pieces(self) -> AsyncIterator[bytes | bytearray | memoryview]:
+        decoded = 0
+        async for data in self.request.body:
+            self.raw_received += len(data)
+            if self.decoder is None:
+                decoded += len(data)
+                if decoded > self.max_size:
+                    raise S3Error("EntityTooLarge")
+                yield data
+            else:
+                for piece in self.decoder.feed(data):
+                    decoded += len(piece)
+                    if decoded > self.max_size:
+                        raise S3Error("EntityTooLarge")
+                    yield piece
+        if self.raw_length is not None and self.raw_received != self.raw_length:
+            raise S3Error("IncompleteBody")
+        if self.decoder is not None:
+            self.trailers = self.decoder.finish()
+
+    def on_chunk(self, chunk: memoryview) -> None:
+        if self.checksum is not None:
+            self.checksum.update(chunk)
+
+    def verify(self, stored: Stored) -> dict[str, str]:
+        """Raise the S3 error for any broken promise; return the checksum to store."""
+        if self.length is not None and stored.size != self.length:
+            raise S3Error("IncompleteBody")
+        if self.content_md5 is not None and stored.md5.digest() != self.content_md5:
+            raise S3Error("BadDigest")
+        if self.content_sha256 not in _NOT_A_HASH and not self.content_sha256.startswith("STREAMING-"):
+            if stored.sha256.hexdigest() != self.content_sha256.lower():
+                raise S3Error(
+                    "XAmzContentSHA256Mismatch",
+                    ClientComputedContentSHA256=self.content_sha256,
+                    S3ComputedContentSHA256=stored.sha256.hexdigest(),
+                )
+        if self.checksum is None:
+            return {}
+        expected = self.checksum_expected
+        if expected is None:
+            expected = self.trailers.get(f"x-amz-checksum-{self.checksum_algorithm}")
+            if expected is None:
+                raise S3Error("InvalidRequest", "The trailing checksum named in x-amz-trailer was not sent")
+        actual = self.checksum.b64digest()
+        if actual != expected:
+            raise S3Error("BadDigest", f"The {self.checksum_algorithm.upper()} you specified did not match the calculated checksum.")
+        return {self.checksum_algorithm: actual}

@@ -1,0 +1,210 @@
+"""The raftmeta process: a Raft replica, its msgpack RPC server, and leader-only chores.
+
+RPC (framing and op names in ``cairn.wire``):
+- ``write``: propose ``cmd`` through Raft (a follower's PySyncObj forwards it to the
+  leader) and answer with the state machine's result once it is committed and applied.
+- ``read``: answer ``q`` from the local SQLite replica; with ``linear`` (the default)
+  only after a Raft barrier proposed after the request arrived has been applied here,
+  so the read sees every write acknowledged before it (linearizable). Concurrent reads
+  share one barrier.
+- ``status``: Raft role, term, leader, indexes, journal syncs.
+
+The garbage collector runs beside the Raft leader only: it deletes queued chunks from
+blob nodes once their grace period has passed, then records that through Raft.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+import trio
+from pysyncobj import FAIL_REASON
+
+from blobnode.client import BlobClient
+from cairn import wire
+from raftmeta.node import MetaNode
+from raftmeta.state import MetaState
+
+log = logging.getLogger("raftmeta")
+
+PROPOSE_TIMEOUT = 5.0
+
+
+@dataclass
+class _Batch:
+    done: trio.Event = field(default_factory=trio.Event)
+    result: dict[str, Any] | None = None
+
+
+class MetaServer:
+    def __init__(self, node: MetaNode, state: MetaState, secret: str, *, gc_grace: float, gc_interval: float) -> None:
+        self.node = node
+        self.state = state
+        self.secret = secret
+        self.gc_grace = gc_grace
+        self.gc_interval = gc_interval
+        self.token = trio.lowlevel.current_trio_token()
+        self._batch = _Batch()
+        self._barrier_wanted = trio.Event()
+        self.blobs = BlobClient(secret)
+        self.gc_deleted = 0
+
+    # ---------------------------------------------------------------- raft calls
+
+    async def propose(self, cmd: dict[str, Any], timeout: float = PROPOSE_TIMEOUT) -> dict[str, Any]:
+        done = trio.Event()
+        box: list[Any] = []
+        token = self.token
+
+        def callback(result: Any, error: int) -> None:  # runs on the Raft thread
+            box.append((result, error))
+            token.run_sync_soon(done.set)
+
+        self.node.apply_cmd(msgpack.packb(cmd, use_bin_type=True), callback=callback)
+        with trio.move_on_after(timeout):
+            await done.wait()
+        if not box:
+            return {"ok": False, "err": wire.ERR_UNAVAILABLE, "msg": "commit timed out"}
+        result, error = box[0]
+        if error != FAIL_REASON.SUCCESS:
+            return {"ok": False, "err": wire.ERR_UNAVAILABLE, "msg": f"raft: {error}"}
+        return result
+
+    async def barrier(self) -> dict[str, Any]:
+        """Wait until this replica has applied everything committed before the call."""
+        batch = self._batch
+        self._barrier_wanted.set()
+        await batch.done.wait()
+        result = batch.result or {"ok": False, "err": wire.ERR_UNAVAILABLE}
+        if not result.get("ok"):
+            return result
+        index = result["index"]
+        with trio.move_on_after(PROPOSE_TIMEOUT):
+            while self.state.last_applied < index:
+                await trio.sleep(0.0005)
+            return result
+        return {"ok": False, "err": wire.ERR_UNAVAILABLE, "msg": "replica lagging"}
+
+    async def _barrier_loop(self) -> None:
+        while True:
+            await self._barrier_wanted.wait()
+            self._barrier_wanted = trio.Event()
+            batch, self._batch = self._batch, _Batch()
+            batch.result = await self.propose({"op": "barrier"})
+            batch.done.set()
+
+    # ---------------------------------------------------------------- rpc
+
+    async def handle(self, request: dict[str, Any]) -> dict[str, Any]:
+        op = request.get("op")
+        if op == "write":
+            cmd = request.get("cmd")
+            if not isinstance(cmd, dict):
+                return {"ok": False, "err": wire.ERR_BAD_REQUEST, "msg": "cmd missing"}
+            if request.get("rid") is not None:
+                cmd["rid"] = request["rid"]
+            return await self.propose(cmd)
+        if op == "read":
+            q = request.get("q")
+            if not isinstance(q, dict):
+                return {"ok": False, "err": wire.ERR_BAD_REQUEST, "msg": "q missing"}
+            if request.get("linear", True):
+                barrier = await self.barrier()
+                if not barrier.get("ok"):
+                    return barrier
+            return self.state.query(q)
+        if op == "status":
+            return {"ok": True, **self.status()}
+        return {"ok": False, "err": wire.ERR_BAD_REQUEST, "msg": f"unknown op {op!r}"}
+
+    def status(self) -> dict[str, Any]:
+        leader = self.node._getLeader()
+        return {
+            "self": self.node.selfNode.address,
+            "leader": leader.address if leader is not None else None,
+            "is_leader": self.node._isLeader(),
+            "term": self.node.raftCurrentTerm,
+            "commit_index": self.node.raftCommitIndex,
+            "last_applied": self.node.raftLastApplied,
+            "state_applied": self.state.last_applied,
+            "journal_syncs": self.node.journal_syncs,
+            "log_size": self.node._getRaftLogSize(),
+            "ready": self.node.isReady(),
+            "gc_deleted": self.gc_deleted,
+        }
+
+    async def serve_conn(self, stream: trio.SocketStream) -> None:
+        conn = wire.FramedSocket(stream.socket)
+        try:
+            if not await wire.server_handshake(conn, self.secret):
+                return
+            while True:
+                header = await conn.recv_header()
+                if header is None:
+                    return
+                reply = await self.handle(header)
+                await conn.send(reply)
+        except (wire.WireError, OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+            return
+        finally:
+            conn.close()
+
+    # ---------------------------------------------------------------- gc
+
+    async def gc_pass(self) -> int:
+        """Delete chunks whose grace period is over from their blob nodes. Leader only."""
+        if not self.node._isLeader():
+            return 0
+        pending = self.state.query({"q": "gc_pending", "before": time.time() - self.gc_grace, "limit": 2000})
+        if not pending.get("items"):
+            return 0
+        addrs = {n["node_id"]: n["addr"] for n in self.state.query({"q": "nodes"})["nodes"]}
+        by_node: dict[str, list[str]] = {}
+        for _seq, chunk, nodes in pending["items"]:
+            for node_id in nodes:
+                by_node.setdefault(node_id, []).append(chunk)
+        failed_nodes: set[str] = set()
+        for node_id, chunks in by_node.items():
+            addr = addrs.get(node_id)
+            try:
+                if addr is None:
+                    raise wire.WireError(wire.ERR_UNAVAILABLE, "unknown node")
+                await self.blobs.delete(addr, chunks)
+            except (wire.WireError, OSError, trio.TooSlowError) as exc:
+                log.info("gc: node %s unreachable (%s); will retry", node_id, exc)
+                failed_nodes.add(node_id)
+        done = [seq for seq, _chunk, nodes in pending["items"] if not failed_nodes.intersection(nodes)]
+        if done:
+            result = await self.propose({"op": "gc_done", "seqs": done, "ts": time.time()})
+            if result.get("ok"):
+                self.gc_deleted += len(done)
+        return len(done)
+
+    async def _gc_loop(self) -> None:
+        while True:
+            await trio.sleep(self.gc_interval)
+            try:
+                await self.gc_pass()
+            except Exception:
+                log.exception("gc pass failed")
+
+
+async def serve(args: Any) -> None:
+    os.makedirs(args.data_dir, exist_ok=True)
+    state = MetaState(os.path.join(args.data_dir, "meta.sqlite"))
+    node = MetaNode(args.raft, args.peers, args.data_dir, args.secret, state)
+    server = MetaServer(node, state, args.secret, gc_grace=args.gc_grace, gc_interval=args.gc_interval)
+    host, port = wire.split_addr(args.rpc)
+    log.info("raftmeta %s: raft %s, peers %s, rpc %s", args.data_dir, args.raft, ",".join(args.peers), args.rpc)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(server._barrier_loop)
+            nursery.start_soon(server._gc_loop)
+            await trio.serve_tcp(server.serve_conn, port, host=host)
+    finally:
+        node.destroy()

@@ -1,0 +1,412 @@
+"""The metadata state machine: a SQLite database that every Raft replica applies to.
+
+Pure of Raft: ``apply(index, cmd)`` is called once per committed log entry, in log order,
+by ``raftmeta.node``; ``query(q)`` reads. Both take and return plain msgpack-able dicts.
+
+Invariants enforced here:
+- idempotent replay: the applied Raft index is stored in the same transaction as the
+  change, and an entry at or below it is skipped (PySyncObj replays its journal on start);
+- a retried client command (same ``rid``) applies once and gets the first result back;
+- ``apply`` never raises (an exception inside a PySyncObj apply stalls the node
+  forever): failures roll back and come back as ``{"ok": False, "err": code}``;
+- deterministic: time comes from the command (``ts``), never from the replica's clock;
+- chunks that no object references any more go to the ``gc`` queue in the same
+  transaction that dropped the reference, and nowhere else.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+
+log = logging.getLogger("raftmeta")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS requests (rid BLOB PRIMARY KEY, idx INTEGER NOT NULL, result BLOB) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS requests_idx ON requests (idx);
+CREATE TABLE IF NOT EXISTS buckets (
+    name TEXT PRIMARY KEY, owner TEXT NOT NULL, created REAL NOT NULL, acl TEXT NOT NULL DEFAULT 'private'
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS objects (
+    bucket TEXT NOT NULL, key TEXT NOT NULL,
+    size INTEGER NOT NULL, etag TEXT NOT NULL, sha256 TEXT NOT NULL,
+    content_type TEXT NOT NULL, created REAL NOT NULL, version INTEGER NOT NULL,
+    meta BLOB NOT NULL, chunks BLOB NOT NULL,
+    PRIMARY KEY (bucket, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS gc (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, chunk TEXT NOT NULL, nodes BLOB NOT NULL, queued REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS nodes (
+    node_id TEXT PRIMARY KEY, addr TEXT NOT NULL, capacity INTEGER NOT NULL, used INTEGER NOT NULL,
+    chunks INTEGER NOT NULL DEFAULT 0, heartbeat REAL NOT NULL, registered REAL NOT NULL
+) WITHOUT ROWID;
+"""
+
+REQUEST_MEMORY = 100_000  # a retried rid is recognised for this many log entries
+
+
+def _packb(value: Any) -> bytes:
+    return msgpack.packb(value, use_bin_type=True)
+
+
+def _unpackb(data: bytes) -> Any:
+    return msgpack.unpackb(data, raw=False)
+
+
+class Failed(Exception):
+    """Raised inside a command to roll it back and answer ``{ok: False, err: code}``."""
+
+    def __init__(self, code: str, msg: str = "") -> None:
+        super().__init__(code)
+        self.code = code
+        self.msg = msg
+
+
+def successor(prefix: str) -> str | None:
+    """The smallest string greater than every string that starts with ``prefix``."""
+    if not prefix:
+        return None
+    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
+
+
+class MetaState:
+    """One replica's SQLite metadata. ``apply`` runs on the Raft thread, ``query`` anywhere."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.db = self._open(path)
+        self.db.executescript(SCHEMA)
+        self.reader = self._open(path)
+        self.last_applied = self.applied_index()
+
+    @staticmethod
+    def _open(path: str) -> sqlite3.Connection:
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        # The Raft journal is the durable record (fsynced before acknowledgement);
+        # this database may lose its last transactions on power loss and replays them.
+        db.execute("PRAGMA synchronous=NORMAL")
+        return db
+
+    def close(self) -> None:
+        self.reader.close()
+        self.db.close()
+
+    def reopen(self) -> None:
+        self.close()
+        self.db = self._open(self.path)
+        self.reader = self._open(self.path)
+        self.last_applied = self.applied_index()
+
+    def applied_index(self) -> int:
+        row = self.db.execute("SELECT v FROM meta WHERE k='applied'").fetchone()
+        return int(row[0]) if row else 0
+
+    # ------------------------------------------------------------------ writes
+
+    def apply(self, index: int, cmd: dict[str, Any]) -> dict[str, Any]:
+        """Apply one committed entry. Never raises."""
+        try:
+            if index <= self.last_applied:
+                return {"ok": False, "err": "Replayed"}
+            op = cmd.get("op")
+            if op == "barrier":  # changes nothing; readers wait for its index
+                self.last_applied = index
+                return {"ok": True, "index": index}
+            handler = COMMANDS.get(op)
+            db = self.db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                rid = cmd.get("rid")
+                if rid is not None:
+                    row = db.execute("SELECT result FROM requests WHERE rid=?", (rid,)).fetchone()
+                    if row is not None:
+                        result = _unpackb(row[0])
+                        result["retried"] = True
+                        self._set_applied(index)
+                        db.execute("COMMIT")
+                        return result
+                if handler is None:
+                    result = {"ok": False, "err": "BadRequest", "msg": f"unknown command {op!r}"}
+                else:
+                    db.execute("SAVEPOINT cmd")
+                    try:
+                        result = handler(db, {**cmd, "index": index}) or {}
+                        result.setdefault("ok", True)
+                        db.execute("RELEASE cmd")
+                    except Failed as exc:
+                        db.execute("ROLLBACK TO cmd")
+                        db.execute("RELEASE cmd")
+                        result = {"ok": False, "err": exc.code, "msg": exc.msg}
+                if rid is not None:
+                    db.execute("INSERT INTO requests VALUES (?,?,?)", (rid, index, _packb(result)))
+                    if index % 1000 == 0:
+                        db.execute("DELETE FROM requests WHERE idx < ?", (index - REQUEST_MEMORY,))
+                self._set_applied(index)
+                db.execute("COMMIT")
+                return result
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        except Exception as exc:  # never let an exception escape into PySyncObj
+            log.exception("apply of entry %d failed: %r", index, cmd.get("op"))
+            self.last_applied = index
+            return {"ok": False, "err": "Internal", "msg": repr(exc)}
+
+    def _set_applied(self, index: int) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES ('applied', ?)", (index,))
+        self.last_applied = index
+
+    # ------------------------------------------------------------------ reads
+
+    def query(self, q: dict[str, Any]) -> dict[str, Any]:
+        handler = QUERIES.get(q.get("q"))
+        if handler is None:
+            return {"ok": False, "err": "BadRequest", "msg": f"unknown query {q.get('q')!r}"}
+        try:
+            result = handler(self.reader, q)
+        except Failed as exc:
+            return {"ok": False, "err": exc.code, "msg": exc.msg}
+        result.setdefault("ok", True)
+        return result
+
+
+# ---------------------------------------------------------------------- commands
+
+
+def _bucket_exists(db: sqlite3.Connection, bucket: str) -> bool:
+    return db.execute("SELECT 1 FROM buckets WHERE name=?", (bucket,)).fetchone() is not None
+
+
+def _queue_gc(db: sqlite3.Connection, chunks: list[list[Any]], ts: float, keep: set[str] = frozenset()) -> None:
+    db.executemany(
+        "INSERT INTO gc (chunk, nodes, queued) VALUES (?,?,?)",
+        [(c[0], _packb(c[3]), ts) for c in chunks if c[0] not in keep],
+    )
+
+
+def cmd_create_bucket(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str, Any]:
+    row = db.execute("SELECT owner FROM buckets WHERE name=?", (cmd["bucket"],)).fetchone()
+    if row is not None:
+        raise Failed("BucketAlreadyOwnedByYou" if row[0] == cmd["owner"] else "BucketAlreadyExists")
+    db.execute(
+        "INSERT INTO buckets (name, owner, created, acl) VALUES (?,?,?,?)",
+        (cmd["bucket"], cmd["owner"], cmd["ts"], cmd.get("acl", "private")),
+    )
+    return {}
+
+
+def cmd_delete_bucket(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str, Any]:
+    if not _bucket_exists(db, cmd["bucket"]):
+        raise Failed("NoSuchBucket")
+    if db.execute("SELECT 1 FROM objects WHERE bucket=? LIMIT 1", (cmd["bucket"],)).fetchone():
+        raise Failed("BucketNotEmpty")
+    db.execute("DELETE FROM buckets WHERE name=?", (cmd["bucket"],))
+    return {}
+
+
+def cmd_put_object(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str, Any]:
+    """Commit a whole object atomically: its manifest replaces the previous version."""
+    bucket, key, obj = cmd["bucket"], cmd["key"], cmd["obj"]
+    if not _bucket_exists(db, bucket):
+        raise Failed("NoSuchBucket")
+    old = db.execute("SELECT chunks FROM objects WHERE bucket=? AND key=?", (bucket, key)).fetchone()
+    if old is not None:
+        keep = {c[0] for c in obj["chunks"]}
+        _queue_gc(db, _unpackb(old[0]), cmd["ts"], keep)
+    version = cmd["index"]
+    db.execute(
+        "INSERT OR REPLACE INTO objects VALUES (?,?,?,?,?,?,?,?,?,?)",
+        (
+            bucket, key, obj["size"], obj["etag"], obj["sha256"], obj["content_type"],
+            obj["created"], version, _packb(obj.get("meta", {})), _packb(obj["chunks"]),
+        ),
+    )
+    return {"version": version}
+
+
+def cmd_delete_object(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str, Any]:
+    bucket, key = cmd["bucket"], cmd["key"]
+    if not _bucket_exists(db, bucket):
+        raise Failed("NoSuchBucket")
+    old = db.execute("SELECT chunks FROM objects WHERE bucket=? AND key=?", (bucket, key)).fetchone()
+    if old is None:
+        return {"existed": False}
+    _queue_gc(db, _unpackb(old[0]), cmd["ts"])
+    db.execute("DELETE FROM objects WHERE bucket=? AND key=?", (bucket, key))
+    return {"existed": True}
+
+
+def cmd_discard_chunks(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str, Any]:
+    """Chunks written by an upload that failed before its commit: reclaim them."""
+    _queue_gc(db, cmd["chunks"], cmd["ts"])
+    return {}
+
+
+def cmd_gc_done(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str, Any]:
+    db.executemany("DELETE FROM gc WHERE seq=?", [(s,) for s in cmd["seqs"]])
+    return {}
+
+
+def cmd_node_heartbeat(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str, Any]:
+    db.execute(
+        "INSERT INTO nodes (node_id, addr, capacity, used, chunks, heartbeat, registered) VALUES (?,?,?,?,?,?,?) "
+        "ON CONFLICT (node_id) DO UPDATE SET addr=excluded.addr, capacity=excluded.capacity, "
+        "used=excluded.used, chunks=excluded.chunks, heartbeat=excluded.heartbeat",
+        (cmd["node_id"], cmd["addr"], cmd["capacity"], cmd["used"], cmd.get("chunks", 0), cmd["ts"], cmd["ts"]),
+    )
+    return {}
+
+
+COMMANDS: dict[str, Callable[[sqlite3.Connection, dict[str, Any]], dict[str, Any]]] = {
+    "create_bucket": cmd_create_bucket,
+    "delete_bucket": cmd_delete_bucket,
+    "put_object": cmd_put_object,
+    "delete_object": cmd_delete_object,
+    "discard_chunks": cmd_discard_chunks,
+    "gc_done": cmd_gc_done,
+    "node_heartbeat": cmd_node_heartbeat,
+}
+
+
+# ---------------------------------------------------------------------- queries
+
+_OBJECT_COLS = "key, size, etag, sha256, content_type, created, version, meta, chunks"
+
+
+def _object_row(row: tuple[Any, ...]) -> dict[str, Any]:
+    return {
+        "key": row[0], "size": row[1], "etag": row[2], "sha256": row[3], "content_type": row[4],
+        "created": row[5], "version": row[6], "meta": _unpackb(row[7]), "chunks": _unpackb(row[8]),
+    }
+
+
+def q_bucket(db: sqlite3.Connection, q: dict[str, Any]) -> dict[str, Any]:
+    row = db.execute("SELECT owner, created, acl FROM buckets WHERE name=?", (q["bucket"],)).fetchone()
+    if row is None:
+        raise Failed("NoSuchBucket")
+    return {"owner": row[0], "created": row[1], "acl": row[2]}
+
+
+def q_buckets(db: sqlite3.Connection, q: dict[str, Any]) -> dict[str, Any]:
+    rows = db.execute("SELECT name, created FROM buckets ORDER BY name").fetchall()
+    return {"buckets": [list(r) for r in rows]}
+
+
+def q_object(db: sqlite3.Connection, q: dict[str, Any]) -> dict[str, Any]:
+    row = db.execute(
+        f"SELECT {_OBJECT_COLS} FROM objects WHERE bucket=? AND key=?", (q["bucket"], q["key"])
+    ).fetchone()
+    if row is None:
+        raise Failed("NoSuchBucket" if not _bucket_exists(db, q["bucket"]) else "NoSuchKey")
+    return {"obj": _object_row(row)}
+
+
+def q_list(db: sqlite3.Connection, q: dict[str, Any]) -> dict[str, Any]:
+    """One page of a listing: keys and common prefixes in key order, ``max_keys`` in all.
+
+    Every step is an indexed range scan; a common prefix is skipped in one seek, so a
+    page costs O(max_keys) index lookups whatever the bucket holds.
+    """
+    bucket, prefix = q["bucket"], q.get("prefix", "")
+    delimiter, after, max_keys = q.get("delimiter", ""), q.get("after", ""), q.get("max_keys", 1000)
+    if not _bucket_exists(db, bucket):
+        raise Failed("NoSuchBucket")
+    hi = successor(prefix)
+    lo_inclusive = prefix
+    contents: list[dict[str, Any]] = []
+    prefixes: list[str] = []
+    truncated = False
+    last = ""
+    while len(contents) + len(prefixes) <= max_keys:
+        limit = max_keys - len(contents) - len(prefixes) + 1
+        sql = "SELECT key, size, etag, created FROM objects WHERE bucket=? AND key>=? AND key>?"
+        args: list[Any] = [bucket, lo_inclusive, after]
+        if hi is not None:
+            sql += " AND key<?"
+            args.append(hi)
+        rows = db.execute(sql + " ORDER BY key LIMIT ?", (*args, limit)).fetchall()
+        restart = False
+        for key, size, etag, created in rows:
+            if delimiter:
+                pos = key.find(delimiter, len(prefix))
+                if pos >= 0:
+                    common = key[: pos + len(delimiter)]
+                    nxt = successor(common)
+                    lo_inclusive = max(lo_inclusive, nxt) if nxt else lo_inclusive
+                    restart = True
+                    if after.startswith(common):
+                        break  # already returned on an earlier page
+                    if len(contents) + len(prefixes) == max_keys:
+                        truncated = True
+                        return _page(contents, prefixes, truncated, last)
+                    prefixes.append(common)
+                    last = common
+                    break
+            if len(contents) + len(prefixes) == max_keys:
+                truncated = True
+                return _page(contents, prefixes, truncated, last)
+            contents.append({"key": key, "size": size, "etag": etag, "created": created})
+            last = key
+            after = key
+        if not restart and len(rows) < limit:
+            break
+        if not rows:
+            break
+    return _page(contents, prefixes, truncated, last)
+
+
+def _page(contents: list[dict[str, Any]], prefixes: list[str], truncated: bool, last: str) -> dict[str, Any]:
+    return {"contents": contents, "prefixes": prefixes, "truncated": truncated, "last": last}
+
+
+def q_nodes(db: sqlite3.Connection, q: dict[str, Any]) -> dict[str, Any]:
+    rows = db.execute("SELECT node_id, addr, capacity, used, chunks, heartbeat FROM nodes ORDER BY node_id").fetchall()
+    keys = ("node_id", "addr", "capacity", "used", "chunks", "heartbeat")
+    return {"nodes": [dict(zip(keys, r, strict=True)) for r in rows]}
+
+
+def q_gc_pending(db: sqlite3.Connection, q: dict[str, Any]) -> dict[str, Any]:
+    rows = db.execute(
+        "SELECT seq, chunk, nodes FROM gc WHERE queued <= ? ORDER BY seq LIMIT ?",
+        (q["before"], q.get("limit", 1000)),
+    ).fetchall()
+    total = db.execute("SELECT count(*) FROM gc").fetchone()[0]
+    return {"items": [[s, c, _unpackb(n)] for s, c, n in rows], "total": total}
+
+
+def q_stats(db: sqlite3.Connection, q: dict[str, Any]) -> dict[str, Any]:
+    one = lambda sql: db.execute(sql).fetchone()[0]  # noqa: E731
+    return {
+        "buckets": one("SELECT count(*) FROM buckets"),
+        "objects": one("SELECT count(*) FROM objects"),
+        "bytes": one("SELECT coalesce(sum(size), 0) FROM objects"),
+        "gc_queue": one("SELECT count(*) FROM gc"),
+    }
+
+
+def q_chunk_refs(db: sqlite3.Connection, q: dict[str, Any]) -> dict[str, Any]:
+    """Every chunk id that an object references (tests and audits; O(objects))."""
+    ids: list[str] = []
+    for (chunks,) in db.execute("SELECT chunks FROM objects"):
+        ids.extend(c[0] for c in _unpackb(chunks))
+    pending = [r[0] for r in db.execute("SELECT chunk FROM gc")]
+    return {"referenced": ids, "gc": pending}
+
+
+QUERIES: dict[str, Callable[[sqlite3.Connection, dict[str, Any]], dict[str, Any]]] = {
+    "bucket": q_bucket,
+    "buckets": q_buckets,
+    "object": q_object,
+    "list": q_list,
+    "nodes": q_nodes,
+    "gc_pending": q_gc_pending,
+    "stats": q_stats,
+    "chunk_refs": q_chunk_refs,
+}
