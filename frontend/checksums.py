@@ -338,7 +338,9 @@ def requested_checksums(headers: Mapping[str, str] | Iterable[tuple[str, str]]) 
             raise S3Error("InvalidRequest", f"The trailer {trailer!r} is not supported.")
         trailer_algorithms.append(_algorithm_of(trailer))
     if len(values) + len(set(trailer_algorithms)) > 1:
-        raise S3Error("InvalidRequest", "Expecting a single x-amz-checksum- header. Multiple checksum Types are not allowed.")
+        raise S3Error(
+            "InvalidRequest", "Expecting a single x-amz-checksum- header. Multiple checksum Types are not allowed."
+        )
     result: RequestedChecksum | None = None
     if values:
         algorithm, value = next(iter(values.items()))

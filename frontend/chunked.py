@@ -163,7 +163,9 @@ class AwsChunkedDecoder:
             elif state == _DATA_END:
                 while self._crlf_seen < 2 and pos < n:
                     if mv[pos] != (13 if self._crlf_seen == 0 else 10):
-                        raise _incomplete("The chunk data is not followed by CRLF: the chunk size does not match its data.")
+                        raise _incomplete(
+                            "The chunk data is not followed by CRLF: the chunk size does not match its data."
+                        )
                     pos += 1
                     self._crlf_seen += 1
                 if self._crlf_seen == 2:

@@ -275,14 +275,14 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
                 raise S3Error("InvalidRange", ActualObjectSize=size, RangeRequested=header)
             return max(0, size - suffix), size - 1
         first = int(first_s)
-        last = int(last_s) if last_s.strip() else size - 1
+        last = int(last_s) if last_s.strip() else None
     except ValueError:
         return None
-    if first > last:
-        return None
+    if first < 0 or last is not None and first > last:
+        return None  # syntactically invalid: ignored, as RFC 9110 says
     if first >= size:
         raise S3Error("InvalidRange", ActualObjectSize=size, RangeRequested=header)
-    return first, min(last, size - 1)
+    return first, size - 1 if last is None else min(last, size - 1)
 
 
 def object_headers(obj: dict[str, Any]) -> dict[str, str]:

@@ -51,7 +51,9 @@ PAYLOAD_CONSTANTS = frozenset(
 
 # AWS answers malformed presigned-URL parameters with AuthorizationQueryParametersError;
 # use it if errors.py defines it, else the closest code we have.
-_QUERY_ERROR = "AuthorizationQueryParametersError" if "AuthorizationQueryParametersError" in ERRORS else "InvalidArgument"
+_QUERY_ERROR = (
+    "AuthorizationQueryParametersError" if "AuthorizationQueryParametersError" in ERRORS else "InvalidArgument"
+)
 
 _AMZ_DATE_RE = re.compile(r"\d{8}T\d{6}Z\Z")
 _SHORT_DATE_RE = re.compile(r"\d{8}\Z")
@@ -220,9 +222,7 @@ def _server_time(now: float) -> str:
 def _credential(value: str, error: Callable[[str], S3Error]) -> tuple[str, str, str, str]:
     parts = value.rsplit("/", 4)
     if len(parts) != 5 or not parts[0] or not _SHORT_DATE_RE.match(parts[1]) or not parts[2]:
-        raise error(
-            'the Credential is mal-formed; expecting "<YOUR-AKID>/YYYYMMDD/REGION/SERVICE/aws4_request".'
-        )
+        raise error('the Credential is mal-formed; expecting "<YOUR-AKID>/YYYYMMDD/REGION/SERVICE/aws4_request".')
     access_key, date, region, service, terminal = parts
     if service != "s3":
         raise error(f'incorrect service "{service}". This endpoint belongs to "s3".')
@@ -330,10 +330,14 @@ def _verify_header_auth(
     for part in rest.split(","):
         name, sep, value = part.strip().partition("=")
         if not sep or name in components:
-            raise _header_error("the authorization header requires three components: Credential, SignedHeaders, and Signature.")
+            raise _header_error(
+                "the authorization header requires three components: Credential, SignedHeaders, and Signature."
+            )
         components[name] = value.strip()
     if set(components) != {"Credential", "SignedHeaders", "Signature"}:
-        raise _header_error("the authorization header requires three components: Credential, SignedHeaders, and Signature.")
+        raise _header_error(
+            "the authorization header requires three components: Credential, SignedHeaders, and Signature."
+        )
     access_key, date, region, service = _credential(components["Credential"], _header_error)
     signed = _signed_header_list(components["SignedHeaders"], _header_error)
     signature = components["Signature"]
