@@ -71,7 +71,7 @@ def main() -> None:
                 t = time.perf_counter()
                 body = s3.get_object(Bucket="bench", Key="big")["Body"]
                 h = hashlib.md5()
-                for block in iter(lambda: body.read(1 << 20), b""):
+                while block := body.read(1 << 20):
                     h.update(block)
                 get.append(size / (time.perf_counter() - t) / 1e6)
         print(f"PUT {args.size_mib} MiB single stream: median {statistics.median(put):.0f} MB/s  runs {[round(x) for x in put]}")

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import trio
-
 from cairn import wire
 
 
@@ -18,32 +16,11 @@ class BlobClient:
         self, addr: str, header: dict[str, Any], payload: bytes | bytearray | memoryview | None = None,
         *, want_payload: bool = False, timeout: float | None = None,
     ) -> tuple[dict[str, Any], bytearray | None]:
-        conn = await self.pool.acquire(addr)
-        ok = False
-        try:
-            with trio.fail_after(timeout or self.timeout):
-                if payload is not None:
-                    header = {**header, "n": len(payload)}
-                await conn.send(header, payload)
-                reply = await conn.recv_header()
-                if reply is None:
-                    raise wire.WireError(wire.ERR_UNAVAILABLE, f"{addr} closed the connection")
-                data = None
-                n = int(reply.get("n", 0) or 0)
-                if n:
-                    data = await conn.recv_payload(n)
-                elif want_payload:
-                    data = bytearray()
-            ok = True
-        except trio.TooSlowError:
-            raise wire.WireError(wire.ERR_UNAVAILABLE, f"{addr} timed out") from None
-        except OSError as exc:
-            raise wire.WireError(wire.ERR_UNAVAILABLE, f"{addr}: {exc!r}") from None
-        finally:
-            if ok:
-                self.pool.release(addr, conn)
-            else:
-                conn.close()
+        if payload is not None:
+            header = {**header, "n": len(payload)}
+        reply, data = await self.pool.request(addr, header, payload, timeout or self.timeout)
+        if data is None and want_payload:
+            data = bytearray()
         if not reply.get("ok"):
             raise wire.WireError(reply.get("err", wire.ERR_INTERNAL), reply.get("msg", ""))
         return reply, data
@@ -52,11 +29,13 @@ class BlobClient:
         reply, _ = await self._call(addr, {"op": "put", "id": chunk_id, "sha256": sha256}, data)
         return bool(reply.get("created"))
 
-    async def get(self, addr: str, chunk_id: str, offset: int = 0, length: int | None = None) -> tuple[dict[str, Any], bytearray]:
+    async def get(
+        self, addr: str, chunk_id: str, offset: int = 0, length: int | None = None, *, timeout: float | None = None,
+    ) -> tuple[dict[str, Any], bytearray]:
         header: dict[str, Any] = {"op": "get", "id": chunk_id, "off": offset}
         if length is not None:
             header["len"] = length
-        reply, data = await self._call(addr, header, want_payload=True)
+        reply, data = await self._call(addr, header, want_payload=True, timeout=timeout)
         assert data is not None
         return reply, data
 

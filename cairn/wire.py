@@ -207,9 +207,49 @@ class ConnectionPool:
         self.connect_timeout = connect_timeout
         self._idle: dict[str, list[FramedSocket]] = {}
 
-    async def acquire(self, addr: str) -> FramedSocket:
+    async def request(
+        self, addr: str, header: dict[str, Any], payload: bytes | bytearray | memoryview | None, timeout: float,
+    ) -> tuple[dict[str, Any], bytearray | None]:
+        """Send one request and read its reply (and the reply's payload, if any).
+
+        An idle pooled connection may have been closed by a peer that restarted: if it
+        fails before any reply arrives, the request is sent once more on a new one.
+        Raises WireError(ERR_UNAVAILABLE) on connection failure or timeout.
+        """
+        for fresh in (False, True):
+            reused = not fresh and bool(self._idle.get(addr))
+            conn = await self.acquire(addr, fresh=fresh)
+            replied = ok = False
+            try:
+                with trio.fail_after(timeout):
+                    await conn.send(header, payload)
+                    reply = await conn.recv_header()
+                    if reply is None:
+                        raise WireError(ERR_UNAVAILABLE, f"{addr} closed the connection")
+                    replied = True
+                    n = int(reply.get("n", 0) or 0)
+                    data = await conn.recv_payload(n) if n else None
+                ok = True
+                return reply, data
+            except trio.TooSlowError:
+                raise WireError(ERR_UNAVAILABLE, f"{addr} timed out") from None
+            except (OSError, WireError) as exc:
+                if reused and not replied:
+                    self.discard(addr)
+                    continue
+                if isinstance(exc, WireError):
+                    raise
+                raise WireError(ERR_UNAVAILABLE, f"{addr}: {exc!r}") from None
+            finally:
+                if ok:
+                    self.release(addr, conn)
+                else:
+                    conn.close()
+        raise WireError(ERR_UNAVAILABLE, f"{addr}: no connection")
+
+    async def acquire(self, addr: str, fresh: bool = False) -> FramedSocket:
         idle = self._idle.get(addr)
-        if idle:
+        if idle and not fresh:
             return idle.pop()
         try:
             conn = await connect(addr, self.connect_timeout)

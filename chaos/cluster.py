@@ -174,7 +174,7 @@ class Cluster:
         import boto3
         from botocore.config import Config
 
-        cfg = Config(retries={"max_attempts": 5, "mode": "standard"}, **config)
+        cfg = Config(**{"retries": {"max_attempts": 5, "mode": "standard"}, **config})
         return boto3.client("s3", endpoint_url=self.endpoints[index], aws_access_key_id=ACCESS_KEY,
                             aws_secret_access_key=SECRET_KEY, region_name="us-east-1", config=cfg)
 

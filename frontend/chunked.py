@@ -137,7 +137,7 @@ class AwsChunkedDecoder:
 
     def _feed(self, data: bytes | bytearray | memoryview) -> list[memoryview | bytes]:
         mv = memoryview(data)
-        if mv.ndim != 1 or mv.itemsize != 1:
+        if mv.ndim != 1 or mv.format != "B":
             mv = mv.cast("B")
         searchable = data if isinstance(data, (bytes, bytearray)) else None
         n = len(mv)

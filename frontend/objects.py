@@ -34,6 +34,7 @@ log = logging.getLogger("frontend.objects")
 
 NODES_REFRESH = 2.0
 NODE_BACKOFF = 5.0  # seconds a node that failed an operation is tried last
+READ_TIMEOUT = 5.0  # one replica's time to return a chunk before the next is tried
 
 
 @dataclass
@@ -217,11 +218,14 @@ class DataPath:
         pending = len(targets)
         all_done = trio.Event()
         started = time.monotonic()
+        in_flight: set[str] = set()
 
-        async def attempt(node: placement.Node) -> None:
+        async def attempt(node: placement.Node | None) -> None:
             nonlocal pending
             while node is not None:
                 t0 = time.monotonic()
+                current = node.node_id
+                in_flight.add(current)
                 try:
                     await self.blobs.put(node.addr, chunk_id, sha256, data)
                     self.directory.observe(node.node_id, time.monotonic() - t0)
@@ -231,6 +235,8 @@ class DataPath:
                     log.warning("chunk %s: write to %s failed: %s", chunk_id, node.addr, exc)
                     self.directory.mark_failed(node.node_id)
                     node = spares.pop(0) if spares else None
+                finally:
+                    in_flight.discard(current)
             pending -= 1
             if pending == 0:
                 all_done.set()
@@ -242,6 +248,9 @@ class DataPath:
             if not all_done.is_set():
                 with trio.move_on_after(max(1.0, 2 * (time.monotonic() - started))):
                     await all_done.wait()
+            for node_id in in_flight:  # too slow: place the next chunks elsewhere for a while
+                log.warning("chunk %s: node %s too slow, left out of this chunk", chunk_id, node_id)
+                self.directory.mark_failed(node_id)
             scope.cancel()
 
         with trio.move_on_after(s.write_timeout):
@@ -265,7 +274,7 @@ class DataPath:
                 continue
             t0 = time.monotonic()
             try:
-                _reply, data = await self.blobs.get(node.addr, chunk_id)
+                _reply, data = await self.blobs.get(node.addr, chunk_id, timeout=READ_TIMEOUT)
             except wire.WireError as exc:
                 log.warning("chunk %s: read from %s failed: %s", chunk_id, node.addr, exc)
                 self.directory.mark_failed(node_id)

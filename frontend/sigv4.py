@@ -405,7 +405,7 @@ def _verify_query_auth(
     if algorithm != ALGORITHM:
         raise S3Error(_QUERY_ERROR, 'X-Amz-Algorithm only supports "AWS4-HMAC-SHA256"')
     access_key, date, region, service = _credential(credential, _query_error)
-    if not expires_text.isdigit() or not expires_text.isascii():
+    if not expires_text.isdigit() or not expires_text.isascii() or len(expires_text) > 12:
         raise S3Error(_QUERY_ERROR, "X-Amz-Expires should be a number")
     expires = int(expires_text)
     if expires < 1:

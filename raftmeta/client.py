@@ -29,25 +29,8 @@ class MetaClient:
         self._preferred = random.randrange(len(self.addrs))
 
     async def _call_once(self, addr: str, request: dict[str, Any]) -> dict[str, Any]:
-        conn = await self.pool.acquire(addr)
-        ok = False
-        try:
-            with trio.fail_after(self.attempt_timeout):
-                await conn.send(request)
-                reply = await conn.recv_header()
-            if reply is None:
-                raise wire.WireError(wire.ERR_UNAVAILABLE, f"{addr} closed the connection")
-            ok = True
-            return reply
-        except trio.TooSlowError:
-            raise wire.WireError(wire.ERR_UNAVAILABLE, f"{addr} timed out") from None
-        except OSError as exc:
-            raise wire.WireError(wire.ERR_UNAVAILABLE, f"{addr}: {exc!r}") from None
-        finally:
-            if ok:
-                self.pool.release(addr, conn)
-            else:
-                conn.close()
+        reply, _ = await self.pool.request(addr, request, None, self.attempt_timeout)
+        return reply
 
     async def call(self, request: dict[str, Any], deadline: float = 20.0) -> dict[str, Any]:
         """Send to one node after another until one answers, within ``deadline`` seconds.
