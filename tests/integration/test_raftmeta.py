@@ -465,7 +465,11 @@ async def test_snapshots(tmp_path: Path) -> None:
             alone = cluster.client(rebuilt)
 
             async def has_all() -> bool:
-                listing = await alone.read({"q": "list", "bucket": "s", "max_keys": 1000}, linear=False)
+                try:
+                    listing = await alone.read({"q": "list", "bucket": "s", "max_keys": 1000}, linear=False,
+                                               deadline=2)
+                finally:
+                    assert not cluster.crashes(), cluster.crashes()
                 return listing.get("ok") and [c["key"] for c in listing["contents"]] == expected
 
             await wait_until(has_all, 10, "the state restored from the local snapshot")

@@ -1,0 +1,132 @@
+"""The aws CLI and `cairn up`, run as a user runs them."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import boto3
+import psutil
+import pytest
+
+from chaos.cluster import ACCESS_KEY, SECRET_KEY, free_ports
+
+pytestmark = pytest.mark.cluster
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def aws(endpoint: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = dict(os.environ, AWS_ACCESS_KEY_ID=ACCESS_KEY, AWS_SECRET_ACCESS_KEY=SECRET_KEY,
+               AWS_DEFAULT_REGION="us-east-1", AWS_CONFIG_FILE=os.devnull, AWS_SHARED_CREDENTIALS_FILE=os.devnull)
+    exe = shutil.which("aws")
+    assert exe, "the aws CLI is a test dependency (pip install -e '.[test]')"
+    return subprocess.run([exe, "--endpoint-url", endpoint, *args], env=env, capture_output=True, text=True,
+                          check=check, timeout=120)
+
+
+def test_aws_cli(cluster, tmp_path):
+    ep = cluster.endpoints[0]
+    aws(ep, "s3", "mb", "s3://cli-bucket")
+    src = tmp_path / "src"
+    src.mkdir()
+    files = {"a.txt": b"hello\n", "dir/b.bin": os.urandom(3 * 1024 * 1024 + 1), "dir/sub/c d.txt": b"spaces",
+             "empty": b""}
+    for name, body in files.items():
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        (src / name).write_bytes(body)
+    aws(ep, "s3", "cp", str(src / "a.txt"), "s3://cli-bucket/a.txt")
+    aws(ep, "s3", "sync", str(src), "s3://cli-bucket/synced")
+    listing = aws(ep, "s3", "ls", "--recursive", "s3://cli-bucket").stdout
+    for name in files:
+        assert f"synced/{name}" in listing
+    top = aws(ep, "s3", "ls", "s3://cli-bucket/synced/").stdout
+    assert re.search(r"PRE dir/", top)
+    out = tmp_path / "out"
+    aws(ep, "s3", "sync", "s3://cli-bucket/synced", str(out))
+    for name, body in files.items():
+        assert (out / name).read_bytes() == body
+    aws(ep, "s3", "cp", "s3://cli-bucket/a.txt", str(tmp_path / "a.copy"))
+    assert (tmp_path / "a.copy").read_bytes() == b"hello\n"
+    head = aws(ep, "s3api", "head-object", "--bucket", "cli-bucket", "--key", "synced/dir/b.bin").stdout
+    assert '"ContentLength": 3145729' in head
+    failed = aws(ep, "s3api", "get-object", "--bucket", "cli-bucket", "--key", "missing", str(tmp_path / "x"), check=False)
+    assert failed.returncode != 0 and "NoSuchKey" in failed.stderr
+    aws(ep, "s3", "rm", "--recursive", "s3://cli-bucket/")
+    aws(ep, "s3", "rb", "s3://cli-bucket")
+    assert "cli-bucket" not in aws(ep, "s3", "ls").stdout
+
+
+def _procfile(tmp_path: Path) -> tuple[Path, str]:
+    """The shipped Procfile with every port replaced by a free one."""
+    text = (ROOT / "Procfile").read_text()
+    ports = sorted(set(re.findall(r"127\.0\.0\.1:(\d+)", text)))
+    mapping = dict(zip(ports, map(str, free_ports(len(ports))), strict=True))
+    text = re.sub(r"127\.0\.0\.1:(\d+)", lambda m: f"127.0.0.1:{mapping[m.group(1)]}", text)
+    path = tmp_path / "Procfile"
+    path.write_text(text)
+    return path, f"http://127.0.0.1:{mapping['9000']}"
+
+
+def _up(procfile: Path, data: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "cairn.cli", "up", "--data-dir", str(data), "--procfile", str(procfile)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def _client(endpoint: str):
+    return boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="cairnroot",
+                        aws_secret_access_key="cairnroot-secret-key", region_name="us-east-1")
+
+
+def _wait_put(s3, deadline: float) -> None:
+    while True:
+        try:
+            s3.create_bucket(Bucket="up-bucket")
+            return
+        except Exception as exc:
+            if "BucketAlreadyOwnedByYou" in str(exc):
+                return
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.3)
+
+
+def test_cairn_up_survives_a_killed_node_and_restarts(tmp_path):
+    procfile, endpoint = _procfile(tmp_path)
+    data = tmp_path / "data"
+    up = _up(procfile, data)
+    try:
+        s3 = _client(endpoint)
+        _wait_put(s3, time.monotonic() + 60)
+        s3.put_object(Bucket="up-bucket", Key="kept", Body=b"still here")
+        children = psutil.Process(up.pid).children()
+        assert len(children) == 8
+        victim = next(c for c in children if "blobnode" in " ".join(c.cmdline()))
+        victim.kill()
+        time.sleep(1)
+        assert len([c for c in psutil.Process(up.pid).children() if c.is_running()]) == 7
+        s3.put_object(Bucket="up-bucket", Key="with-a-node-down", Body=b"ok")
+        up.send_signal(signal.SIGINT)
+        out, _ = up.communicate(timeout=30)
+        assert up.returncode == 0
+        assert "Access key:   cairnroot" in out and "Secret key:" in out
+        assert "exited (killed by SIGKILL)" in out
+        for child in children:
+            assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
+    finally:
+        if up.poll() is None:
+            os.killpg(up.pid, signal.SIGKILL)
+    up = _up(procfile, data)
+    try:
+        s3 = _client(endpoint)
+        _wait_put(s3, time.monotonic() + 60)
+        assert s3.get_object(Bucket="up-bucket", Key="kept")["Body"].read() == b"still here"
+        assert s3.get_object(Bucket="up-bucket", Key="with-a-node-down")["Body"].read() == b"ok"
+    finally:
+        up.send_signal(signal.SIGINT)
+        up.communicate(timeout=30)

@@ -1,0 +1,65 @@
+"""A 2 GiB PUT and GET through one frontend keeps that frontend's RSS under 200 MiB."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+
+import psutil
+import pytest
+
+from chaos.cluster import Cluster
+
+pytestmark = pytest.mark.cluster
+SIZE = 2 * 1024**3
+LIMIT = 200 * 1024**2
+
+
+class Sampler(threading.Thread):
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.proc = psutil.Process(pid)
+        self.peak = 0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+            time.sleep(0.02)
+
+
+def test_two_gib_put_and_get_in_flat_memory(tmp_path_factory):
+    root = tmp_path_factory.mktemp("memory")
+    src = root / "two-gib.bin"
+    block = os.urandom(64 * 1024**2)
+    digest = hashlib.sha256()
+    with open(src, "wb") as f:
+        for i in range(SIZE // len(block)):
+            piece = i.to_bytes(8, "big") + block[8:]
+            f.write(piece)
+            digest.update(piece)
+    with Cluster(root / "cluster", frontends=1) as cluster:
+        s3 = cluster.s3(0, read_timeout=300)
+        s3.create_bucket(Bucket="big")
+        sampler = Sampler(cluster.procs["frontend1"].pid)
+        baseline = sampler.proc.memory_info().rss
+        sampler.start()
+        t = time.monotonic()
+        with open(src, "rb") as f:
+            s3.put_object(Bucket="big", Key="two-gib", Body=f)
+        put_s = time.monotonic() - t
+        t = time.monotonic()
+        body = s3.get_object(Bucket="big", Key="two-gib")["Body"]
+        got = hashlib.sha256()
+        while block := body.read(8 * 1024**2):
+            got.update(block)
+        get_s = time.monotonic() - t
+        sampler.stop.set()
+        sampler.join()
+        print(f"2 GiB PUT {SIZE / put_s / 1e6:.0f} MB/s, GET {SIZE / get_s / 1e6:.0f} MB/s; frontend RSS "
+              f"baseline {baseline / 2**20:.0f} MiB, peak {sampler.peak / 2**20:.0f} MiB")
+        assert got.hexdigest() == digest.hexdigest()
+        assert sampler.peak < LIMIT
+    src.unlink()
