@@ -123,7 +123,7 @@ def split_path(raw_path: bytes) -> tuple[str, str | None]:
 
 def query_params(raw: bytes) -> dict[str, str]:
     try:
-        return {k: v for k, v in parse_qsl(raw.decode("utf-8"), keep_blank_values=True)}
+        return dict(parse_qsl(raw.decode("utf-8"), keep_blank_values=True, errors="strict"))
     except UnicodeDecodeError:
         raise S3Error("InvalidArgument", "Query string is not valid UTF-8") from None
 

@@ -8,6 +8,7 @@ import binascii
 import email.utils
 import json
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from raftmeta.client import MetaClient
 log = logging.getLogger("frontend")
 
 MAX_USER_METADATA = 2048
+_DIGITS = re.compile(r"[0-9]*")
 STORED_HEADERS = ("cache-control", "content-disposition", "content-language", "expires")
 XML = "application/xml"
 
@@ -265,21 +267,18 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     unit, _, spec = header.strip().partition("=")
     if unit.strip().lower() != "bytes" or "," in spec:
         return None  # not a range we serve: the whole representation, as RFC 9110 allows
-    first_s, dash, last_s = spec.strip().partition("-")
-    if not dash:
-        return None
-    try:
-        if first_s == "":
-            suffix = int(last_s)
-            if suffix <= 0 and size > 0 or last_s.strip() == "":
-                raise S3Error("InvalidRange", ActualObjectSize=size, RangeRequested=header)
-            return max(0, size - suffix), size - 1
-        first = int(first_s)
-        last = int(last_s) if last_s.strip() else None
-    except ValueError:
-        return None
-    if first < 0 or last is not None and first > last:
+    first_s, dash, last_s = (part.strip() for part in spec.partition("-"))
+    if not dash or not _DIGITS.fullmatch(first_s + last_s) or not (first_s or last_s):
         return None  # syntactically invalid: ignored, as RFC 9110 says
+    if not first_s:
+        suffix = int(last_s)
+        if suffix == 0 or size == 0:
+            raise S3Error("InvalidRange", ActualObjectSize=size, RangeRequested=header)
+        return max(0, size - suffix), size - 1
+    first = int(first_s)
+    last = int(last_s) if last_s else None
+    if last is not None and first > last:
+        return None
     if first >= size:
         raise S3Error("InvalidRange", ActualObjectSize=size, RangeRequested=header)
     return first, size - 1 if last is None else min(last, size - 1)

@@ -13,14 +13,15 @@ MAX_KEY_BYTES = 1024
 
 def check_bucket_name(name: str) -> None:
     """S3's general-purpose bucket naming rules; no '_' ever, so '/_cairn' is never a bucket."""
-    ok = bool(_BUCKET.match(name)) and ".." not in name and ".-" not in name and "-." not in name
+    ok = bool(_BUCKET.fullmatch(name)) and ".." not in name and ".-" not in name and "-." not in name
     if ok:
         try:
             ipaddress.IPv4Address(name)
             ok = False
         except ValueError:
             pass
-    if ok and (name.startswith(("xn--", "sthree-")) or name.endswith(("-s3alias", "--ol-s3"))):
+    if ok and (name.startswith(("xn--", "sthree-", "amzn-s3-demo-"))
+               or name.endswith(("-s3alias", "--ol-s3", ".mrap", "--x-s3"))):
         ok = False
     if not ok:
         raise S3Error("InvalidBucketName", BucketName=name)

@@ -4,8 +4,8 @@ PUT: the body is cut into chunks as it streams in; each chunk is hashed (SHA-256
 chunk, MD5 and SHA-256 for the object, in worker threads so hashing overlaps network
 I/O) and written to ``replicas`` distinct blob nodes in parallel. A chunk counts once
 ``write_quorum`` nodes acknowledged it durable; nodes that do not answer in time are left
-out of its manifest entry (repair re-replicates later). At most three chunks are held
-in memory at once (filling, queued, being written), whatever the object's size.
+out of its manifest entry (repair re-replicates later). At most five chunks are held
+in memory at once (filling, queued, hashing, two replicating), whatever the object's size.
 
 GET: chunks are read in order from the fastest live replica; every chunk's SHA-256 is
 checked before a byte of it is sent, and on an error or a mismatch the next replica is
@@ -34,7 +34,8 @@ log = logging.getLogger("frontend.objects")
 
 NODES_REFRESH = 2.0
 NODE_BACKOFF = 5.0  # seconds a node that failed an operation is tried last
-READ_TIMEOUT = 5.0  # one replica's time to return a chunk before the next is tried
+READ_TIMEOUT = 5.0
+REPLICATIONS_IN_FLIGHT = 2  # one replica's time to return a chunk before the next is tried
 
 
 @dataclass
@@ -167,43 +168,55 @@ class DataPath:
         self, recv: trio.MemoryReceiveChannel[memoryview], stored: Stored,
         on_chunk: Callable[[memoryview], None] | None, scope: trio.CancelScope,
     ) -> None:
-        async with recv:
-            async for chunk in recv:
-                try:
-                    await self._write_chunk(chunk, stored, on_chunk)
-                except Exception as exc:  # judged once by store(); never an ExceptionGroup
-                    stored.error = exc
-                    scope.cancel()
-                    return
+        """Hash chunks in order; replicate up to REPLICATIONS_IN_FLIGHT of them at once,
+        so one chunk's fsyncs on the blob nodes overlap the next chunk's hashing."""
+        slots = trio.Semaphore(REPLICATIONS_IN_FLIGHT)
 
-    async def _write_chunk(self, chunk: memoryview, stored: Stored, on_chunk: Callable[[memoryview], None] | None) -> None:
+        async def replicate(entry: list[Any], chunk: memoryview) -> None:
+            try:
+                await self.replicate(entry[0], entry[2], chunk, entry[3])
+            except Exception as exc:  # judged once by store(); never an ExceptionGroup
+                stored.error = stored.error or exc
+                scope.cancel()
+            finally:
+                slots.release()
+
+        async with recv, trio.open_nursery() as replications:
+            async for chunk in recv:
+                entry = await self._hash_chunk(chunk, stored, on_chunk)
+                await slots.acquire()
+                replications.start_soon(replicate, entry, chunk)
+
+    async def _hash_chunk(
+        self, chunk: memoryview, stored: Stored, on_chunk: Callable[[memoryview], None] | None,
+    ) -> list[Any]:
+        """MD5 (+ the S3 checksum), the chunk's SHA-256 and the object's SHA-256, each in
+        its own worker thread (hashlib releases the GIL). The first chunk's SHA-256 is
+        the object hash's state at that point: those bytes are hashed once."""
         first = not stored.chunks
+        entry: list[Any] = [uuid.uuid4().hex, len(chunk), "", []]
+        stored.chunks.append(entry)
 
         def md5_work() -> None:
             stored.md5.update(chunk)
             if on_chunk is not None:
                 on_chunk(chunk)
 
-        def sha_work() -> str:
+        def object_sha_work() -> None:
             stored.sha256.update(chunk)
-            if first:  # the object's running hash is this chunk's hash so far: no second pass
-                return stored.sha256.copy().hexdigest()
-            return hashlib.sha256(chunk).hexdigest()
+            if first:
+                entry[2] = stored.sha256.copy().hexdigest()
 
-        chunk_id = uuid.uuid4().hex
-        entry: list[Any] = [chunk_id, len(chunk), "", []]
-        stored.chunks.append(entry)
-        error: Exception | None = None
+        def chunk_sha_work() -> None:
+            entry[2] = hashlib.sha256(chunk).hexdigest()
+
         async with trio.open_nursery() as nursery:
             nursery.start_soon(trio.to_thread.run_sync, md5_work)
-            try:
-                entry[2] = await trio.to_thread.run_sync(sha_work)
-                await self.replicate(chunk_id, entry[2], chunk, entry[3])
-            except Exception as exc:
-                error = exc
-        if error is not None:
-            raise error
+            nursery.start_soon(trio.to_thread.run_sync, object_sha_work)
+            if not first:
+                nursery.start_soon(trio.to_thread.run_sync, chunk_sha_work)
         stored.size += len(chunk)
+        return entry
 
     async def replicate(self, chunk_id: str, sha256: str, data: memoryview, acked: list[str]) -> None:
         """Write one chunk to ``replicas`` distinct nodes; node ids that acknowledged go to

@@ -48,7 +48,7 @@ CREATE TABLE IF NOT EXISTS nodes (
 ) WITHOUT ROWID;
 """
 
-REQUEST_MEMORY = 100_000  # a retried rid is recognised for this many log entries
+REQUEST_MEMORY = 200_000  # a retried rid is recognised for this many log entries
 
 
 def _packb(value: Any) -> bytes:
@@ -69,10 +69,14 @@ class Failed(Exception):
 
 
 def successor(prefix: str) -> str | None:
-    """The smallest string greater than every string that starts with ``prefix``."""
-    if not prefix:
-        return None
-    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
+    """The smallest string greater than every string that starts with ``prefix``
+    (None: no upper bound). Skips the surrogate range, which SQLite cannot store."""
+    while prefix:
+        last = ord(prefix[-1])
+        if last < 0x10FFFF:
+            return prefix[:-1] + chr(0xE000 if last == 0xD7FF else last + 1)
+        prefix = prefix[:-1]
+    return None
 
 
 class MetaState:
@@ -146,8 +150,7 @@ class MetaState:
                         result = {"ok": False, "err": exc.code, "msg": exc.msg}
                 if rid is not None:
                     db.execute("INSERT INTO requests VALUES (?,?,?)", (rid, index, _packb(result)))
-                    if index % 1000 == 0:
-                        db.execute("DELETE FROM requests WHERE idx < ?", (index - REQUEST_MEMORY,))
+                    self._prune_requests(index)
                 self._set_applied(index)
                 db.execute("COMMIT")
                 return result
@@ -158,6 +161,13 @@ class MetaState:
             log.exception("apply of entry %d failed: %r", index, cmd.get("op"))
             self.last_applied = index
             return {"ok": False, "err": "Internal", "msg": repr(exc)}
+
+    def _prune_requests(self, index: int) -> None:
+        # Deterministic on every replica: the last prune point is part of the state.
+        row = self.db.execute("SELECT v FROM meta WHERE k='pruned'").fetchone()
+        if index - (int(row[0]) if row else 0) >= 1000:
+            self.db.execute("DELETE FROM requests WHERE idx < ?", (index - REQUEST_MEMORY,))
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES ('pruned', ?)", (index,))
 
     def _set_applied(self, index: int) -> None:
         self.db.execute("INSERT OR REPLACE INTO meta VALUES ('applied', ?)", (index,))
@@ -173,6 +183,8 @@ class MetaState:
             result = handler(self.reader, q)
         except Failed as exc:
             return {"ok": False, "err": exc.code, "msg": exc.msg}
+        except (KeyError, TypeError, ValueError) as exc:
+            return {"ok": False, "err": "BadRequest", "msg": repr(exc)}
         result.setdefault("ok", True)
         return result
 
@@ -318,6 +330,8 @@ def q_list(db: sqlite3.Connection, q: dict[str, Any]) -> dict[str, Any]:
     delimiter, after, max_keys = q.get("delimiter", ""), q.get("after", ""), q.get("max_keys", 1000)
     if not _bucket_exists(db, bucket):
         raise Failed("NoSuchBucket")
+    if max_keys <= 0:
+        return _page([], [], False, "")
     hi = successor(prefix)
     lo_inclusive = prefix
     contents: list[dict[str, Any]] = []
