@@ -26,20 +26,7 @@ class BlobServer:
         self.limiter = trio.CapacityLimiter(8)  # concurrent disk operations
 
     async def serve_conn(self, stream: trio.SocketStream) -> None:
-        conn = wire.FramedSocket(stream.socket)
-        try:
-            stream.socket.setsockopt(trio.socket.IPPROTO_TCP, trio.socket.TCP_NODELAY, 1)
-            if not await wire.server_handshake(conn, self.secret):
-                return
-            while True:
-                header = await conn.recv_header()
-                if header is None:
-                    return
-                await self.handle(conn, header)
-        except (wire.WireError, OSError, trio.BrokenResourceError, trio.ClosedResourceError):
-            return
-        finally:
-            conn.close()
+        await wire.serve_connection(stream, self.secret, self.handle)
 
     async def _disk(self, fn: Any, *args: Any) -> Any:
         return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import hmac
 import os
 import struct
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgpack
@@ -186,6 +187,24 @@ async def server_handshake(conn: FramedSocket, secret: str) -> bool:
             return True
     await conn.send({"ok": False, "err": ERR_AUTH, "msg": "cluster secret required"})
     return False
+
+
+async def serve_connection(
+    stream: trio.SocketStream, secret: str, handle: Callable[[FramedSocket, dict[str, Any]], Awaitable[None]],
+) -> None:
+    """Serve one accepted connection: the secret handshake, then requests one at a time
+    (``handle`` reads any payload and sends the reply). Ends quietly when the peer goes."""
+    conn = FramedSocket(stream.socket)
+    try:
+        stream.socket.setsockopt(trio.socket.IPPROTO_TCP, trio.socket.TCP_NODELAY, 1)
+        if not await server_handshake(conn, secret):
+            return
+        while (header := await conn.recv_header()) is not None:
+            await handle(conn, header)
+    except (WireError, OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+        return
+    finally:
+        conn.close()
 
 
 async def client_handshake(conn: FramedSocket, secret: str) -> None:

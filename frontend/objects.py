@@ -230,6 +230,7 @@ class DataPath:
         targets, spares = ranked[: s.replicas], ranked[s.replicas :]
         pending = len(targets)
         all_done = trio.Event()
+        quorum_or_done = trio.Event()
         started = time.monotonic()
         in_flight: set[str] = set()
 
@@ -243,6 +244,8 @@ class DataPath:
                     await self.blobs.put(node.addr, chunk_id, sha256, data)
                     self.directory.observe(node.node_id, time.monotonic() - t0)
                     acked.append(node.node_id)
+                    if len(acked) >= s.write_quorum:
+                        quorum_or_done.set()
                     break
                 except wire.WireError as exc:
                     log.warning("chunk %s: write to %s failed: %s", chunk_id, node.addr, exc)
@@ -253,11 +256,11 @@ class DataPath:
             pending -= 1
             if pending == 0:
                 all_done.set()
+                quorum_or_done.set()
 
         async def straggler_cutoff(scope: trio.CancelScope) -> None:
             # Once a quorum holds the chunk, give slow replicas a bounded extra time.
-            while len(acked) < s.write_quorum and not all_done.is_set():
-                await trio.sleep(0.005)
+            await quorum_or_done.wait()
             if not all_done.is_set():
                 with trio.move_on_after(max(1.0, 2 * (time.monotonic() - started))):
                     await all_done.wait()

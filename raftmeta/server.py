@@ -139,20 +139,10 @@ class MetaServer:
         }
 
     async def serve_conn(self, stream: trio.SocketStream) -> None:
-        conn = wire.FramedSocket(stream.socket)
-        try:
-            if not await wire.server_handshake(conn, self.secret):
-                return
-            while True:
-                header = await conn.recv_header()
-                if header is None:
-                    return
-                reply = await self.handle(header)
-                await conn.send(reply)
-        except (wire.WireError, OSError, trio.BrokenResourceError, trio.ClosedResourceError):
-            return
-        finally:
-            conn.close()
+        async def reply(conn: wire.FramedSocket, request: dict[str, Any]) -> None:
+            await conn.send(await self.handle(request))
+
+        await wire.serve_connection(stream, self.secret, reply)
 
     # ---------------------------------------------------------------- gc
 
