@@ -64,7 +64,7 @@ class BlobServer:
                 raise StoreError(wire.ERR_BAD_REQUEST, f"unknown op {op!r}")
         except StoreError as exc:
             await conn.send({"ok": False, "err": exc.code, "msg": exc.msg})
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             await conn.send({"ok": False, "err": wire.ERR_BAD_REQUEST, "msg": repr(exc)})
 
     def info(self) -> dict[str, Any]:

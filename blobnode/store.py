@@ -46,7 +46,7 @@ def _fsync_dir(path: str) -> None:
 
 
 def check_id(chunk_id: str) -> str:
-    if not isinstance(chunk_id, str) or not _ID.match(chunk_id):
+    if not isinstance(chunk_id, str) or not _ID.fullmatch(chunk_id):
         raise StoreError("BadRequest", "invalid chunk id")
     return chunk_id
 
@@ -82,7 +82,7 @@ class ChunkStore:
         used = count = 0
         for dirpath, _dirs, files in os.walk(self.chunk_dir):
             for name in files:
-                used += os.path.getsize(os.path.join(dirpath, name)) - HEADER_SIZE
+                used += max(0, os.path.getsize(os.path.join(dirpath, name)) - HEADER_SIZE)
                 count += 1
         return used, count
 
@@ -103,10 +103,8 @@ class ChunkStore:
         digest = hashlib.sha256(data).digest()
         if digest.hex() != sha256_hex:
             raise StoreError("ChecksumMismatch", "chunk does not match its sha256")
-        if os.path.exists(final):
-            size, sha = self._read_header(final)
-            if sha == digest and size == len(data):
-                return False
+        if os.path.exists(final) and self._intact(final, digest, len(data)):
+            return False  # an intact copy is already there; a damaged one is replaced below
         tmp = os.path.join(self.tmp_dir, f"{chunk_id}.{uuid.uuid4().hex[:8]}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
@@ -121,12 +119,23 @@ class ChunkStore:
             raise StoreError("NoSpace" if exc.errno == 28 else "Internal", str(exc)) from exc
         os.close(fd)
         self._make_parents(final)
-        os.rename(tmp, final)
+        with self._lock:  # the accounting must see whether the rename replaced a file
+            try:
+                replaced = os.path.getsize(final) - HEADER_SIZE
+            except FileNotFoundError:
+                replaced = None
+            os.rename(tmp, final)
+            self.used += len(data) - (replaced or 0)
+            self.count += replaced is None
         _fsync_dir(os.path.dirname(final))
-        with self._lock:
-            self.used += len(data)
-            self.count += 1
         return True
+
+    def _intact(self, path: str, digest: bytes, size: int) -> bool:
+        try:
+            stored_size, stored_sha, data = self.read(os.path.basename(path))
+        except (StoreError, OSError):
+            return False
+        return stored_size == size and bytes.fromhex(stored_sha) == digest and hashlib.sha256(data).digest() == digest
 
     def _make_parents(self, final: str) -> None:
         leaf = os.path.dirname(final)
@@ -154,12 +163,17 @@ class ChunkStore:
     # ------------------------------------------------------------------ reads
 
     @staticmethod
-    def _read_header(path: str) -> tuple[int, bytes]:
-        with open(path, "rb") as f:
-            magic, size, sha = HEADER.unpack(f.read(HEADER_SIZE))
+    def _parse_header(raw: bytes) -> tuple[int, bytes]:
+        if len(raw) != HEADER_SIZE:
+            raise StoreError("ChecksumMismatch", "chunk file shorter than its header")
+        magic, size, sha = HEADER.unpack(raw)
         if magic != MAGIC:
             raise StoreError("ChecksumMismatch", "bad chunk header")
         return size, sha
+
+    def _read_header(self, path: str) -> tuple[int, bytes]:
+        with open(path, "rb") as f:
+            return self._parse_header(f.read(HEADER_SIZE))
 
     def stat(self, chunk_id: str) -> tuple[int, str]:
         try:
@@ -176,9 +190,7 @@ class ChunkStore:
         except FileNotFoundError:
             raise StoreError("NotFound", chunk_id) from None
         try:
-            magic, size, sha = HEADER.unpack(os.pread(fd, HEADER_SIZE, 0))
-            if magic != MAGIC:
-                raise StoreError("ChecksumMismatch", "bad chunk header")
+            size, sha = self._parse_header(os.pread(fd, HEADER_SIZE, 0))
             offset = max(0, min(offset, size))
             length = size - offset if length is None else max(0, min(length, size - offset))
             buf = bytearray(length)

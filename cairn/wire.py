@@ -26,6 +26,7 @@ barrier when linear); ``{op: "status"}``. Command and query shapes live in
 from __future__ import annotations
 
 import hmac
+import logging
 import os
 import struct
 from collections.abc import Awaitable, Callable
@@ -33,6 +34,8 @@ from typing import Any
 
 import msgpack
 import trio
+
+log = logging.getLogger("cairn.wire")
 
 MAX_HEADER = 1 << 20
 _LEN = struct.Struct(">I")
@@ -202,6 +205,9 @@ async def serve_connection(
         while (header := await conn.recv_header()) is not None:
             await handle(conn, header)
     except (WireError, OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+        return
+    except Exception as exc:  # an undecodable or malformed frame ends this connection only
+        log.warning("closing a connection after a malformed request: %r", exc)
         return
     finally:
         conn.close()

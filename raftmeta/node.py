@@ -184,9 +184,7 @@ class MetaNode(SyncObj):
             snap_index = int(row[0]) if row else 0
             if snap_index > self.state.applied_index():
                 log.info("restoring state from snapshot at index %d", snap_index)
-                snap.backup(self.state.db)
-                self.state.db.execute("DROP TABLE IF EXISTS raft_snapshot")
-                self.state.reopen()
+                self.state.restore_from(snap)
         finally:
             snap.close()
         return raft_data

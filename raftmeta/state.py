@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -87,6 +88,8 @@ class MetaState:
         self.db = self._open(path)
         self.db.executescript(SCHEMA)
         self.reader = self._open(path)
+        # Held by every query and by a snapshot restore, which swaps the connections.
+        self.reader_lock = threading.Lock()
         self.last_applied = self.applied_index()
 
     @staticmethod
@@ -103,10 +106,21 @@ class MetaState:
         self.db.close()
 
     def reopen(self) -> None:
-        self.close()
-        self.db = self._open(self.path)
-        self.reader = self._open(self.path)
-        self.last_applied = self.applied_index()
+        """Close and reopen both connections, re-reading the applied index from disk."""
+        with self.reader_lock:
+            self.close()
+            self.db = self._open(self.path)
+            self.reader = self._open(self.path)
+            self.last_applied = self.applied_index()
+
+    def restore_from(self, snapshot: sqlite3.Connection) -> None:
+        """Replace the whole database with ``snapshot``'s content (Raft thread)."""
+        with self.reader_lock:
+            self.reader.close()
+            snapshot.backup(self.db)
+            self.db.execute("DROP TABLE IF EXISTS raft_snapshot")
+            self.reader = self._open(self.path)
+            self.last_applied = self.applied_index()
 
     def applied_index(self) -> int:
         row = self.db.execute("SELECT v FROM meta WHERE k='applied'").fetchone()
@@ -176,14 +190,16 @@ class MetaState:
     # ------------------------------------------------------------------ reads
 
     def query(self, q: dict[str, Any]) -> dict[str, Any]:
-        handler = QUERIES.get(q.get("q"))
-        if handler is None:
-            return {"ok": False, "err": "BadRequest", "msg": f"unknown query {q.get('q')!r}"}
         try:
-            result = handler(self.reader, q)
+            name = q.get("q")
+            handler = QUERIES.get(name) if isinstance(name, str) else None
+            if handler is None:
+                return {"ok": False, "err": "BadRequest", "msg": f"unknown query {name!r}"}
+            with self.reader_lock:
+                result = handler(self.reader, q)
         except Failed as exc:
             return {"ok": False, "err": exc.code, "msg": exc.msg}
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError, sqlite3.Error) as exc:
             return {"ok": False, "err": "BadRequest", "msg": repr(exc)}
         result.setdefault("ok", True)
         return result

@@ -39,7 +39,7 @@ class Served:
     root: Path
     store: ChunkStore
     server: BlobServer
-    port: int = 0
+    port: int = 0  # 0: any free port; set to restart a server on the port of an earlier one
     crash: BaseException | None = None
     stopped: trio.Event = field(default_factory=trio.Event)
 
@@ -49,16 +49,16 @@ class Served:
 
     async def _run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
         try:
-            await trio.serve_tcp(self.server.serve_conn, 0, host="127.0.0.1", task_status=task_status)
+            await trio.serve_tcp(self.server.serve_conn, self.port, host="127.0.0.1", task_status=task_status)
         except Exception as exc:  # a handler exception escaped serve_conn: the server is dead
             self.crash = exc
         finally:
             self.stopped.set()
 
 
-async def start_blob(nursery: trio.Nursery, root: Path, secret: str = SECRET) -> Served:
+async def start_blob(nursery: trio.Nursery, root: Path, secret: str = SECRET, port: int = 0) -> Served:
     store = ChunkStore(str(root))
-    served = Served(root=root, store=store, server=BlobServer(store, secret))
+    served = Served(root=root, store=store, server=BlobServer(store, secret), port=port)
     listeners = await nursery.start(served._run)
     served.port = listeners[0].socket.getsockname()[1]
     return served
@@ -260,11 +260,6 @@ async def test_idempotent_re_put(tmp_path: Path) -> None:
         nursery.cancel_scope.cancel()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ChunkStore.put (blobnode/store.py) adds to used/count even when the rename replaces an existing "
-    "file of the same id, so two racing puts of one id count the chunk twice",
-)
 async def test_concurrent_puts_of_same_id_counted_once(tmp_path: Path) -> None:
     """Two writers racing on one chunk id (a frontend retrying a put that timed out while
     the first attempt is still being written). Deterministic: both puts are held right
@@ -344,11 +339,6 @@ async def test_invalid_chunk_ids_refused(tmp_path: Path) -> None:
         nursery.cancel_scope.cancel()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="check_id (blobnode/store.py) uses re.match with '$', which also matches before a trailing newline: "
-    "an id of 32 hex digits + '\\n' is accepted and a file with a newline in its name is created",
-)
 async def test_chunk_id_with_trailing_newline_refused(tmp_path: Path) -> None:
     async with trio.open_nursery() as nursery:
         served = await start_blob(nursery, tmp_path)
@@ -597,13 +587,6 @@ UNDECODABLE = {
 }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="serve_conn (blobnode/server.py) catches only WireError/OSError/trio errors; a header that msgpack "
-    "cannot decode (ValueError from cairn/wire.py unpack) or a non-bytes 'proof' (TypeError in "
-    "wire.server_handshake) escapes the handler and takes the whole trio.serve_tcp server down, even before "
-    "authentication",
-)
 @pytest.mark.parametrize("name", list(UNDECODABLE))
 async def test_undecodable_header_does_not_crash_server(tmp_path: Path, name: str) -> None:
     authenticated, garbage = UNDECODABLE[name]
@@ -706,6 +689,31 @@ async def test_reopen_sees_chunks_keeps_node_id_and_empties_tmp(tmp_path: Path) 
     assert ChunkStore(str(tmp_path / "other")).node_id != first_id
 
 
+async def test_pooled_connection_to_restarted_server_is_replaced(tmp_path: Path) -> None:
+    """The client's idle pooled connection dies with the server; the next request (a blob
+    node restarted on the same port) is sent again on a new connection."""
+    client = BlobClient(SECRET)
+    cid, data = new_id(), os.urandom(5000)
+    async with trio.open_nursery() as nursery:
+        served = await start_blob(nursery, tmp_path)
+        port = served.port
+        await client.put(served.addr, cid, sha(data), data)
+        assert len(client.pool._idle[served.addr]) == 1
+        nursery.cancel_scope.cancel()
+    async with trio.open_nursery() as nursery:
+        served = await start_blob(nursery, tmp_path, port=port)
+        stale = client.pool._idle[served.addr][0]
+        reply, got = await client.get(served.addr, cid)
+        assert bytes(got) == data and reply["sha256"] == sha(data)
+        assert client.pool._idle[served.addr] != [stale] and len(client.pool._idle[served.addr]) == 1
+        assert (await client.stat(served.addr, cid))["size"] == 5000
+        nursery.cancel_scope.cancel()
+    # no server at all: a clean Unavailable, not a hang or an OSError
+    with pytest.raises(wire.WireError) as err:
+        await client.get(f"127.0.0.1:{port}", cid)
+    assert err.value.code == wire.ERR_UNAVAILABLE
+
+
 # ------------------------------------------------------------------------ damaged chunk files
 
 
@@ -756,12 +764,6 @@ async def test_damaged_chunk_files_on_disk(tmp_path: Path) -> None:
         nursery.cancel_scope.cancel()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ChunkStore.read/_read_header (blobnode/store.py) unpack the 64-byte header without checking its "
-    "length: a chunk file shorter than the header raises struct.error, which BlobServer.handle does not "
-    "turn into an error reply; it escapes serve_conn and kills the whole server",
-)
 @pytest.mark.parametrize("op", ["get", "stat"])
 async def test_chunk_file_shorter_than_header(tmp_path: Path, op: str) -> None:
     async with trio.open_nursery() as nursery:
@@ -783,3 +785,27 @@ async def test_chunk_file_shorter_than_header(tmp_path: Path, op: str) -> None:
         nursery.cancel_scope.cancel()
     assert code == wire.ERR_CHECKSUM, f"{op} of a 10-byte chunk file answered {code!r} ({problem})"
     assert problem is None, problem
+
+
+@pytest.mark.parametrize("damage", ["body", "magic"])
+async def test_re_put_repairs_a_damaged_copy(tmp_path: Path, damage: str) -> None:
+    async with trio.open_nursery() as nursery:
+        served = await start_blob(nursery, tmp_path)
+        client = BlobClient(SECRET)
+        cid, data = new_id(), os.urandom(10_000)
+        await client.put(served.addr, cid, sha(data), data)
+        path = Path(served.store.path(cid))
+        raw = bytearray(path.read_bytes())
+        if damage == "body":
+            raw[HEADER_SIZE + 10] ^= 0xFF
+        else:
+            raw[:8] = b"NOTCAIRN"
+        path.write_bytes(raw)
+        try:
+            created: bool | str = await client.put(served.addr, cid, sha(data), data)
+        except wire.WireError as exc:
+            created = exc.code
+        stored = path.read_bytes()[HEADER_SIZE:]
+        nursery.cancel_scope.cancel()
+    assert created is True, f"re-put over a damaged copy answered {created!r}"
+    assert stored == data
