@@ -37,6 +37,9 @@ def add_raftmeta(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default="./data/raftmeta")
     p.add_argument("--gc-grace", type=float, default=300.0, help="seconds before an unreferenced chunk is deleted")
     p.add_argument("--gc-interval", type=float, default=5.0)
+    p.add_argument("--upload-ttl", type=float, default=86400.0,
+                   help="seconds after which an incomplete multipart upload is aborted")
+    p.add_argument("--upload-expiry-interval", type=float, default=60.0)
 
 
 def add_blobnode(p: argparse.ArgumentParser) -> None:

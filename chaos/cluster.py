@@ -60,6 +60,8 @@ class Cluster:
     chunk_size: int = 8 * 1024 * 1024
     gc_grace: float = 300.0
     gc_interval: float = 5.0
+    upload_ttl: float = 86400.0
+    upload_expiry_interval: float = 60.0
     extra_env: dict[str, str] = field(default_factory=dict)
     procs: dict[str, Proc] = field(default_factory=dict)
 
@@ -76,7 +78,9 @@ class Cluster:
             peers = ",".join(a for j, a in enumerate(raft) if j != i)
             self._add(f"raftmeta{i + 1}", ["raftmeta", "--raft", raft[i], "--peers", peers, "--rpc", self.rpc[i],
                                            "--data-dir", str(self.root / f"raftmeta{i + 1}"),
-                                           "--gc-grace", str(self.gc_grace), "--gc-interval", str(self.gc_interval)])
+                                           "--gc-grace", str(self.gc_grace), "--gc-interval", str(self.gc_interval),
+                                           "--upload-ttl", str(self.upload_ttl),
+                                           "--upload-expiry-interval", str(self.upload_expiry_interval)])
         for i in range(self.blobs):
             self._add(f"blobnode{i + 1}", ["blobnode", "--listen", blob[i], "--meta", meta_list,
                                            "--data-dir", str(self.root / f"blobnode{i + 1}")])

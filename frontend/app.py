@@ -24,6 +24,7 @@ from quart_trio.asgi import TrioASGIHTTPConnection
 from quart_trio.wrappers.request import TrioBody, TrioRequest
 
 from frontend import handlers
+from frontend.context import Context
 from frontend.errors import S3Error
 from frontend.sigv4 import verify_request
 
@@ -78,7 +79,7 @@ class CairnApp(QuartTrio):
     asgi_http_class = BoundedConnection
     request_class = BoundedRequest
 
-    def __init__(self, ctx: handlers.Context) -> None:
+    def __init__(self, ctx: Context) -> None:
         super().__init__("cairn-frontend")
         self.ctx = ctx
         self.config.update(MAX_CONTENT_LENGTH=None, BODY_TIMEOUT=None, RESPONSE_TIMEOUT=None, PROVIDE_AUTOMATIC_OPTIONS=False)
@@ -128,19 +129,23 @@ def query_params(raw: bytes) -> dict[str, str]:
         raise S3Error("InvalidArgument", "Query string is not valid UTF-8") from None
 
 
-async def route(ctx: handlers.Context, request: Any) -> Response:
+async def route(ctx: Context, request: Any) -> Response:
     request.request_id = os.urandom(8).hex().upper()
     scope = request.scope
     raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
     query_string: bytes = scope.get("query_string", b"")
     bucket, key = split_path(raw_path)
-    if bucket == ADMIN_PREFIX:
-        return await handlers.admin(ctx, request, key or "")
     headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
+    if bucket == ADMIN_PREFIX and key == "health":
+        return await handlers.admin(ctx, request, key)
     auth = verify_request(request.method, raw_path, query_string, headers, ctx.lookup_secret)
     if auth is None:
         raise S3Error("AccessDenied")
     request.auth = auth
+    if bucket == ADMIN_PREFIX:  # operator endpoints: admin credentials only
+        if auth.access_key != ctx.root_access_key:
+            raise S3Error("AccessDenied")
+        return await handlers.admin(ctx, request, key or "")
     params = query_params(query_string)
     response = await handlers.dispatch(ctx, request, bucket, key, params)
     response.headers["x-amz-request-id"] = request.request_id

@@ -11,71 +11,29 @@ import logging
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from quart import Response
 
-from blobnode.client import BlobClient
 from cairn import wire
-from frontend import s3xml
-from frontend.errors import ERRORS, S3Error
+from frontend import multipart, s3xml
+from frontend.context import (
+    STORED_HEADERS,
+    Context,
+    empty_response,
+    meta_call,
+    raise_reply,
+    user_metadata,
+    xml_response,
+)
+from frontend.errors import S3Error
 from frontend.names import check_bucket_name, check_key
-from frontend.objects import DataPath, Stored
+from frontend.objects import Stored
 from frontend.upload import UploadBody
-from raftmeta.client import MetaClient
 
 log = logging.getLogger("frontend")
 
-MAX_USER_METADATA = 2048
 _DIGITS = re.compile(r"[0-9]*")
-STORED_HEADERS = ("cache-control", "content-disposition", "content-language", "expires")
-XML = "application/xml"
-
-
-@dataclass
-class Context:
-    meta: MetaClient
-    blobs: BlobClient
-    data: DataPath
-    region: str
-    root_access_key: str
-    root_secret_key: str
-
-    def lookup_secret(self, access_key: str) -> str | None:
-        return self.root_secret_key if access_key == self.root_access_key else None
-
-
-async def _meta(call: Any) -> dict[str, Any]:
-    """Await a raftmeta call; turn its error codes into S3 errors."""
-    try:
-        reply = await call
-    except wire.WireError:
-        raise S3Error("ServiceUnavailable", "The metadata service is unavailable. Please retry.") from None
-    if not reply.get("ok"):
-        _raise_reply(reply)
-    return reply
-
-
-def _raise_reply(reply: dict[str, Any]) -> None:
-    code = reply.get("err", "InternalError")
-    if code == wire.ERR_UNAVAILABLE:
-        raise S3Error("ServiceUnavailable", "The metadata service is unavailable. Please retry.")
-    if code not in ERRORS:
-        log.error("raftmeta error %s: %s", code, reply.get("msg"))
-        raise S3Error("InternalError")
-    raise S3Error(code)
-
-
-def _xml(body: bytes, status: int = 200) -> Response:
-    return Response(body, status=status, content_type=XML)
-
-
-def _empty(status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    response = Response(b"", status=status)
-    for k, v in (headers or {}).items():
-        response.headers[k] = v
-    return response
 
 
 # ---------------------------------------------------------------------- routing
@@ -90,12 +48,25 @@ async def dispatch(ctx: Context, request: Any, bucket: str, key: str | None, par
     if key is None:
         return await _bucket_op(ctx, request, method, bucket, params)
     check_key(key)
+    if "uploads" in params and method == "POST":
+        return await multipart.create(ctx, request, bucket, key)
+    if "uploadId" in params:
+        upload_id = params["uploadId"]
+        if method == "PUT":
+            return await multipart.upload_part(ctx, request, bucket, key, params)
+        if method == "POST":
+            return await multipart.complete(ctx, request, bucket, key, upload_id)
+        if method == "DELETE":
+            return await multipart.abort(ctx, bucket, key, upload_id)
+        if method == "GET":
+            return await multipart.list_parts(ctx, bucket, key, params)
+        raise S3Error("MethodNotAllowed")
     handler: Callable[..., Any] | None = {
         "PUT": put_object, "GET": get_object, "HEAD": get_object, "DELETE": delete_object,
     }.get(method)
     if handler is None:
         raise S3Error("MethodNotAllowed")
-    for sub in ("uploads", "uploadId", "acl", "tagging", "retention", "legal-hold", "torrent", "restore", "select"):
+    for sub in ("uploads", "acl", "tagging", "retention", "legal-hold", "torrent", "restore", "select"):
         if sub in params:
             raise S3Error("NotImplemented", f"The {sub} sub-resource is not implemented yet.")
     if method == "PUT" and "x-amz-copy-source" in request.headers:
@@ -107,19 +78,21 @@ async def _bucket_op(ctx: Context, request: Any, method: str, bucket: str, param
     if method == "PUT" and not params:
         return await create_bucket(ctx, request, bucket)
     if method == "HEAD":
-        await _meta(ctx.meta.read({"q": "bucket", "bucket": bucket}))
-        return _empty(headers={"x-amz-bucket-region": ctx.region})
+        await meta_call(ctx.meta.read({"q": "bucket", "bucket": bucket}))
+        return empty_response(headers={"x-amz-bucket-region": ctx.region})
     if method == "DELETE" and not params:
-        await _meta(ctx.meta.write({"op": "delete_bucket", "bucket": bucket}))
-        return _empty(204)
+        await meta_call(ctx.meta.write({"op": "delete_bucket", "bucket": bucket, "ts": time.time()}))
+        return empty_response(204)
     if method == "GET":
         if "location" in params:
-            await _meta(ctx.meta.read({"q": "bucket", "bucket": bucket}))
-            return _xml(s3xml.location(ctx.region))
+            await meta_call(ctx.meta.read({"q": "bucket", "bucket": bucket}))
+            return xml_response(s3xml.location(ctx.region))
         if "versioning" in params:
-            await _meta(ctx.meta.read({"q": "bucket", "bucket": bucket}))
-            return _xml(f'{s3xml.HEAD}<VersioningConfiguration xmlns="{s3xml.NS}"/>'.encode())
-        unsupported = {"acl", "policy", "cors", "lifecycle", "tagging", "uploads", "website", "replication",
+            await meta_call(ctx.meta.read({"q": "bucket", "bucket": bucket}))
+            return xml_response(f'{s3xml.HEAD}<VersioningConfiguration xmlns="{s3xml.NS}"/>'.encode())
+        if "uploads" in params:
+            return await multipart.list_uploads(ctx, bucket, params)
+        unsupported = {"acl", "policy", "cors", "lifecycle", "tagging", "website", "replication",
                        "encryption", "notification", "logging", "object-lock", "ownershipControls"}
         hit = unsupported.intersection(params)
         if hit:
@@ -134,8 +107,8 @@ async def _bucket_op(ctx: Context, request: Any, method: str, bucket: str, param
 
 
 async def list_buckets(ctx: Context, request: Any) -> Response:
-    reply = await _meta(ctx.meta.read({"q": "buckets"}))
-    return _xml(s3xml.list_buckets(reply["buckets"], request.auth.access_key))
+    reply = await meta_call(ctx.meta.read({"q": "buckets"}))
+    return xml_response(s3xml.list_buckets(reply["buckets"], request.auth.access_key))
 
 
 async def create_bucket(ctx: Context, request: Any, bucket: str) -> Response:
@@ -154,10 +127,10 @@ async def create_bucket(ctx: Context, request: Any, bucket: str) -> Response:
     acl = request.headers.get("x-amz-acl", "private")
     if acl not in ("private", "public-read", "public-read-write", "authenticated-read"):
         raise S3Error("InvalidArgument", f"Unknown canned ACL {acl}")
-    await _meta(ctx.meta.write({
+    await meta_call(ctx.meta.write({
         "op": "create_bucket", "bucket": bucket, "owner": request.auth.access_key, "acl": acl, "ts": time.time(),
     }))
-    return _empty(headers={"Location": f"/{bucket}"})
+    return empty_response(headers={"Location": f"/{bucket}"})
 
 
 # ---------------------------------------------------------------------- listing
@@ -198,37 +171,30 @@ async def list_objects(ctx: Context, bucket: str, params: dict[str, str]) -> Res
     else:
         p["marker"] = params.get("marker", "")
         after = p["marker"]
-    bucket_info = await _meta(ctx.meta.read({"q": "bucket", "bucket": bucket}))
+    bucket_info = await meta_call(ctx.meta.read({"q": "bucket", "bucket": bucket}))
     p["owner"] = bucket_info["owner"]
     if p["max_keys"] == 0:
         page = {"contents": [], "prefixes": [], "truncated": False, "last": ""}
     else:
-        page = await _meta(ctx.meta.read({
+        page = await meta_call(ctx.meta.read({
             "q": "list", "bucket": bucket, "prefix": p["prefix"], "delimiter": p["delimiter"],
             "after": after, "max_keys": p["max_keys"],
         }))
     if page["truncated"]:
         p["next_token"] = _token(page["last"])
-    return _xml(s3xml.list_objects(page, p, v2))
+    return xml_response(s3xml.list_objects(page, p, v2))
 
 
 # ---------------------------------------------------------------------- objects
 
 
-def _user_metadata(request: Any) -> dict[str, str]:
-    meta = {k.lower()[len("x-amz-meta-") :]: v for k, v in request.headers.items() if k.lower().startswith("x-amz-meta-")}
-    if sum(len(k) + len(v) for k, v in meta.items()) > MAX_USER_METADATA:
-        raise S3Error("MetadataTooLarge", MaxMetadataSize=MAX_USER_METADATA)
-    return meta
-
-
 async def put_object(ctx: Context, request: Any, bucket: str, key: str, params: dict[str, str]) -> Response:
     body = UploadBody(request, request.auth)
-    user_meta = _user_metadata(request)
+    user_meta = user_metadata(request)
     headers = {h: request.headers[h] for h in STORED_HEADERS if h in request.headers}
     if body.content_encoding:
         headers["content-encoding"] = body.content_encoding
-    await _meta(ctx.meta.read({"q": "bucket", "bucket": bucket}, linear=False))  # fail fast, before any byte
+    await meta_call(ctx.meta.read({"q": "bucket", "bucket": bucket}, linear=False))  # fail fast, before any byte
     stored = Stored()
     try:
         await ctx.data.store(body.pieces(), stored, body.on_chunk)
@@ -249,8 +215,8 @@ async def put_object(ctx: Context, request: Any, bucket: str, key: str, params: 
         raise S3Error("ServiceUnavailable", "The metadata service is unavailable. Please retry.") from None
     if not reply.get("ok"):
         await ctx.data.discard(stored.chunks)
-        _raise_reply(reply)
-    response = _empty(headers={"ETag": f'"{etag}"'})
+        raise_reply(reply)
+    response = empty_response(headers={"ETag": f'"{etag}"'})
     for algo, value in checksum.items():
         response.headers[f"x-amz-checksum-{algo}"] = value
     return response
@@ -300,7 +266,7 @@ def object_headers(obj: dict[str, Any]) -> dict[str, str]:
 
 
 async def get_object(ctx: Context, request: Any, bucket: str, key: str, params: dict[str, str]) -> Response:
-    obj = (await _meta(ctx.meta.read({"q": "object", "bucket": bucket, "key": key})))["obj"]
+    obj = (await meta_call(ctx.meta.read({"q": "object", "bucket": bucket, "key": key})))["obj"]
     size = obj["size"]
     headers = object_headers(obj)
     for param, header in (("response-content-type", "Content-Type"), ("response-content-language", "Content-Language"),
@@ -309,7 +275,12 @@ async def get_object(ctx: Context, request: Any, bucket: str, key: str, params: 
                           ("response-content-encoding", "Content-Encoding")):
         if param in params:
             headers[header] = params[param]
-    byte_range = parse_range(request.headers.get("range"), size)
+    if "partNumber" in params:
+        first, last, count = multipart.part_range(obj, multipart.part_number(params))
+        byte_range: tuple[int, int] | None = (first, last) if size else None
+        headers["x-amz-mp-parts-count"] = str(count)
+    else:
+        byte_range = parse_range(request.headers.get("range"), size)
     status = 200
     first, last = 0, size - 1
     if byte_range is not None:
@@ -322,7 +293,7 @@ async def get_object(ctx: Context, request: Any, bucket: str, key: str, params: 
             headers[f"x-amz-checksum-{algo}"] = value
     length = last - first + 1 if size else 0
     if request.method == "HEAD" or length == 0:
-        response = _empty(status, headers)
+        response = empty_response(status, headers)
     else:
         response = Response(ctx.data.stream(obj["chunks"], first, last), status=status, headers=headers)
     response.headers["Content-Length"] = str(length)
@@ -330,8 +301,8 @@ async def get_object(ctx: Context, request: Any, bucket: str, key: str, params: 
 
 
 async def delete_object(ctx: Context, request: Any, bucket: str, key: str, params: dict[str, str]) -> Response:
-    await _meta(ctx.meta.write({"op": "delete_object", "bucket": bucket, "key": key, "ts": time.time()}))
-    return _empty(204)
+    await meta_call(ctx.meta.write({"op": "delete_object", "bucket": bucket, "key": key, "ts": time.time()}))
+    return empty_response(204)
 
 
 # ---------------------------------------------------------------------- operator endpoints
@@ -349,4 +320,13 @@ async def admin(ctx: Context, request: Any, path: str) -> Response:
         body = json.dumps({"status": "ok" if healthy else "degraded", "raftmeta": meta_ok,
                            "blobnodes_writable": len(nodes)})
         return Response(body, status=200 if healthy else 503, content_type="application/json")
+    chores = {("GET", "uploads"): "status", ("POST", "uploads/expire"): "expire_uploads", ("POST", "gc"): "gc",
+              ("GET", "gc"): "status"}
+    chore = chores.get((request.method, path))
+    if chore is not None:
+        try:
+            reply = await ctx.meta.call({"op": "chore", "name": chore}, deadline=30)
+        except wire.WireError:
+            reply = {"ok": False, "err": "Unavailable", "msg": "no Raft leader answered"}
+        return Response(json.dumps(reply), status=200 if reply.get("ok") else 503, content_type="application/json")
     return Response(json.dumps({"error": "unknown admin endpoint"}), status=404, content_type="application/json")

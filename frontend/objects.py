@@ -55,8 +55,10 @@ class NodeDirectory:
         self.failed_at: dict[str, float] = {}
         self.latency: dict[str, float] = {}
         self.fresh = trio.Event()
+        self.refreshed_at = 0.0
 
     async def refresh(self) -> None:
+        self.refreshed_at = time.monotonic()
         reply = await self.meta.read({"q": "nodes"}, linear=False, deadline=5.0)
         if reply.get("ok"):
             self.nodes = {
@@ -225,6 +227,9 @@ class DataPath:
         if not self.directory.fresh.is_set():
             await self.directory.refresh()
         ranked = placement.rank(chunk_id, self.directory.writable())
+        if len(ranked) < s.replicas and time.monotonic() - self.directory.refreshed_at > 0.5:
+            await self.directory.refresh()  # a node may have joined since the last refresh
+            ranked = placement.rank(chunk_id, self.directory.writable())
         if len(ranked) < s.write_quorum:
             raise QuorumError(acked)
         targets, spares = ranked[: s.replicas], ranked[s.replicas :]

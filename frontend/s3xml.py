@@ -99,3 +99,71 @@ def parse(body: bytes) -> ET.Element | None:
 
 def local(tag: str) -> str:
     return tag.rsplit("}", 1)[-1]
+
+
+def _checksums(checksum: dict[str, str]) -> str:
+    return "".join(_el(f"Checksum{algo.upper()}", value) for algo, value in checksum.items())
+
+
+def initiate_upload(bucket: str, key: str, upload_id: str) -> bytes:
+    return (f'{HEAD}<InitiateMultipartUploadResult xmlns="{NS}">{_el("Bucket", bucket)}{_el("Key", key)}'
+            f"{_el('UploadId', upload_id)}</InitiateMultipartUploadResult>").encode()
+
+
+def complete_upload(location: str, bucket: str, key: str, etag: str, checksum: dict[str, str]) -> bytes:
+    return (f'{HEAD}<CompleteMultipartUploadResult xmlns="{NS}">{_el("Location", location)}{_el("Bucket", bucket)}'
+            f'{_el("Key", key)}{_el("ETag", f"{chr(34)}{etag}{chr(34)}")}{_checksums(checksum)}'
+            "</CompleteMultipartUploadResult>").encode()
+
+
+def list_parts(bucket: str, key: str, upload_id: str, page: dict[str, Any], marker: int, max_parts: int) -> bytes:
+    upload = page["upload"]
+    owner = f"<ID>{escape(upload['initiator'])}</ID><DisplayName>{escape(upload['initiator'])}</DisplayName>"
+    out = [f'{HEAD}<ListPartsResult xmlns="{NS}">', _el("Bucket", bucket), _el("Key", key), _el("UploadId", upload_id),
+           f"<Initiator>{owner}</Initiator><Owner>{owner}</Owner><StorageClass>STANDARD</StorageClass>",
+           _el("PartNumberMarker", marker)]
+    if page["parts"]:
+        out.append(_el("NextPartNumberMarker", page["parts"][-1]["number"]))
+    out += [_el("MaxParts", max_parts), _el("IsTruncated", "true" if page["truncated"] else "false")]
+    algo = upload["meta"].get("checksum_algorithm")
+    if algo:
+        out.append(_el("ChecksumAlgorithm", algo.upper()))
+    for part in page["parts"]:
+        out.append("<Part>" + _el("PartNumber", part["number"]) + _el("LastModified", iso8601(part["created"]))
+                   + _el("ETag", f'"{part["etag"]}"') + _el("Size", part["size"]) + _checksums(part["checksum"])
+                   + "</Part>")
+    out.append("</ListPartsResult>")
+    return "".join(out).encode()
+
+
+def list_uploads(bucket: str, page: dict[str, Any], params: dict[str, Any]) -> bytes:
+    url = params.get("encoding_type") == "url"
+    out = [f'{HEAD}<ListMultipartUploadsResult xmlns="{NS}">', _el("Bucket", bucket),
+           _el("KeyMarker", _key(params["key_marker"], url)), _el("UploadIdMarker", params["upload_id_marker"])]
+    if page["truncated"]:
+        last_key = page["uploads"][-1]["key"] if page["uploads"] else ""
+        last_prefix = page["prefixes"][-1] if page["prefixes"] else ""
+        if last_prefix > last_key:
+            out += [_el("NextKeyMarker", _key(last_prefix, url)), _el("NextUploadIdMarker", "")]
+        else:
+            out += [_el("NextKeyMarker", _key(last_key, url)), _el("NextUploadIdMarker", page["uploads"][-1]["upload_id"])]
+    out += [_el("Prefix", _key(params["prefix"], url)), _el("MaxUploads", params["max_uploads"]),
+            _el("IsTruncated", "true" if page["truncated"] else "false")]
+    if params["delimiter"]:
+        out.append(_el("Delimiter", _key(params["delimiter"], url)))
+    if url:
+        out.append(_el("EncodingType", "url"))
+    for up in page["uploads"]:
+        who = f"<ID>{escape(up['initiator'])}</ID><DisplayName>{escape(up['initiator'])}</DisplayName>"
+        out.append("<Upload>" + _el("Key", _key(up["key"], url)) + _el("UploadId", up["upload_id"])
+                   + f"<Initiator>{who}</Initiator><Owner>{who}</Owner><StorageClass>STANDARD</StorageClass>"
+                   + _el("Initiated", iso8601(up["created"])) + "</Upload>")
+    for prefix in page["prefixes"]:
+        out.append(f"<CommonPrefixes>{_el('Prefix', _key(prefix, url))}</CommonPrefixes>")
+    out.append("</ListMultipartUploadsResult>")
+    return "".join(out).encode()
+
+
+def copy_part_result(etag: str, created: float) -> bytes:
+    return (f'{HEAD}<CopyPartResult xmlns="{NS}">{_el("LastModified", iso8601(created))}'
+            f'{_el("ETag", f"{chr(34)}{etag}{chr(34)}")}</CopyPartResult>').encode()

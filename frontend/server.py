@@ -13,7 +13,7 @@ from hypercorn.trio import serve as hypercorn_serve
 from blobnode.client import BlobClient
 from cairn import config
 from frontend.app import CairnApp
-from frontend.handlers import Context
+from frontend.context import Context
 from frontend.objects import DataPath, Settings
 from raftmeta.client import MetaClient
 

@@ -33,7 +33,7 @@ def _int_header(headers: Any, name: str) -> int | None:
 
 
 class UploadBody:
-    def __init__(self, request: Any, auth: Any, max_size: int = MAX_PUT_SIZE) -> None:
+    def __init__(self, request: Any, auth: Any, max_size: int = MAX_PUT_SIZE, default_algorithm: str | None = None) -> None:
         h = request.headers
         self.request = request
         self.content_sha256 = (auth.content_sha256 if auth is not None else None) or h.get("x-amz-content-sha256", "UNSIGNED-PAYLOAD")
@@ -53,7 +53,9 @@ class UploadBody:
             raise S3Error("EntityTooLarge", ProposedSize=self.length, MaxSizeAllowed=max_size)
         self.max_size = max_size
         self.content_md5 = self._parse_md5(h.get("content-md5"))
-        self.checksum_algorithm, self.checksum_expected = self._checksum_request(h)
+        self.checksum_algorithm, self.checksum_expected, self.checksum_in_trailer = self._checksum_request(h)
+        if self.checksum_algorithm is None and default_algorithm:
+            self.checksum_algorithm = default_algorithm  # computed and stored; nothing to verify
         self.checksum = new_checksum(self.checksum_algorithm) if self.checksum_algorithm else None
         self.trailers: dict[str, str] = {}
         self.raw_received = 0
@@ -70,18 +72,18 @@ class UploadBody:
             raise S3Error("InvalidDigest")
         return digest
 
-    def _checksum_request(self, h: Any) -> tuple[str | None, str | None]:
+    def _checksum_request(self, h: Any) -> tuple[str | None, str | None, bool]:
         for algo in ALGORITHMS:
             value = h.get(f"x-amz-checksum-{algo}")
             if value is not None:
-                return algo, value
+                return algo, value, False
         trailer = h.get("x-amz-trailer", "").strip().lower()
         if trailer.startswith("x-amz-checksum-"):
             algo = trailer[len("x-amz-checksum-") :]
             if algo not in ALGORITHMS:
                 raise S3Error("InvalidRequest", f"Unsupported checksum trailer {trailer}")
-            return algo, None  # the value arrives in the trailer
-        return None, None
+            return algo, None, True  # the value arrives in the trailer
+        return None, None, False
 
     async def pieces(self) -> AsyncIterator[bytes | bytearray | memoryview]:
         decoded = 0
@@ -123,11 +125,11 @@ class UploadBody:
         if self.checksum is None:
             return {}
         expected = self.checksum_expected
-        if expected is None:
+        if self.checksum_in_trailer:
             expected = self.trailers.get(f"x-amz-checksum-{self.checksum_algorithm}")
             if expected is None:
                 raise S3Error("InvalidRequest", "The trailing checksum named in x-amz-trailer was not sent")
         actual = self.checksum.b64digest()
-        if actual != expected:
+        if expected is not None and actual != expected:
             raise S3Error("BadDigest", f"The {self.checksum_algorithm.upper()} you specified did not match the calculated checksum.")
         return {self.checksum_algorithm: actual}

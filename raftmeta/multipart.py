@@ -49,7 +49,7 @@ def _upload(db: sqlite3.Connection, upload_id: str, bucket: str | None = None, k
     return row
 
 
-def _drop_parts(db: sqlite3.Connection, upload_id: str, ts: float, keep: set[str] = frozenset()) -> int:
+def drop_upload(db: sqlite3.Connection, upload_id: str, ts: float, keep: set[str] = frozenset()) -> int:
     count = 0
     for (chunks,) in db.execute("SELECT chunks FROM parts WHERE upload_id=?", (upload_id,)).fetchall():
         _queue_gc(db, _unpackb(chunks), ts, keep)
@@ -139,7 +139,7 @@ def cmd_complete_upload(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str
     obj.setdefault("meta", {})["parts"] = part_table
     version = replace_object(db, cmd["bucket"], cmd["key"], obj, cmd["ts"], cmd["index"])
     used = {c[0] for c in chunks}
-    _drop_parts(db, upload_id, cmd["ts"], keep=used)
+    drop_upload(db, upload_id, cmd["ts"], keep=used)
     result = {"version": version, "etag": obj["etag"], "size": obj["size"]}
     db.execute("INSERT OR REPLACE INTO completed VALUES (?,?,?,?)", (upload_id, digest, _packb(result), cmd["ts"]))
     db.execute("DELETE FROM completed WHERE at < ?", (cmd["ts"] - COMPLETED_MEMORY,))
@@ -148,7 +148,7 @@ def cmd_complete_upload(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str
 
 def cmd_abort_upload(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str, Any]:
     _upload(db, cmd["upload_id"], cmd.get("bucket"), cmd.get("key"))
-    return {"parts": _drop_parts(db, cmd["upload_id"], cmd["ts"])}
+    return {"parts": drop_upload(db, cmd["upload_id"], cmd["ts"])}
 
 
 def cmd_expire_uploads(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str, Any]:
@@ -158,7 +158,7 @@ def cmd_expire_uploads(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str,
         "SELECT upload_id FROM uploads WHERE created < ? ORDER BY created LIMIT ?", (cmd["before"], cmd.get("limit", 1000))
     )]
     for upload_id in ids:
-        _drop_parts(db, upload_id, cmd["ts"])
+        drop_upload(db, upload_id, cmd["ts"])
     return {"aborted": ids}
 
 

@@ -42,7 +42,10 @@ class _Batch:
 
 
 class MetaServer:
-    def __init__(self, node: MetaNode, state: MetaState, secret: str, *, gc_grace: float, gc_interval: float) -> None:
+    def __init__(
+        self, node: MetaNode, state: MetaState, secret: str, *, gc_grace: float, gc_interval: float,
+        upload_ttl: float = 86400.0, expiry_interval: float = 60.0,
+    ) -> None:
         self.node = node
         self.state = state
         self.secret = secret
@@ -53,6 +56,8 @@ class MetaServer:
         self._barrier_wanted = trio.Event()
         self.blobs = BlobClient(secret)
         self.gc_deleted = 0
+        self.expiry: dict[str, Any] = {"ttl": upload_ttl, "interval": expiry_interval, "last_run": None,
+                                       "last_aborted": 0, "aborted_total": 0}
 
     # ---------------------------------------------------------------- raft calls
 
@@ -120,6 +125,8 @@ class MetaServer:
             return self.state.query(q)
         if op == "status":
             return {"ok": True, **self.status()}
+        if op == "chore":
+            return await self.chore(request.get("name"))
         return {"ok": False, "err": wire.ERR_BAD_REQUEST, "msg": f"unknown op {op!r}"}
 
     def status(self) -> dict[str, Any]:
@@ -144,7 +151,52 @@ class MetaServer:
 
         await wire.serve_connection(stream, self.secret, reply)
 
-    # ---------------------------------------------------------------- gc
+    # ---------------------------------------------------------------- leader chores
+
+    async def chore(self, name: Any) -> dict[str, Any]:
+        """Run or report a leader-only background task now (operators, tests)."""
+        if not self.node._isLeader():
+            return {"ok": False, "err": wire.ERR_UNAVAILABLE, "msg": "not the Raft leader"}
+        if name == "expire_uploads":
+            await self.expire_pass()
+        elif name == "gc":
+            await self.gc_pass()
+        elif name != "status":
+            return {"ok": False, "err": wire.ERR_BAD_REQUEST, "msg": f"unknown chore {name!r}"}
+        counts = self.state.query({"q": "expired", "before": time.time() - self.expiry["ttl"]})
+        gc = self.state.query({"q": "gc_pending", "before": time.time() - self.gc_grace, "limit": 0})
+        return {"ok": True, "leader": self.node.selfNode.address, "uploads": counts["uploads"],
+                "expired_waiting": counts["expired"], "expiry": self.expiry,
+                "gc": {"grace": self.gc_grace, "queued": gc["total"], "deleted_total": self.gc_deleted}}
+
+    async def expire_pass(self) -> int:
+        """Abort uploads initiated more than ``ttl`` seconds ago. Leader only."""
+        if not self.node._isLeader():
+            return 0
+        aborted = 0
+        while True:
+            now = time.time()
+            result = await self.propose({"op": "expire_uploads", "before": now - self.expiry["ttl"], "ts": now,
+                                         "limit": 500})
+            if not result.get("ok"):
+                break
+            aborted += len(result["aborted"])
+            if len(result["aborted"]) < 500:
+                break
+        self.expiry.update(last_run=time.time(), last_aborted=aborted,
+                           aborted_total=self.expiry["aborted_total"] + aborted)
+        if aborted:
+            log.info("aborted %d multipart uploads older than %.0fs", aborted, self.expiry["ttl"])
+        return aborted
+
+    async def _expiry_loop(self) -> None:
+        while True:
+            await trio.sleep(self.expiry["interval"])
+            try:
+                await self.expire_pass()
+            except Exception:
+                log.exception("upload expiry pass failed")
+
 
     async def gc_pass(self) -> int:
         """Delete chunks whose grace period is over from their blob nodes. Leader only."""
@@ -188,13 +240,15 @@ async def serve(args: Any) -> None:
     os.makedirs(args.data_dir, exist_ok=True)
     state = MetaState(os.path.join(args.data_dir, "meta.sqlite"))
     node = MetaNode(args.raft, args.peers, args.data_dir, args.secret, state)
-    server = MetaServer(node, state, args.secret, gc_grace=args.gc_grace, gc_interval=args.gc_interval)
+    server = MetaServer(node, state, args.secret, gc_grace=args.gc_grace, gc_interval=args.gc_interval,
+                        upload_ttl=args.upload_ttl, expiry_interval=args.upload_expiry_interval)
     host, port = wire.split_addr(args.rpc)
     log.info("raftmeta %s: raft %s, peers %s, rpc %s", args.data_dir, args.raft, ",".join(args.peers), args.rpc)
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(server._barrier_loop)
             nursery.start_soon(server._gc_loop)
+            nursery.start_soon(server._expiry_loop)
             await trio.serve_tcp(server.serve_conn, port, host=host)
     finally:
         node.destroy()

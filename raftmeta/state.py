@@ -235,28 +235,33 @@ def cmd_delete_bucket(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str, 
         raise Failed("NoSuchBucket")
     if db.execute("SELECT 1 FROM objects WHERE bucket=? LIMIT 1", (cmd["bucket"],)).fetchone():
         raise Failed("BucketNotEmpty")
+    for (upload_id,) in db.execute("SELECT upload_id FROM uploads WHERE bucket=?", (cmd["bucket"],)).fetchall():
+        multipart.drop_upload(db, upload_id, cmd["ts"])  # in-progress uploads go with the bucket
     db.execute("DELETE FROM buckets WHERE name=?", (cmd["bucket"],))
     return {}
 
 
-def cmd_put_object(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str, Any]:
-    """Commit a whole object atomically: its manifest replaces the previous version."""
-    bucket, key, obj = cmd["bucket"], cmd["key"], cmd["obj"]
+def replace_object(db: sqlite3.Connection, bucket: str, key: str, obj: dict[str, Any], ts: float, index: int) -> int:
+    """Make ``obj`` the object at (bucket, key) atomically; the replaced version's chunks
+    (except any the new one reuses) go to the GC queue. Returns the new version."""
     if not _bucket_exists(db, bucket):
         raise Failed("NoSuchBucket")
     old = db.execute("SELECT chunks FROM objects WHERE bucket=? AND key=?", (bucket, key)).fetchone()
     if old is not None:
-        keep = {c[0] for c in obj["chunks"]}
-        _queue_gc(db, _unpackb(old[0]), cmd["ts"], keep)
-    version = cmd["index"]
+        _queue_gc(db, _unpackb(old[0]), ts, {c[0] for c in obj["chunks"]})
     db.execute(
         "INSERT OR REPLACE INTO objects VALUES (?,?,?,?,?,?,?,?,?,?)",
         (
             bucket, key, obj["size"], obj["etag"], obj["sha256"], obj["content_type"],
-            obj["created"], version, _packb(obj.get("meta", {})), _packb(obj["chunks"]),
+            obj["created"], index, _packb(obj.get("meta", {})), _packb(obj["chunks"]),
         ),
     )
-    return {"version": version}
+    return index
+
+
+def cmd_put_object(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str, Any]:
+    """Commit a whole object atomically: its manifest replaces the previous version."""
+    return {"version": replace_object(db, cmd["bucket"], cmd["key"], cmd["obj"], cmd["ts"], cmd["index"])}
 
 
 def cmd_delete_object(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str, Any]:
@@ -403,7 +408,7 @@ def q_nodes(db: sqlite3.Connection, q: dict[str, Any]) -> dict[str, Any]:
 
 
 def q_gc_pending(db: sqlite3.Connection, q: dict[str, Any]) -> dict[str, Any]:
-    rows = db.execute(
+    rows = [] if q.get("limit", 1000) == 0 else db.execute(
         "SELECT seq, chunk, nodes FROM gc WHERE queued <= ? ORDER BY seq LIMIT ?",
         (q["before"], q.get("limit", 1000)),
     ).fetchall()
@@ -440,3 +445,11 @@ QUERIES: dict[str, Callable[[sqlite3.Connection, dict[str, Any]], dict[str, Any]
     "stats": q_stats,
     "chunk_refs": q_chunk_refs,
 }
+
+
+# Multipart uploads keep their commands and queries in their own module.
+from raftmeta import multipart  # noqa: E402
+
+SCHEMA += multipart.SCHEMA
+COMMANDS.update(multipart.COMMANDS)
+QUERIES.update(multipart.QUERIES)

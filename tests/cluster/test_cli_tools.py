@@ -96,6 +96,22 @@ def _wait_put(s3, deadline: float) -> None:
             time.sleep(0.3)
 
 
+def _wait_health(endpoint: str, deadline: float) -> None:
+    import json
+    import urllib.request
+
+    while True:
+        try:
+            with urllib.request.urlopen(f"{endpoint}/_cairn/health", timeout=5) as r:
+                if json.loads(r.read()).get("blobnodes_writable") == 3:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError("the cluster never reported 3 writable blob nodes")
+        time.sleep(0.3)
+
+
 def test_cairn_up_survives_a_killed_node_and_restarts(tmp_path):
     procfile, endpoint = _procfile(tmp_path)
     data = tmp_path / "data"
@@ -104,6 +120,7 @@ def test_cairn_up_survives_a_killed_node_and_restarts(tmp_path):
         s3 = _client(endpoint)
         _wait_put(s3, time.monotonic() + 60)
         s3.put_object(Bucket="up-bucket", Key="kept", Body=b"still here")
+        _wait_health(endpoint, time.monotonic() + 30)  # every blob node registered before one is killed
         children = psutil.Process(up.pid).children()
         assert len(children) == 8
         victim = next(c for c in children if "blobnode" in " ".join(c.cmdline()))

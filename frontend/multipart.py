@@ -1,0 +1,313 @@
+"""Multipart uploads: Create, UploadPart, UploadPartCopy, Complete, Abort, ListParts,
+ListMultipartUploads, and GET/HEAD of one part of a completed object.
+
+Parts stream into replicated chunks exactly as PutObject bodies do; only their
+manifests go through Raft (``put_part``). Complete is metadata only: the object's
+manifest is the listed parts' chunks in order, and its ETag is S3's
+``md5(concatenated part MD5s)-N``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import time
+from typing import Any
+
+from quart import Response
+
+from frontend import s3xml
+from frontend.checksums import ALGORITHMS, new_checksum
+from frontend.context import (
+    STORED_HEADERS,
+    Context,
+    empty_response,
+    meta_call,
+    raise_reply,
+    user_metadata,
+    xml_response,
+)
+from frontend.errors import S3Error
+from frontend.objects import Stored
+from frontend.upload import UploadBody
+
+MAX_PART_SIZE = 5 * 1024**3
+MAX_PART_NUMBER = 10_000
+MAX_COMPLETE_BODY = 4 * 1024 * 1024
+CHECKSUM_TYPES = ("COMPOSITE", "FULL_OBJECT")
+
+
+def new_upload_id() -> str:
+    return base64.urlsafe_b64encode(os.urandom(24)).decode()  # 192 random bits
+
+
+def part_number(params: dict[str, str], name: str = "partNumber") -> int:
+    value = params.get(name, "")
+    if not value.isdigit() or not 1 <= int(value) <= MAX_PART_NUMBER:
+        raise S3Error("InvalidArgument", f"Part number must be an integer between 1 and {MAX_PART_NUMBER}, inclusive",
+                      ArgumentName=name, ArgumentValue=value)
+    return int(value)
+
+
+async def _upload(ctx: Context, bucket: str, key: str, upload_id: str) -> dict[str, Any]:
+    return await meta_call(ctx.meta.read({"q": "upload", "upload_id": upload_id, "bucket": bucket, "key": key}))
+
+
+# ---------------------------------------------------------------------- create / abort
+
+
+async def create(ctx: Context, request: Any, bucket: str, key: str) -> Response:
+    algorithm = request.headers.get("x-amz-checksum-algorithm", "").lower() or None
+    if algorithm is not None and algorithm not in ALGORITHMS:
+        raise S3Error("InvalidRequest", "Checksum algorithm provided is unsupported.")
+    checksum_type = request.headers.get("x-amz-checksum-type", "").upper() or None
+    if checksum_type is not None and (checksum_type not in CHECKSUM_TYPES or algorithm is None):
+        raise S3Error("InvalidRequest", "The x-amz-checksum-type header needs a supported x-amz-checksum-algorithm.")
+    if checksum_type == "FULL_OBJECT":
+        raise S3Error("NotImplemented", "Full-object checksums of multipart uploads are not implemented; use COMPOSITE.")
+    headers = {h: request.headers[h] for h in STORED_HEADERS if h in request.headers}
+    if "content-encoding" in request.headers:
+        headers["content-encoding"] = request.headers["content-encoding"]
+    upload_id = new_upload_id()
+    await meta_call(ctx.meta.write({
+        "op": "create_upload", "upload_id": upload_id, "bucket": bucket, "key": key, "ts": time.time(),
+        "initiator": request.auth.access_key,
+        "content_type": request.headers.get("content-type", "binary/octet-stream"),
+        "meta": {"user": user_metadata(request), "headers": headers, "checksum_algorithm": algorithm},
+    }))
+    response = xml_response(s3xml.initiate_upload(bucket, key, upload_id))
+    if algorithm:
+        response.headers["x-amz-checksum-algorithm"] = algorithm.upper()
+        response.headers["x-amz-checksum-type"] = "COMPOSITE"
+    return response
+
+
+async def abort(ctx: Context, bucket: str, key: str, upload_id: str) -> Response:
+    await meta_call(ctx.meta.write({"op": "abort_upload", "upload_id": upload_id, "bucket": bucket, "key": key,
+                                    "ts": time.time()}))
+    return empty_response(204)
+
+
+# ---------------------------------------------------------------------- parts
+
+
+async def upload_part(ctx: Context, request: Any, bucket: str, key: str, params: dict[str, str]) -> Response:
+    number = part_number(params)
+    upload_id = params["uploadId"]
+    upload = await _upload(ctx, bucket, key, upload_id)
+    algorithm = upload["meta"].get("checksum_algorithm")
+    stored = Stored()
+    if "x-amz-copy-source" in request.headers:
+        checksum = await _copy_into(ctx, request, stored, algorithm)
+    else:
+        body = UploadBody(request, request.auth, max_size=MAX_PART_SIZE, default_algorithm=algorithm)
+        try:
+            await ctx.data.store(body.pieces(), stored, body.on_chunk)
+            checksum = body.verify(stored)
+        except BaseException:
+            await ctx.data.discard(stored.chunks)
+            raise
+    etag = stored.md5.hexdigest()
+    part = {"size": stored.size, "etag": etag, "checksum": checksum, "chunks": stored.chunks}
+    reply = await meta_call(_commit_part(ctx, bucket, key, upload_id, number, part))
+    del reply
+    if "x-amz-copy-source" in request.headers:
+        return xml_response(s3xml.copy_part_result(etag, time.time()))
+    response = empty_response(headers={"ETag": f'"{etag}"'})
+    for algo, value in checksum.items():
+        response.headers[f"x-amz-checksum-{algo}"] = value
+    return response
+
+
+async def _commit_part(ctx: Context, bucket: str, key: str, upload_id: str, number: int,
+                       part: dict[str, Any]) -> dict[str, Any]:
+    # If the upload ended meanwhile, raftmeta itself sends these chunks to GC.
+    return await ctx.meta.write({"op": "put_part", "upload_id": upload_id, "bucket": bucket, "key": key,
+                                 "number": number, "part": part, "ts": time.time()})
+
+
+def _copy_source(header: str) -> tuple[str, str]:
+    from urllib.parse import unquote
+
+    source = unquote(header.split("?", 1)[0]).lstrip("/")
+    bucket, _, key = source.partition("/")
+    if not bucket or not key:
+        raise S3Error("InvalidArgument", "Copy Source must mention the source bucket and key: sourcebucket/sourcekey",
+                      ArgumentName="x-amz-copy-source")
+    return bucket, key
+
+
+def _copy_range(header: str | None, size: int) -> tuple[int, int]:
+    if header is None:
+        return 0, size - 1
+    unit, _, spec = header.partition("=")
+    first_s, dash, last_s = spec.partition("-")
+    if unit != "bytes" or not dash or not first_s.isdigit() or not last_s.isdigit():
+        raise S3Error("InvalidArgument", "The x-amz-copy-source-range value must be of the form bytes=first-last "
+                      "where first and last are the zero-based offsets of the first and last bytes to copy")
+    first, last = int(first_s), int(last_s)
+    if first > last or last >= size:
+        raise S3Error("InvalidRange", ActualObjectSize=size, RangeRequested=header)
+    return first, last
+
+
+async def _copy_into(ctx: Context, request: Any, stored: Stored, algorithm: str | None) -> dict[str, str]:
+    """UploadPartCopy: the source range moves blob nodes -> this frontend -> blob nodes,
+    checked chunk by chunk on the way; never through the client."""
+    src_bucket, src_key = _copy_source(request.headers["x-amz-copy-source"])
+    src = (await meta_call(ctx.meta.read({"q": "object", "bucket": src_bucket, "key": src_key})))["obj"]
+    match = request.headers.get("x-amz-copy-source-if-match")
+    if match is not None and match.strip('"') != src["etag"]:
+        raise S3Error("PreconditionFailed", Condition="x-amz-copy-source-if-match")
+    if src["size"] == 0:
+        first, last = 0, -1
+    else:
+        first, last = _copy_range(request.headers.get("x-amz-copy-source-range"), src["size"])
+    if last - first + 1 > MAX_PART_SIZE:
+        raise S3Error("EntityTooLarge")
+    checksum = new_checksum(algorithm) if algorithm else None
+
+    async def pieces():  # noqa: ANN202
+        if last >= first:
+            async for piece in ctx.data.stream(src["chunks"], first, last):
+                yield piece
+
+    try:
+        await ctx.data.store(pieces(), stored, checksum.update if checksum else None)
+    except BaseException:
+        await ctx.data.discard(stored.chunks)
+        raise
+    return {algorithm: checksum.b64digest()} if checksum else {}
+
+
+# ---------------------------------------------------------------------- complete
+
+
+def _parse_complete(body: bytes) -> list[tuple[int, str, dict[str, str]]]:
+    root = s3xml.parse(body)
+    if root is None or s3xml.local(root.tag) != "CompleteMultipartUpload":
+        raise S3Error("MalformedXML")
+    listed = []
+    for part in root:
+        if s3xml.local(part.tag) != "Part":
+            raise S3Error("MalformedXML")
+        fields = {s3xml.local(child.tag): (child.text or "").strip() for child in part}
+        number, etag = fields.get("PartNumber", ""), fields.get("ETag")
+        if not number.isdigit() or etag is None:
+            raise S3Error("MalformedXML")
+        checksums = {name[len("Checksum"):].lower(): value for name, value in fields.items()
+                     if name.startswith("Checksum") and name[len("Checksum"):].lower() in ALGORITHMS}
+        listed.append((int(number), etag.strip('"'), checksums))
+    if not listed:
+        raise S3Error("MalformedXML")
+    for (a, _, _), (b, _, _) in zip(listed, listed[1:], strict=False):
+        if b <= a:
+            raise S3Error("InvalidPartOrder")
+    return listed
+
+
+async def _all_parts(ctx: Context, bucket: str, key: str, upload_id: str) -> tuple[dict[str, Any], dict[int, dict]]:
+    parts: dict[int, dict[str, Any]] = {}
+    after = 0
+    while True:
+        page = await meta_call(ctx.meta.read({"q": "parts", "upload_id": upload_id, "bucket": bucket, "key": key,
+                                              "after": after, "limit": 1000}))
+        parts.update((p["number"], p) for p in page["parts"])
+        if not page["truncated"]:
+            return page["upload"], parts
+        after = page["parts"][-1]["number"]
+
+
+async def complete(ctx: Context, request: Any, bucket: str, key: str, upload_id: str) -> Response:
+    if (request.content_length or 0) > MAX_COMPLETE_BODY:
+        raise S3Error("MalformedXML")
+    listed = _parse_complete(await request.get_data(cache=False))
+    try:
+        upload, parts = await _all_parts(ctx, bucket, key, upload_id)
+    except S3Error as exc:
+        if exc.code != "NoSuchUpload":
+            raise
+        return await _retried_complete(ctx, request, bucket, key, upload_id, listed)
+    algorithm = upload["meta"].get("checksum_algorithm")
+    md5s = hashlib.md5()
+    composite = new_checksum(algorithm) if algorithm else None
+    for number, etag, checksums in listed:
+        part = parts.get(number)
+        if part is None or part["etag"] != etag:
+            raise S3Error("InvalidPart", UploadId=upload_id, PartNumber=number, ETag=etag)
+        for algo, value in checksums.items():
+            if part["checksum"].get(algo) != value:
+                raise S3Error("InvalidPart", UploadId=upload_id, PartNumber=number, ETag=etag)
+        md5s.update(bytes.fromhex(part["etag"]))
+        if composite is not None:
+            composite.update(base64.b64decode(part["checksum"][algorithm]))
+    etag = f"{md5s.hexdigest()}-{len(listed)}"
+    checksum = {algorithm: f"{composite.b64digest()}-{len(listed)}"} if composite else {}
+    meta = upload["meta"]
+    now = time.time()
+    obj = {"etag": etag, "sha256": "", "content_type": upload["content_type"], "created": now,
+           "meta": {"user": meta.get("user", {}), "headers": meta.get("headers", {}), "checksum": checksum}}
+    reply = await ctx.meta.write({"op": "complete_upload", "upload_id": upload_id, "bucket": bucket, "key": key,
+                                  "parts": [[n, e] for n, e, _ in listed], "obj": obj, "ts": now})
+    if not reply.get("ok"):
+        raise_reply(reply)
+    return _complete_response(request, bucket, key, reply["etag"], checksum)
+
+
+async def _retried_complete(ctx: Context, request: Any, bucket: str, key: str, upload_id: str,
+                            listed: list[tuple[int, str, dict[str, str]]]) -> Response:
+    """The upload is gone: if it was completed with this same part list, answer as then."""
+    reply = await ctx.meta.write({"op": "complete_upload", "upload_id": upload_id, "bucket": bucket, "key": key,
+                                  "parts": [[n, e] for n, e, _ in listed], "obj": {}, "ts": time.time()})
+    if not reply.get("ok"):
+        raise_reply(reply)
+    obj = (await meta_call(ctx.meta.read({"q": "object", "bucket": bucket, "key": key})))["obj"]
+    checksum = obj["meta"].get("checksum", {}) if obj["etag"] == reply["etag"] else {}
+    return _complete_response(request, bucket, key, reply["etag"], checksum)
+
+
+def _complete_response(request: Any, bucket: str, key: str, etag: str, checksum: dict[str, str]) -> Response:
+    location = f"{request.scheme}://{request.host}/{bucket}/{key}"
+    return xml_response(s3xml.complete_upload(location, bucket, key, etag, checksum))
+
+
+# ---------------------------------------------------------------------- listings
+
+
+async def list_parts(ctx: Context, bucket: str, key: str, params: dict[str, str]) -> Response:
+    upload_id = params["uploadId"]
+    max_parts = params.get("max-parts", "1000")
+    marker = params.get("part-number-marker", "0")
+    if not max_parts.isdigit() or not marker.isdigit():
+        raise S3Error("InvalidArgument", "max-parts and part-number-marker must be non-negative integers")
+    max_parts_n = min(int(max_parts), 1000)
+    page = await meta_call(ctx.meta.read({"q": "parts", "upload_id": upload_id, "bucket": bucket, "key": key,
+                                          "after": int(marker), "limit": max_parts_n}))
+    return xml_response(s3xml.list_parts(bucket, key, upload_id, page, int(marker), max_parts_n))
+
+
+async def list_uploads(ctx: Context, bucket: str, params: dict[str, str]) -> Response:
+    max_uploads = params.get("max-uploads", "1000")
+    if not max_uploads.isdigit():
+        raise S3Error("InvalidArgument", "max-uploads must be a non-negative integer", ArgumentName="max-uploads")
+    encoding = params.get("encoding-type")
+    if encoding not in (None, "url"):
+        raise S3Error("InvalidArgument", "Invalid Encoding Method specified in Request", ArgumentName="encoding-type")
+    p = {"prefix": params.get("prefix", ""), "delimiter": params.get("delimiter", ""),
+         "key_marker": params.get("key-marker", ""), "upload_id_marker": params.get("upload-id-marker", ""),
+         "max_uploads": min(int(max_uploads), 1000), "encoding_type": encoding}
+    page = await meta_call(ctx.meta.read({"q": "uploads", "bucket": bucket, **p}))
+    return xml_response(s3xml.list_uploads(bucket, page, p))
+
+
+# ---------------------------------------------------------------------- reading parts back
+
+
+def part_range(obj: dict[str, Any], number: int) -> tuple[int, int, int]:
+    """(first byte, last byte, parts count) of part ``number`` of a stored object."""
+    table = obj.get("meta", {}).get("parts") or [[obj["size"], obj["etag"], len(obj["chunks"])]]
+    if number > len(table):
+        raise S3Error("InvalidPartNumber", PartNumberRequested=number, ActualPartCount=len(table))
+    first = sum(p[0] for p in table[: number - 1])
+    return first, first + table[number - 1][0] - 1, len(table)
