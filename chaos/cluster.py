@@ -215,3 +215,51 @@ class Cluster:
                 if path.is_file():
                     found.setdefault(path.name, []).append(path)
         return found
+
+    # ------------------------------------------------------------------ audits
+
+    def chunk_refs(self) -> dict[str, set[str]]:
+        """What raftmeta says about chunks: {"referenced": ids, "gc": ids queued for GC}."""
+        import trio
+
+        from raftmeta.client import MetaClient
+
+        async def ask() -> dict:
+            return await MetaClient(self.rpc, SECRET).read({"q": "chunk_refs"})
+
+        reply = trio.run(ask)
+        return {"referenced": set(reply["referenced"]), "gc": set(reply["gc"])}
+
+    def wait_no_orphans(self, timeout: float = 30.0) -> set[str]:
+        """Wait until every chunk file on disk is referenced by an object or a live upload;
+        return the orphans left when ``timeout`` ran out (empty: none)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            on_disk = set(self.chunk_files())
+            orphans = on_disk - self.chunk_refs()["referenced"]
+            if not orphans or time.monotonic() > deadline:
+                return orphans
+            time.sleep(0.5)
+
+    def admin(self, method: str, path: str, index: int = 0) -> tuple[int, dict]:
+        """A signed request to a frontend's operator endpoint /_cairn/PATH."""
+        import urllib.error
+        import urllib.request
+
+        from botocore.auth import S3SigV4Auth
+        from botocore.awsrequest import AWSRequest
+        from botocore.credentials import Credentials
+
+        url = f"{self.endpoints[index]}/_cairn/{path}"
+        req = AWSRequest(method, url, data=b"", headers={"x-amz-content-sha256": "UNSIGNED-PAYLOAD"})
+        S3SigV4Auth(Credentials(ACCESS_KEY, SECRET_KEY), "s3", "us-east-1").add_auth(req)
+        http = urllib.request.Request(url, method=method, headers=dict(req.headers.items()), data=b"" if method == "POST" else None)
+        try:
+            with urllib.request.urlopen(http, timeout=30) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as exc:
+            body = exc.read()
+            try:
+                return exc.code, json.loads(body)
+            except ValueError:
+                return exc.code, {"raw": body.decode(errors="replace")}

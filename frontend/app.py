@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import Any
 from urllib.parse import parse_qsl, unquote_to_bytes
 
@@ -98,6 +99,10 @@ class CairnApp(QuartTrio):
         body = b"" if request.method == "HEAD" else exc.to_xml(request.path, request_id)
         response = Response(body, status=exc.status, content_type="application/xml")
         response.headers["x-amz-request-id"] = request_id
+        if not request.body._complete.is_set():
+            # Answered before the body was read: the rest of it must not be taken for the
+            # next request on this connection.
+            response.headers["Connection"] = "close"
         return response
 
     async def _internal_error(self, exc: Exception) -> Response:
@@ -129,8 +134,22 @@ def query_params(raw: bytes) -> dict[str, str]:
         raise S3Error("InvalidArgument", "Query string is not valid UTF-8") from None
 
 
+SLOW_REQUEST = 5.0
+
+
 async def route(ctx: Context, request: Any) -> Response:
     request.request_id = os.urandom(8).hex().upper()
+    started = time.monotonic()
+    try:
+        return await _route(ctx, request)
+    finally:
+        took = time.monotonic() - started
+        if took > SLOW_REQUEST:
+            log.warning("slow request %s %s took %.1fs (request id %s)", request.method,
+                        request.scope.get("raw_path", b"")[:200], took, request.request_id)
+
+
+async def _route(ctx: Context, request: Any) -> Response:
     scope = request.scope
     raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
     query_string: bytes = scope.get("query_string", b"")

@@ -145,20 +145,21 @@ class DataPath:
             nursery.start_soon(self._writer, recv, stored, on_chunk, nursery.cancel_scope)
             try:
                 async with send:
-                    buf = bytearray(size)
+                    buf: bytearray | None = None  # allocated when bytes arrive for it
                     fill = 0
                     async for piece in pieces:
                         view = memoryview(piece)
                         while view:
+                            if buf is None:
+                                buf = bytearray(size)
                             take = min(len(view), size - fill)
                             buf[fill : fill + take] = view[:take]
                             fill += take
                             view = view[take:]
                             if fill == size:
                                 await send.send(memoryview(buf))
-                                buf = bytearray(size)
-                                fill = 0
-                    if fill:
+                                buf, fill = None, 0
+                    if buf is not None and fill:
                         await send.send(memoryview(buf)[:fill])
             except Exception as exc:  # judged after the nursery: never an ExceptionGroup
                 stored.error = stored.error or exc

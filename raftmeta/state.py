@@ -427,9 +427,12 @@ def q_stats(db: sqlite3.Connection, q: dict[str, Any]) -> dict[str, Any]:
 
 
 def q_chunk_refs(db: sqlite3.Connection, q: dict[str, Any]) -> dict[str, Any]:
-    """Every chunk id that an object references (tests and audits; O(objects))."""
+    """Every chunk id that an object or a live upload's part references, and those queued
+    for GC (tests and audits; O(objects))."""
     ids: list[str] = []
     for (chunks,) in db.execute("SELECT chunks FROM objects"):
+        ids.extend(c[0] for c in _unpackb(chunks))
+    for (chunks,) in db.execute("SELECT chunks FROM parts"):
         ids.extend(c[0] for c in _unpackb(chunks))
     pending = [r[0] for r in db.execute("SELECT chunk FROM gc")]
     return {"referenced": ids, "gc": pending}
