@@ -1,6 +1,6 @@
 """Single-stream PUT/GET throughput and small-object latency against a fresh local cluster.
 
-    python -m bench.basic [--size-mib 256] [--runs 3] [--small 200]
+    python -m bench.basic [--size-mib 256] [--runs 3] [--small 200] [--multipart-mib 1024]
 
 Starts a real cluster (3 raftmeta, 3 blob nodes, 1 frontend; replication 3, write
 quorum 2, fsync on every chunk and Raft entry) in a temp dir, drives it with boto3 with
@@ -49,6 +49,7 @@ def main() -> None:
     ap.add_argument("--size-mib", type=int, default=256)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--small", type=int, default=200, help="4 KiB PUTs and GETs for the latency figures")
+    ap.add_argument("--multipart-mib", type=int, default=1024, help="size of the boto3 upload_file run (0: skip)")
     args = ap.parse_args()
     size = args.size_mib * 1024 * 1024
     print(f"machine: {platform.node()} {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, "
@@ -78,6 +79,20 @@ def main() -> None:
         print(f"GET {args.size_mib} MiB single stream: median {statistics.median(get):.0f} MB/s  runs {[round(x) for x in get]}"
               " (client also MD5s the body)")
         print(f"frontend peak RSS during the large transfers: {frontend.peak / 2**20:.0f} MiB")
+        if args.multipart_mib:
+            mp = os.path.join(root, "multipart.bin")
+            with open(mp, "wb") as f:
+                block = os.urandom(64 << 20)
+                for i in range(args.multipart_mib // 64):
+                    f.write(i.to_bytes(8, "big") + block[8:])
+            frontend = PeakRSS(cluster.procs["frontend1"].pid)
+            with frontend:
+                t = time.perf_counter()
+                s3.upload_file(mp, "bench", "multipart")  # boto3's default TransferConfig
+                took = time.perf_counter() - t
+            print(f"multipart upload_file {args.multipart_mib} MiB, boto3 defaults (8 MiB parts, 10 threads): "
+                  f"{args.multipart_mib * 2**20 / took / 1e6:.0f} MB/s, frontend peak RSS {frontend.peak / 2**20:.0f} MiB")
+            os.unlink(mp)
         small = os.urandom(4096)
         lat_put, lat_get = [], []
         for i in range(args.small):

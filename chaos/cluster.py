@@ -179,8 +179,31 @@ class Cluster:
         from botocore.config import Config
 
         cfg = Config(**{"retries": {"max_attempts": 5, "mode": "standard"}, **config})
-        return boto3.client("s3", endpoint_url=self.endpoints[index], aws_access_key_id=ACCESS_KEY,
-                            aws_secret_access_key=SECRET_KEY, region_name="us-east-1", config=cfg)
+        client = boto3.client("s3", endpoint_url=self.endpoints[index], aws_access_key_id=ACCESS_KEY,
+                              aws_secret_access_key=SECRET_KEY, region_name="us-east-1", config=cfg)
+        self._watch_slow_calls(client)
+        return client
+
+    def _watch_slow_calls(self, client, threshold: float = 5.0) -> None:  # noqa: ANN001
+        """Record client-side attempts slower than ``threshold`` in ROOT/logs/slow-client.log."""
+        import threading
+
+        starts: dict[int, float] = {}
+
+        def before(request, **kw):  # noqa: ANN001, ANN003
+            starts[threading.get_ident()] = time.monotonic()
+
+        def after(http_response=None, parsed=None, exception=None, **kw):  # noqa: ANN001, ANN003
+            took = time.monotonic() - starts.pop(threading.get_ident(), time.monotonic())
+            if took > threshold:
+                with open(self.root / "logs" / "slow-client.log", "a") as f:
+                    f.write(f"{time.strftime('%H:%M:%S')} {kw.get('operation_name') or ''} took {took:.1f}s "
+                            f"status={getattr(http_response, 'status_code', None)} exception={exception!r}\n")
+
+        client.meta.events.register("before-send.s3", before)
+        client.meta.events.register("after-call.s3", lambda **kw: None)
+        client.meta.events.register("needs-retry.s3", lambda response=None, **kw: after(
+            http_response=response[0] if response else None, exception=kw.get("caught_exception"), **kw))
 
     def leader(self) -> str | None:
         """Name of the raftmeta process that is the Raft leader now, if any."""

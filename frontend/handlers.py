@@ -133,6 +133,17 @@ async def create_bucket(ctx: Context, request: Any, bucket: str) -> Response:
     return empty_response(headers={"Location": f"/{bucket}"})
 
 
+async def bucket_exists(ctx: Context, bucket: str) -> None:
+    """Fail fast, before any byte is stored: a cheap local read first; only a "no" is
+    confirmed linearizably (the bucket may have been created a moment ago elsewhere)."""
+    try:
+        await meta_call(ctx.meta.read({"q": "bucket", "bucket": bucket}, linear=False))
+    except S3Error as exc:
+        if exc.code != "NoSuchBucket":
+            raise
+        await meta_call(ctx.meta.read({"q": "bucket", "bucket": bucket}))
+
+
 # ---------------------------------------------------------------------- listing
 
 
@@ -194,7 +205,7 @@ async def put_object(ctx: Context, request: Any, bucket: str, key: str, params: 
     headers = {h: request.headers[h] for h in STORED_HEADERS if h in request.headers}
     if body.content_encoding:
         headers["content-encoding"] = body.content_encoding
-    await meta_call(ctx.meta.read({"q": "bucket", "bucket": bucket}, linear=False))  # fail fast, before any byte
+    await bucket_exists(ctx, bucket)
     stored = Stored()
     try:
         await ctx.data.store(body.pieces(), stored, body.on_chunk)

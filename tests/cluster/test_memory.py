@@ -1,4 +1,5 @@
-"""A 2 GiB PUT and GET through one frontend keeps that frontend's RSS under 200 MiB."""
+"""A 2 GiB PUT and GET, and a 1 GiB multipart upload with 10 parts in flight, through one
+frontend keep that frontend's RSS under 200 MiB."""
 
 from __future__ import annotations
 
@@ -62,4 +63,21 @@ def test_two_gib_put_and_get_in_flat_memory(tmp_path_factory):
               f"baseline {baseline / 2**20:.0f} MiB, peak {sampler.peak / 2**20:.0f} MiB")
         assert got.hexdigest() == digest.hexdigest()
         assert sampler.peak < LIMIT
+
+        # 1 GiB through multipart with 10 parts in flight at once
+        from boto3.s3.transfer import TransferConfig
+
+        with open(src, "r+b") as f:
+            f.truncate(1024**3)
+        sampler = Sampler(cluster.procs["frontend1"].pid)
+        sampler.start()
+        t = time.monotonic()
+        s3.upload_file(str(src), "big", "one-gib", Config=TransferConfig(max_concurrency=10))
+        mp_s = time.monotonic() - t
+        sampler.stop.set()
+        sampler.join()
+        print(f"1 GiB multipart upload, 10 parts in flight: {1024**3 / mp_s / 1e6:.0f} MB/s; "
+              f"frontend RSS peak {sampler.peak / 2**20:.0f} MiB")
+        assert sampler.peak < LIMIT
+        assert s3.head_object(Bucket="big", Key="one-gib")["ContentLength"] == 1024**3
     src.unlink()
