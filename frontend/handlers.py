@@ -208,7 +208,7 @@ async def put_object(ctx: Context, request: Any, bucket: str, key: str, params: 
     await bucket_exists(ctx, bucket)
     stored = Stored()
     try:
-        await ctx.data.store(body.pieces(), stored, body.on_chunk)
+        await ctx.data.store(body.pieces(), stored, body.on_chunk, body.length)
         checksum = body.verify(stored)
     except BaseException:
         await ctx.data.discard(stored.chunks)

@@ -103,7 +103,7 @@ async def upload_part(ctx: Context, request: Any, bucket: str, key: str, params:
     else:
         body = UploadBody(request, request.auth, max_size=MAX_PART_SIZE, default_algorithm=algorithm)
         try:
-            await ctx.data.store(body.pieces(), stored, body.on_chunk)
+            await ctx.data.store(body.pieces(), stored, body.on_chunk, body.length)
             checksum = body.verify(stored)
         except BaseException:
             await ctx.data.discard(stored.chunks)
@@ -170,7 +170,7 @@ async def _copy_into(ctx: Context, request: Any, stored: Stored, algorithm: str 
 
     async def pieces():  # noqa: ANN202
         if last >= first:
-            async for piece in ctx.data.stream(src["chunks"], first, last):
+            async for piece in ctx.data.stream(src["chunks"], first, last, budgeted=False):
                 yield piece
 
     try:

@@ -44,6 +44,7 @@ class Settings:
     replicas: int = 3
     write_quorum: int = 2
     write_timeout: float = 30.0
+    buffer_budget: int = 64 * 1024 * 1024  # all chunk buffers of this frontend, reads and writes
 
 
 class NodeDirectory:
@@ -126,12 +127,16 @@ class DataPath:
         self.blobs = blobs
         self.settings = settings
         self.directory = NodeDirectory(meta)
+        # A frontend-wide budget of chunk buffers: past it, new chunks wait (and their
+        # clients with them) instead of growing memory. Writers never need a second
+        # buffer to finish a held one, so holders always make progress.
+        self.buffers = trio.Semaphore(max(3, settings.buffer_budget // settings.chunk_size))
 
     # ------------------------------------------------------------------ writes
 
     async def store(
         self, pieces: AsyncIterator[bytes | bytearray | memoryview], stored: Stored,
-        on_chunk: Callable[[memoryview], None] | None = None,
+        on_chunk: Callable[[memoryview], None] | None = None, size_hint: int | None = None,
     ) -> None:
         """Stream ``pieces`` into replicated chunks, recording them in ``stored``.
 
@@ -141,35 +146,55 @@ class DataPath:
         """
         size = self.settings.chunk_size
         send, recv = trio.open_memory_channel[memoryview](1)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._writer, recv, stored, on_chunk, nursery.cancel_scope)
-            try:
-                async with send:
-                    buf: bytearray | None = None  # allocated when bytes arrive for it
-                    fill = 0
-                    async for piece in pieces:
-                        view = memoryview(piece)
-                        while view:
-                            if buf is None:
-                                buf = bytearray(size)
-                            take = min(len(view), size - fill)
-                            buf[fill : fill + take] = view[:take]
-                            fill += take
-                            view = view[take:]
-                            if fill == size:
-                                await send.send(memoryview(buf))
-                                buf, fill = None, 0
-                    if buf is not None and fill:
-                        await send.send(memoryview(buf)[:fill])
-            except Exception as exc:  # judged after the nursery: never an ExceptionGroup
-                stored.error = stored.error or exc
-                nursery.cancel_scope.cancel()
+        held = 0  # buffer permits this upload holds
+
+        def done_with_buffer() -> None:
+            nonlocal held
+            held -= 1
+            self.buffers.release()
+
+        received = 0
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._writer, recv, stored, on_chunk, nursery.cancel_scope, done_with_buffer)
+                try:
+                    async with send:
+                        buf: bytearray | None = None  # allocated when bytes arrive for it
+                        fill = 0
+                        async for piece in pieces:
+                            view = memoryview(piece)
+                            while view:
+                                if buf is None:
+                                    await self.buffers.acquire()
+                                    held += 1
+                                    left = size_hint - received if size_hint is not None else 0
+                                    buf = bytearray(min(size, left) if left > 0 else size)
+                                take = min(len(view), len(buf) - fill)
+                                buf[fill : fill + take] = view[:take]
+                                fill += take
+                                received += take
+                                view = view[take:]
+                                if fill == len(buf):
+                                    await send.send(memoryview(buf))
+                                    buf, fill = None, 0
+                        if buf is not None:
+                            if fill:
+                                await send.send(memoryview(buf)[:fill])
+                            else:
+                                done_with_buffer()
+                except Exception as exc:  # judged after the nursery: never an ExceptionGroup
+                    stored.error = stored.error or exc
+                    nursery.cancel_scope.cancel()
+        finally:
+            for _ in range(held):  # buffers of chunks that never finished replicating
+                self.buffers.release()
         if stored.error is not None:
             raise stored.error
 
     async def _writer(
         self, recv: trio.MemoryReceiveChannel[memoryview], stored: Stored,
         on_chunk: Callable[[memoryview], None] | None, scope: trio.CancelScope,
+        done_with_buffer: Callable[[], None],
     ) -> None:
         """Hash chunks in order; replicate up to REPLICATIONS_IN_FLIGHT of them at once,
         so one chunk's fsyncs on the blob nodes overlap the next chunk's hashing."""
@@ -181,6 +206,8 @@ class DataPath:
             except Exception as exc:  # judged once by store(); never an ExceptionGroup
                 stored.error = stored.error or exc
                 scope.cancel()
+            else:
+                done_with_buffer()
             finally:
                 slots.release()
 
@@ -309,8 +336,12 @@ class DataPath:
             return data
         raise S3Error("ServiceUnavailable", "No intact replica of a chunk of this object is reachable. Please retry.")
 
-    async def stream(self, chunks: list[list[Any]], start: int, end: int) -> AsyncIterator[bytes | bytearray]:
-        """Bytes [start, end] (inclusive) of the object made of ``chunks``."""
+    async def stream(
+        self, chunks: list[list[Any]], start: int, end: int, *, budgeted: bool = True,
+    ) -> AsyncIterator[bytes | bytearray]:
+        """Bytes [start, end] (inclusive) of the object made of ``chunks``. With
+        ``budgeted``, each chunk in hand counts against the frontend's buffer budget
+        (a copy into a new upload passes False: it holds a write buffer already)."""
         offset = 0
         for chunk in chunks:
             size = chunk[1]
@@ -320,9 +351,16 @@ class DataPath:
                 continue
             if lo > end:
                 break
-            data = await self.read_chunk(chunk)
-            a, b = max(start, lo) - lo, min(end, hi) - lo + 1
-            yield data if (a, b) == (0, size) else bytes(memoryview(data)[a:b])
+            if budgeted:
+                await self.buffers.acquire()
+            try:
+                data = await self.read_chunk(chunk)
+                a, b = max(start, lo) - lo, min(end, hi) - lo + 1
+                yield data if (a, b) == (0, size) else bytes(memoryview(data)[a:b])
+                del data
+            finally:
+                if budgeted:
+                    self.buffers.release()
 
     async def discard(self, chunks: list[list[Any]]) -> None:
         """Hand chunks of a failed upload to the garbage collector (best effort)."""
