@@ -354,3 +354,60 @@ def requested_checksums(headers: Mapping[str, str] | Iterable[tuple[str, str]]) 
         if result.algorithm != sdk:
             raise S3Error("InvalidRequest", "Value for x-amz-sdk-checksum-algorithm header is invalid.")
     return result
+
+
+# ---------------------------------------------------------------------- combining CRCs
+
+# Reflected polynomials of the CRCs S3 accepts as FULL_OBJECT multipart checksums; all
+# three start from all ones and end xored with all ones, as zlib's CRC-32 does.
+_COMBINABLE = {"crc32": (0xEDB88320, 32), "crc32c": (0x82F63B78, 32), "crc64nvme": (_CRC64_POLY_REFLECTED, 64)}
+COMBINABLE = tuple(_COMBINABLE)
+
+
+def _gf2_times(matrix: list[int], vector: int) -> int:
+    total, i = 0, 0
+    while vector:
+        if vector & 1:
+            total ^= matrix[i]
+        vector >>= 1
+        i += 1
+    return total
+
+
+def _gf2_square(matrix: list[int]) -> list[int]:
+    return [_gf2_times(matrix, row) for row in matrix]
+
+
+def crc_combine(algorithm: str, crc1: int, crc2: int, len2: int) -> int:
+    """The CRC of A+B from crc(A), crc(B) and len(B), without the data (zlib's
+    crc32_combine, for any of the reflected CRCs above): O(log len2) matrix squarings."""
+    poly, width = _COMBINABLE[algorithm]
+    if len2 == 0:
+        return crc1
+    odd = [poly] + [1 << (n - 1) for n in range(1, width)]  # the operator for one zero bit
+    even = _gf2_square(odd)  # two zero bits
+    odd = _gf2_square(even)  # four zero bits
+    while True:
+        even = _gf2_square(odd)  # one zero byte the first time, then 2, 4, ...
+        if len2 & 1:
+            crc1 = _gf2_times(even, crc1)
+        len2 >>= 1
+        if not len2:
+            break
+        odd = _gf2_square(even)
+        if len2 & 1:
+            crc1 = _gf2_times(odd, crc1)
+        len2 >>= 1
+        if not len2:
+            break
+    return crc1 ^ crc2
+
+
+def combine_b64(algorithm: str, parts: list[tuple[str, int]]) -> str:
+    """The whole object's CRC, base64 as S3 sends it, from its parts' (base64 CRC, size)."""
+    width = _COMBINABLE[algorithm][1] // 8
+    total = 0
+    for i, (value, size) in enumerate(parts):
+        crc = int.from_bytes(base64.b64decode(value), "big")
+        total = crc if i == 0 else crc_combine(algorithm, total, crc, size)
+    return base64.b64encode(total.to_bytes(width, "big")).decode("ascii")

@@ -302,6 +302,7 @@ async def get_object(ctx: Context, request: Any, bucket: str, key: str, params: 
         # Whole-object checksums only describe whole-object responses.
         for algo, value in obj.get("meta", {}).get("checksum", {}).items():
             headers[f"x-amz-checksum-{algo}"] = value
+            headers["x-amz-checksum-type"] = obj["meta"].get("checksum_type") or "FULL_OBJECT"
     length = last - first + 1 if size else 0
     if request.method == "HEAD" or length == 0:
         response = empty_response(status, headers)

@@ -18,7 +18,7 @@ from typing import Any
 from quart import Response
 
 from frontend import s3xml
-from frontend.checksums import ALGORITHMS, new_checksum
+from frontend.checksums import ALGORITHMS, COMBINABLE, combine_b64, new_checksum
 from frontend.context import (
     STORED_HEADERS,
     Context,
@@ -64,8 +64,10 @@ async def create(ctx: Context, request: Any, bucket: str, key: str) -> Response:
     checksum_type = request.headers.get("x-amz-checksum-type", "").upper() or None
     if checksum_type is not None and (checksum_type not in CHECKSUM_TYPES or algorithm is None):
         raise S3Error("InvalidRequest", "The x-amz-checksum-type header needs a supported x-amz-checksum-algorithm.")
-    if checksum_type == "FULL_OBJECT":
-        raise S3Error("NotImplemented", "Full-object checksums of multipart uploads are not implemented; use COMPOSITE.")
+    if checksum_type == "FULL_OBJECT" and algorithm not in COMBINABLE:
+        raise S3Error("InvalidRequest", f"The FULL_OBJECT checksum type cannot be used with the {algorithm} algorithm.")
+    if algorithm is not None and checksum_type is None:
+        checksum_type = "FULL_OBJECT" if algorithm == "crc64nvme" else "COMPOSITE"  # S3's defaults
     headers = {h: request.headers[h] for h in STORED_HEADERS if h in request.headers}
     if "content-encoding" in request.headers:
         headers["content-encoding"] = request.headers["content-encoding"]
@@ -74,12 +76,13 @@ async def create(ctx: Context, request: Any, bucket: str, key: str) -> Response:
         "op": "create_upload", "upload_id": upload_id, "bucket": bucket, "key": key, "ts": time.time(),
         "initiator": request.auth.access_key,
         "content_type": request.headers.get("content-type", "binary/octet-stream"),
-        "meta": {"user": user_metadata(request), "headers": headers, "checksum_algorithm": algorithm},
+        "meta": {"user": user_metadata(request), "headers": headers, "checksum_algorithm": algorithm,
+                 "checksum_type": checksum_type},
     }))
     response = xml_response(s3xml.initiate_upload(bucket, key, upload_id))
     if algorithm:
         response.headers["x-amz-checksum-algorithm"] = algorithm.upper()
-        response.headers["x-amz-checksum-type"] = "COMPOSITE"
+        response.headers["x-amz-checksum-type"] = checksum_type
     return response
 
 
@@ -243,16 +246,26 @@ async def complete(ctx: Context, request: Any, bucket: str, key: str, upload_id:
         if composite is not None:
             composite.update(base64.b64decode(part["checksum"][algorithm]))
     etag = f"{md5s.hexdigest()}-{len(listed)}"
-    checksum = {algorithm: f"{composite.b64digest()}-{len(listed)}"} if composite else {}
     meta = upload["meta"]
+    checksum: dict[str, str] = {}
+    if algorithm and meta.get("checksum_type") == "FULL_OBJECT":
+        checksum = {algorithm: combine_b64(algorithm, [(parts[n]["checksum"][algorithm], parts[n]["size"])
+                                                       for n, _, _ in listed])}
+        expected = request.headers.get(f"x-amz-checksum-{algorithm}")
+        if expected is not None and expected != checksum[algorithm]:
+            raise S3Error("BadDigest", f"The {algorithm.upper()} you specified for the whole object did not match "
+                          "the one calculated from its parts.")
+    elif composite is not None:
+        checksum = {algorithm: f"{composite.b64digest()}-{len(listed)}"}
     now = time.time()
     obj = {"etag": etag, "sha256": "", "content_type": upload["content_type"], "created": now,
-           "meta": {"user": meta.get("user", {}), "headers": meta.get("headers", {}), "checksum": checksum}}
+           "meta": {"user": meta.get("user", {}), "headers": meta.get("headers", {}), "checksum": checksum,
+                    "checksum_type": meta.get("checksum_type")}}
     reply = await ctx.meta.write({"op": "complete_upload", "upload_id": upload_id, "bucket": bucket, "key": key,
                                   "parts": [[n, e] for n, e, _ in listed], "obj": obj, "ts": now})
     if not reply.get("ok"):
         raise_reply(reply)
-    return _complete_response(request, bucket, key, reply["etag"], checksum)
+    return _complete_response(request, bucket, key, reply["etag"], checksum, meta.get("checksum_type"))
 
 
 async def _retried_complete(ctx: Context, request: Any, bucket: str, key: str, upload_id: str,
@@ -263,13 +276,16 @@ async def _retried_complete(ctx: Context, request: Any, bucket: str, key: str, u
     if not reply.get("ok"):
         raise_reply(reply)
     obj = (await meta_call(ctx.meta.read({"q": "object", "bucket": bucket, "key": key})))["obj"]
-    checksum = obj["meta"].get("checksum", {}) if obj["etag"] == reply["etag"] else {}
-    return _complete_response(request, bucket, key, reply["etag"], checksum)
+    same = obj["etag"] == reply["etag"]
+    checksum = obj["meta"].get("checksum", {}) if same else {}
+    return _complete_response(request, bucket, key, reply["etag"], checksum,
+                              obj["meta"].get("checksum_type") if same else None)
 
 
-def _complete_response(request: Any, bucket: str, key: str, etag: str, checksum: dict[str, str]) -> Response:
+def _complete_response(request: Any, bucket: str, key: str, etag: str, checksum: dict[str, str],
+                       checksum_type: str | None) -> Response:
     location = f"{request.scheme}://{request.host}/{bucket}/{key}"
-    return xml_response(s3xml.complete_upload(location, bucket, key, etag, checksum))
+    return xml_response(s3xml.complete_upload(location, bucket, key, etag, checksum, checksum_type))
 
 
 # ---------------------------------------------------------------------- listings

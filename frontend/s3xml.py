@@ -110,9 +110,11 @@ def initiate_upload(bucket: str, key: str, upload_id: str) -> bytes:
             f"{_el('UploadId', upload_id)}</InitiateMultipartUploadResult>").encode()
 
 
-def complete_upload(location: str, bucket: str, key: str, etag: str, checksum: dict[str, str]) -> bytes:
+def complete_upload(location: str, bucket: str, key: str, etag: str, checksum: dict[str, str],
+                    checksum_type: str | None = None) -> bytes:
+    kind = _el("ChecksumType", checksum_type) if checksum and checksum_type else ""
     return (f'{HEAD}<CompleteMultipartUploadResult xmlns="{NS}">{_el("Location", location)}{_el("Bucket", bucket)}'
-            f'{_el("Key", key)}{_el("ETag", f"{chr(34)}{etag}{chr(34)}")}{_checksums(checksum)}'
+            f'{_el("Key", key)}{_el("ETag", f"{chr(34)}{etag}{chr(34)}")}{_checksums(checksum)}{kind}'
             "</CompleteMultipartUploadResult>").encode()
 
 

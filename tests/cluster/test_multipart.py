@@ -244,3 +244,29 @@ def test_incomplete_upload_expires(tmp_path_factory):
         with pytest.raises(Exception) as denied:
             anonymous.urlopen(anonymous.Request(f"{cluster.endpoints[0]}/_cairn/uploads/expire", method="POST", data=b""))
         assert getattr(denied.value, "code", None) == 403
+
+
+@pytest.mark.parametrize("algorithm", ["CRC32", "CRC32C", "CRC64NVME"])
+def test_full_object_checksum(s3, bucket, algorithm):
+    import base64
+
+    from frontend.checksums import new_checksum
+
+    bodies = [os.urandom(5 * MIB), os.urandom(777)]
+    key = f"full-{algorithm}"
+    upload_id = s3.create_multipart_upload(Bucket=bucket, Key=key, ChecksumAlgorithm=algorithm,
+                                           ChecksumType="FULL_OBJECT")["UploadId"]
+    parts = []
+    for i, body in enumerate(bodies, 1):
+        r = s3.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=i, Body=body,
+                           ChecksumAlgorithm=algorithm)
+        parts.append({"PartNumber": i, "ETag": r["ETag"], f"Checksum{algorithm}": r[f"Checksum{algorithm}"]})
+    whole = new_checksum(algorithm.lower())
+    whole.update(b"".join(bodies))
+    done = s3.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts},
+                                        ChecksumType="FULL_OBJECT", **{f"Checksum{algorithm}": whole.b64digest()})
+    assert done[f"Checksum{algorithm}"] == whole.b64digest()
+    got = s3.get_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
+    assert got["Body"].read() == b"".join(bodies)  # botocore validates the full-object checksum too
+    assert got[f"Checksum{algorithm}"] == whole.b64digest()
+    assert base64.b64decode(whole.b64digest())

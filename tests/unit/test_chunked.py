@@ -746,3 +746,21 @@ def test_crcs_match_awscrt(algorithm: str):
     for size in (0, 1, 9, 511, 512, 4097, 100_000, 1 << 20):
         data = rng.randbytes(size)
         assert _checksum_int(algorithm, data) == getattr(checksums, algorithm)(data), size
+
+
+@pytest.mark.parametrize("algorithm", ["crc32", "crc32c", "crc64nvme"])
+def test_crc_combine_equals_crc_of_concatenation(algorithm):
+    import random
+
+    from frontend.checksums import combine_b64, new_checksum
+
+    rng = random.Random(7)
+    parts = [rng.randbytes(n) for n in (0, 1, 5, 4096, 70_001, 3)]
+    values = []
+    for part in parts:
+        c = new_checksum(algorithm)
+        c.update(part)
+        values.append((c.b64digest(), len(part)))
+    whole = new_checksum(algorithm)
+    whole.update(b"".join(parts))
+    assert combine_b64(algorithm, values) == whole.b64digest()
