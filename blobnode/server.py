@@ -77,14 +77,17 @@ async def heartbeat_loop(server: BlobServer, meta: MetaClient, advertise: str) -
     while True:
         info = server.info()
         try:
-            await meta.write({
+            reply = await meta.write({
                 "op": "node_heartbeat", "node_id": info["node_id"], "addr": advertise,
                 "capacity": info["capacity"], "used": info["capacity"] - info["free"],
                 "chunks": info["chunks"], "ts": time.time(),
             }, deadline=HEARTBEAT_INTERVAL * 2)
+            ok = bool(reply.get("ok"))
         except wire.WireError as exc:
             log.warning("heartbeat to raftmeta failed: %s", exc)
-        await trio.sleep(HEARTBEAT_INTERVAL)
+            ok = False
+        # Until raftmeta has accepted one (e.g. while it elects its first leader), retry soon.
+        await trio.sleep(HEARTBEAT_INTERVAL if ok else 0.3)
 
 
 async def serve(args: Any) -> None:

@@ -33,6 +33,7 @@ from raftmeta.client import MetaClient
 log = logging.getLogger("frontend.objects")
 
 NODES_REFRESH = 2.0
+NODES_WAIT = 5.0  # how long a write waits for enough live blob nodes before failing
 NODE_BACKOFF = 5.0  # seconds a node that failed an operation is tried last
 READ_TIMEOUT = 5.0
 REPLICATIONS_IN_FLIGHT = 2  # one replica's time to return a chunk before the next is tried
@@ -258,6 +259,11 @@ class DataPath:
         if len(ranked) < s.replicas and time.monotonic() - self.directory.refreshed_at > 0.5:
             await self.directory.refresh()  # a node may have joined since the last refresh
             ranked = placement.rank(chunk_id, self.directory.writable())
+        with trio.move_on_after(NODES_WAIT):  # e.g. a cluster still starting: nodes register
+            while len(ranked) < s.write_quorum:
+                await trio.sleep(0.25)
+                await self.directory.refresh()
+                ranked = placement.rank(chunk_id, self.directory.writable())
         if len(ranked) < s.write_quorum:
             raise QuorumError(acked)
         targets, spares = ranked[: s.replicas], ranked[s.replicas :]
