@@ -28,7 +28,6 @@ from frontend.context import (
 )
 from frontend.errors import S3Error
 from frontend.names import check_bucket_name, check_key
-from frontend.objects import Stored
 from frontend.upload import UploadBody
 
 log = logging.getLogger("frontend")
@@ -206,13 +205,7 @@ async def put_object(ctx: Context, request: Any, bucket: str, key: str, params: 
     if body.content_encoding:
         headers["content-encoding"] = body.content_encoding
     await bucket_exists(ctx, bucket)
-    stored = Stored()
-    try:
-        await ctx.data.store(body.pieces(), stored, body.on_chunk, body.length)
-        checksum = body.verify(stored)
-    except BaseException:
-        await ctx.data.discard(stored.chunks)
-        raise
+    stored, checksum = await body.store(ctx.data)
     etag = stored.md5.hexdigest()
     obj = {
         "size": stored.size, "etag": etag, "sha256": stored.sha256.hexdigest(),

@@ -100,21 +100,15 @@ async def upload_part(ctx: Context, request: Any, bucket: str, key: str, params:
     upload_id = params["uploadId"]
     upload = await _upload(ctx, bucket, key, upload_id)
     algorithm = upload["meta"].get("checksum_algorithm")
-    stored = Stored()
     if "x-amz-copy-source" in request.headers:
+        stored = Stored()
         checksum = await _copy_into(ctx, request, stored, algorithm)
     else:
         body = UploadBody(request, request.auth, max_size=MAX_PART_SIZE, default_algorithm=algorithm)
-        try:
-            await ctx.data.store(body.pieces(), stored, body.on_chunk, body.length)
-            checksum = body.verify(stored)
-        except BaseException:
-            await ctx.data.discard(stored.chunks)
-            raise
+        stored, checksum = await body.store(ctx.data)
     etag = stored.md5.hexdigest()
     part = {"size": stored.size, "etag": etag, "checksum": checksum, "chunks": stored.chunks}
-    reply = await meta_call(_commit_part(ctx, bucket, key, upload_id, number, part))
-    del reply
+    await meta_call(_commit_part(ctx, bucket, key, upload_id, number, part))
     if "x-amz-copy-source" in request.headers:
         return xml_response(s3xml.copy_part_result(etag, time.time()))
     response = empty_response(headers={"ETag": f'"{etag}"'})

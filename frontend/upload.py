@@ -17,7 +17,7 @@ from typing import Any
 from frontend.checksums import ALGORITHMS, new_checksum
 from frontend.chunked import AwsChunkedDecoder
 from frontend.errors import S3Error
-from frontend.objects import Stored
+from frontend.objects import DataPath, Stored
 
 MAX_PUT_SIZE = 5 * 1024**3
 _NOT_A_HASH = ("UNSIGNED-PAYLOAD",)
@@ -133,3 +133,15 @@ class UploadBody:
         if expected is not None and actual != expected:
             raise S3Error("BadDigest", f"The {self.checksum_algorithm.upper()} you specified did not match the calculated checksum.")
         return {self.checksum_algorithm: actual}
+
+    async def store(self, data: DataPath) -> tuple[Stored, dict[str, str]]:
+        """Stream the body into replicated chunks and check every promise about it.
+        Returns what was stored and the checksum to keep; on any failure, including the
+        client going away, the chunks written so far go to GC and nothing is committed."""
+        stored = Stored()
+        try:
+            await data.store(self.pieces(), stored, self.on_chunk, self.length)
+            return stored, self.verify(stored)
+        except BaseException:
+            await data.discard(stored.chunks)
+            raise

