@@ -28,6 +28,7 @@ from frontend.context import (
 )
 from frontend.errors import S3Error
 from frontend.names import check_bucket_name, check_key
+from frontend.objects import PrefetchingBody
 from frontend.upload import UploadBody
 
 log = logging.getLogger("frontend")
@@ -300,7 +301,7 @@ async def get_object(ctx: Context, request: Any, bucket: str, key: str, params: 
     if request.method == "HEAD" or length == 0:
         response = empty_response(status, headers)
     else:
-        response = Response(ctx.data.stream(obj["chunks"], first, last), status=status, headers=headers)
+        response = Response(PrefetchingBody(ctx.data, obj["chunks"], first, last), status=status, headers=headers)
     response.headers["Content-Length"] = str(length)
     return response
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import trio
+from quart.wrappers.response import ResponseBody
 
 from blobnode.client import BlobClient
 from cairn import wire
@@ -378,3 +379,42 @@ class DataPath:
                 await self.meta.write({"op": "discard_chunks", "chunks": written, "ts": time.time()}, deadline=10)
             except wire.WireError as exc:
                 log.warning("could not queue %d orphan chunks for gc: %s", len(written), exc)
+
+
+class PrefetchingBody(ResponseBody):
+    """A GET response body that fetches and verifies the next chunk while the current
+    one is being sent. The fetching task lives exactly as long as the response is
+    being sent (Quart enters and exits this body in the task that sends it). If no
+    intact replica of a chunk can be read, sending fails: the client sees a cut
+    connection short of Content-Length, never a complete-looking response."""
+
+    def __init__(self, data: DataPath, chunks: list[list[Any]], start: int, end: int) -> None:
+        self.data, self.chunks, self.start, self.end = data, chunks, start, end
+
+    async def __aenter__(self) -> PrefetchingBody:
+        self._nursery_manager = trio.open_nursery()
+        self._nursery = await self._nursery_manager.__aenter__()
+        send, self._recv = trio.open_memory_channel[Any](1)
+        self._nursery.start_soon(self._produce, send)
+        return self
+
+    async def _produce(self, send: trio.MemorySendChannel[Any]) -> None:
+        async with send:
+            try:
+                async for piece in self.data.stream(self.chunks, self.start, self.end):
+                    await send.send(piece)
+            except Exception as exc:  # handed to the sender, which fails the response
+                await send.send(exc)
+
+    def __aiter__(self) -> AsyncIterator[bytes | bytearray]:
+        return self._pieces()
+
+    async def _pieces(self) -> AsyncIterator[bytes | bytearray]:
+        async for piece in self._recv:
+            if isinstance(piece, Exception):
+                raise piece
+            yield piece
+
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> bool | None:
+        self._nursery.cancel_scope.cancel()
+        return await self._nursery_manager.__aexit__(exc_type, exc, tb)

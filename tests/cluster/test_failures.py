@@ -124,3 +124,43 @@ def test_kill_everything_then_restart(fcluster):
     _check_all(fcluster.s3(1), acked)
     with pytest.raises(ClientError):
         fcluster.s3(0).head_object(Bucket="acked", Key="crash-0")
+
+
+def _chunk_ids(fcluster, key: str) -> list[str]:
+    """Chunk ids of an object, found as the chunk files that appeared for it."""
+    import trio
+
+    from chaos.cluster import SECRET
+    from raftmeta.client import MetaClient
+
+    async def ask() -> dict:
+        return await MetaClient(fcluster.rpc, SECRET).read({"q": "object", "bucket": "acked", "key": key})
+
+    return [c[0] for c in trio.run(ask)["obj"]["chunks"]]
+
+
+def _flip_byte(path, offset: int = 100) -> None:
+    with open(path, "r+b") as f:
+        f.seek(64 + offset)  # past the chunk header
+        byte = f.read(1)
+        f.seek(64 + offset)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+
+def test_corrupt_replicas_are_never_served(fcluster):
+    from botocore.exceptions import ResponseStreamingError
+
+    s3 = fcluster.s3(0, retries={"max_attempts": 1})
+    body = os.urandom(3 * CHUNK)
+    s3.put_object(Bucket="acked", Key="rot", Body=body)
+    first, second = _chunk_ids(fcluster, "rot")[:2]
+    files = fcluster.chunk_files()
+    _flip_byte(files[first][0])  # one bad replica: served from a good one, byte-exact
+    assert s3.get_object(Bucket="acked", Key="rot")["Body"].read() == body
+    for path in files[second]:  # every replica of a chunk bad: the response is cut, never served
+        _flip_byte(path)
+    with pytest.raises((ResponseStreamingError, ClientError)):
+        s3.get_object(Bucket="acked", Key="rot")["Body"].read()
+    for path in files[second]:
+        _flip_byte(path)  # restore, so later tests see an intact object
+    assert s3.get_object(Bucket="acked", Key="rot")["Body"].read() == body
