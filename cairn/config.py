@@ -40,6 +40,8 @@ def add_raftmeta(p: argparse.ArgumentParser) -> None:
     p.add_argument("--upload-ttl", type=float, default=86400.0,
                    help="seconds after which an incomplete multipart upload is aborted")
     p.add_argument("--upload-expiry-interval", type=float, default=60.0)
+    p.add_argument("--unsafe-no-journal-sync", action="store_true",
+                   help="do not sync the Raft journal (loses acknowledged writes on power loss; benchmarks only)")
 
 
 def add_blobnode(p: argparse.ArgumentParser) -> None:

@@ -63,6 +63,7 @@ class Cluster:
     upload_ttl: float = 86400.0
     upload_expiry_interval: float = 60.0
     extra_env: dict[str, str] = field(default_factory=dict)
+    raftmeta_flags: list[str] = field(default_factory=list)
     procs: dict[str, Proc] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -80,7 +81,8 @@ class Cluster:
                                            "--data-dir", str(self.root / f"raftmeta{i + 1}"),
                                            "--gc-grace", str(self.gc_grace), "--gc-interval", str(self.gc_interval),
                                            "--upload-ttl", str(self.upload_ttl),
-                                           "--upload-expiry-interval", str(self.upload_expiry_interval)])
+                                           "--upload-expiry-interval", str(self.upload_expiry_interval),
+                                           *self.raftmeta_flags])
         for i in range(self.blobs):
             self._add(f"blobnode{i + 1}", ["blobnode", "--listen", blob[i], "--meta", meta_list,
                                            "--data-dir", str(self.root / f"blobnode{i + 1}")])

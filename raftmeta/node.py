@@ -98,9 +98,11 @@ class MetaNode(SyncObj):
         *,
         compaction_entries: int = 50_000,
         on_state_change: Callable[[int, int], None] | None = None,
+        sync_journal: bool = True,
     ) -> None:
         self.state = state
         self._journal: DurableJournal | None = None
+        self._sync_journal = sync_journal
         conf = SyncObjConf(
             password=secret,
             appendEntriesUseBatch=False,
@@ -133,7 +135,7 @@ class MetaNode(SyncObj):
 
         def durable_send(node: Any, message: dict[str, Any]) -> None:
             # A follower's ack of appended entries must not go out before they are durable.
-            if message.get("type") == "next_node_idx" and message.get("success"):
+            if message.get("type") == "next_node_idx" and message.get("success") and self._sync_journal:
                 self._journal.sync()
             send(node, message)
 
@@ -142,7 +144,7 @@ class MetaNode(SyncObj):
     def _onTick(self, timeToWait: float = 0.0) -> None:  # noqa: N802,N803 (PySyncObj's names)
         # The leader counts its own log toward the commit at the start of a tick: every
         # entry appended in the previous tick is made durable here first (group commit).
-        if self._journal is not None:
+        if self._journal is not None and self._sync_journal:
             self._journal.sync()
         super()._onTick(timeToWait)
 

@@ -239,7 +239,10 @@ class MetaServer:
 async def serve(args: Any) -> None:
     os.makedirs(args.data_dir, exist_ok=True)
     state = MetaState(os.path.join(args.data_dir, "meta.sqlite"))
-    node = MetaNode(args.raft, args.peers, args.data_dir, args.secret, state)
+    node = MetaNode(args.raft, args.peers, args.data_dir, args.secret, state,
+                    sync_journal=not getattr(args, "unsafe_no_journal_sync", False))
+    if not node._sync_journal:
+        log.warning("--unsafe-no-journal-sync: acknowledged writes can be lost on power loss")
     server = MetaServer(node, state, args.secret, gc_grace=args.gc_grace, gc_interval=args.gc_interval,
                         upload_ttl=args.upload_ttl, expiry_interval=args.upload_expiry_interval)
     host, port = wire.split_addr(args.rpc)
