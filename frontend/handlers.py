@@ -16,7 +16,7 @@ from typing import Any
 from quart import Response
 
 from cairn import wire
-from frontend import multipart, s3xml
+from frontend import conditions, multipart, s3xml, tagging
 from frontend.context import (
     STORED_HEADERS,
     Context,
@@ -61,12 +61,20 @@ async def dispatch(ctx: Context, request: Any, bucket: str, key: str | None, par
         if method == "GET":
             return await multipart.list_parts(ctx, bucket, key, params)
         raise S3Error("MethodNotAllowed")
+    if "tagging" in params:
+        if method == "PUT":
+            return await tagging.put_tagging(ctx, request, bucket, key)
+        if method == "GET":
+            return await tagging.get_tagging(ctx, bucket, key)
+        if method == "DELETE":
+            return await tagging.delete_tagging(ctx, bucket, key)
+        raise S3Error("MethodNotAllowed")
     handler: Callable[..., Any] | None = {
         "PUT": put_object, "GET": get_object, "HEAD": get_object, "DELETE": delete_object,
     }.get(method)
     if handler is None:
         raise S3Error("MethodNotAllowed")
-    for sub in ("uploads", "acl", "tagging", "retention", "legal-hold", "torrent", "restore", "select"):
+    for sub in ("uploads", "acl", "retention", "legal-hold", "torrent", "restore", "select"):
         if sub in params:
             raise S3Error("NotImplemented", f"The {sub} sub-resource is not implemented yet.")
     if method == "PUT" and "x-amz-copy-source" in request.headers:
@@ -99,7 +107,7 @@ async def _bucket_op(ctx: Context, request: Any, method: str, bucket: str, param
             raise S3Error("NotImplemented", f"The {hit.pop()} sub-resource is not implemented yet.")
         return await list_objects(ctx, bucket, params)
     if method == "POST" and "delete" in params:
-        raise S3Error("NotImplemented", "DeleteObjects is not implemented yet.")
+        return await tagging.delete_objects(ctx, request, bucket)
     raise S3Error("MethodNotAllowed")
 
 
@@ -201,6 +209,8 @@ async def list_objects(ctx: Context, bucket: str, params: dict[str, str]) -> Res
 
 async def put_object(ctx: Context, request: Any, bucket: str, key: str, params: dict[str, str]) -> Response:
     body = UploadBody(request, request.auth)
+    cond = conditions.write_condition(request.headers)
+    tags = tagging.header_tags(request.headers.get("x-amz-tagging"))
     user_meta = user_metadata(request)
     headers = {h: request.headers[h] for h in STORED_HEADERS if h in request.headers}
     if body.content_encoding:
@@ -211,10 +221,12 @@ async def put_object(ctx: Context, request: Any, bucket: str, key: str, params: 
     obj = {
         "size": stored.size, "etag": etag, "sha256": stored.sha256.hexdigest(),
         "content_type": request.headers.get("content-type", "binary/octet-stream"), "created": time.time(),
-        "meta": {"user": user_meta, "headers": headers, "checksum": checksum}, "chunks": stored.chunks,
+        "meta": {"user": user_meta, "headers": headers, "checksum": checksum, **({"tags": tags} if tags else {})},
+        "chunks": stored.chunks,
     }
     try:
-        reply = await ctx.meta.write({"op": "put_object", "bucket": bucket, "key": key, "obj": obj, "ts": obj["created"]})
+        reply = await ctx.meta.write({"op": "put_object", "bucket": bucket, "key": key, "obj": obj, "ts": obj["created"],
+                                      "cond": cond})
     except wire.WireError:
         # Outcome unknown (the commit may have applied): keep the chunks; never discard them here.
         raise S3Error("ServiceUnavailable", "The metadata service is unavailable. Please retry.") from None
@@ -267,6 +279,8 @@ def object_headers(obj: dict[str, Any]) -> dict[str, str]:
         headers[name] = value
     for name, value in meta.get("user", {}).items():
         headers[f"x-amz-meta-{name}"] = value
+    if meta.get("tags"):
+        headers["x-amz-tagging-count"] = str(len(meta["tags"]))
     return headers
 
 
@@ -274,6 +288,8 @@ async def get_object(ctx: Context, request: Any, bucket: str, key: str, params: 
     obj = (await meta_call(ctx.meta.read({"q": "object", "bucket": bucket, "key": key})))["obj"]
     size = obj["size"]
     headers = object_headers(obj)
+    if conditions.check_read(request.headers, obj["etag"], obj["created"]):
+        return empty_response(304, {k: v for k, v in headers.items() if k in ("ETag", "Last-Modified")})
     for param, header in (("response-content-type", "Content-Type"), ("response-content-language", "Content-Language"),
                           ("response-expires", "Expires"), ("response-cache-control", "Cache-Control"),
                           ("response-content-disposition", "Content-Disposition"),

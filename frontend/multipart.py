@@ -17,7 +17,7 @@ from typing import Any
 
 from quart import Response
 
-from frontend import s3xml
+from frontend import conditions, s3xml
 from frontend.checksums import ALGORITHMS, COMBINABLE, combine_b64, new_checksum
 from frontend.context import (
     STORED_HEADERS,
@@ -219,6 +219,7 @@ async def _all_parts(ctx: Context, bucket: str, key: str, upload_id: str) -> tup
 async def complete(ctx: Context, request: Any, bucket: str, key: str, upload_id: str) -> Response:
     if (request.content_length or 0) > MAX_COMPLETE_BODY:
         raise S3Error("MalformedXML")
+    cond = conditions.write_condition(request.headers)
     listed = _parse_complete(await request.get_data(cache=False))
     try:
         upload, parts = await _all_parts(ctx, bucket, key, upload_id)
@@ -256,7 +257,7 @@ async def complete(ctx: Context, request: Any, bucket: str, key: str, upload_id:
            "meta": {"user": meta.get("user", {}), "headers": meta.get("headers", {}), "checksum": checksum,
                     "checksum_type": meta.get("checksum_type")}}
     reply = await ctx.meta.write({"op": "complete_upload", "upload_id": upload_id, "bucket": bucket, "key": key,
-                                  "parts": [[n, e] for n, e, _ in listed], "obj": obj, "ts": now})
+                                  "parts": [[n, e] for n, e, _ in listed], "obj": obj, "ts": now, "cond": cond})
     if not reply.get("ok"):
         raise_reply(reply)
     return _complete_response(request, bucket, key, reply["etag"], checksum, meta.get("checksum_type"))

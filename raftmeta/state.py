@@ -241,12 +241,25 @@ def cmd_delete_bucket(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str, 
     return {}
 
 
-def replace_object(db: sqlite3.Connection, bucket: str, key: str, obj: dict[str, Any], ts: float, index: int) -> int:
+def replace_object(
+    db: sqlite3.Connection, bucket: str, key: str, obj: dict[str, Any], ts: float, index: int,
+    cond: dict[str, Any] | None = None,
+) -> int:
     """Make ``obj`` the object at (bucket, key) atomically; the replaced version's chunks
-    (except any the new one reuses) go to the GC queue. Returns the new version."""
+    (except any the new one reuses) go to the GC queue. Returns the new version.
+    ``cond`` is a conditional write, decided here so racing writers cannot both win:
+    ``if_none_match`` (only if absent) and ``if_match`` (only if the ETag is one of these)."""
     if not _bucket_exists(db, bucket):
         raise Failed("NoSuchBucket")
-    old = db.execute("SELECT chunks FROM objects WHERE bucket=? AND key=?", (bucket, key)).fetchone()
+    old = db.execute("SELECT chunks, etag FROM objects WHERE bucket=? AND key=?", (bucket, key)).fetchone()
+    if cond:
+        if cond.get("if_none_match") and old is not None:
+            raise Failed("PreconditionFailed")
+        if "if_match" in cond:
+            if old is None:
+                raise Failed("NoSuchKey")
+            if "*" not in cond["if_match"] and old[1] not in cond["if_match"]:
+                raise Failed("PreconditionFailed")
     if old is not None:
         _queue_gc(db, _unpackb(old[0]), ts, {c[0] for c in obj["chunks"]})
     db.execute(
@@ -261,7 +274,8 @@ def replace_object(db: sqlite3.Connection, bucket: str, key: str, obj: dict[str,
 
 def cmd_put_object(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str, Any]:
     """Commit a whole object atomically: its manifest replaces the previous version."""
-    return {"version": replace_object(db, cmd["bucket"], cmd["key"], cmd["obj"], cmd["ts"], cmd["index"])}
+    return {"version": replace_object(db, cmd["bucket"], cmd["key"], cmd["obj"], cmd["ts"], cmd["index"],
+                                      cmd.get("cond"))}
 
 
 def cmd_delete_object(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str, Any]:
@@ -274,6 +288,34 @@ def cmd_delete_object(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str, 
     _queue_gc(db, _unpackb(old[0]), cmd["ts"])
     db.execute("DELETE FROM objects WHERE bucket=? AND key=?", (bucket, key))
     return {"existed": True}
+
+
+def cmd_delete_objects(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str, Any]:
+    """DeleteObjects: up to 1000 keys in one entry; deleting a missing key succeeds."""
+    if not _bucket_exists(db, cmd["bucket"]):
+        raise Failed("NoSuchBucket")
+    deleted = []
+    for key in cmd["keys"]:
+        old = db.execute("SELECT chunks FROM objects WHERE bucket=? AND key=?", (cmd["bucket"], key)).fetchone()
+        if old is not None:
+            _queue_gc(db, _unpackb(old[0]), cmd["ts"])
+            db.execute("DELETE FROM objects WHERE bucket=? AND key=?", (cmd["bucket"], key))
+        deleted.append(key)
+    return {"deleted": deleted}
+
+
+def cmd_set_tags(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str, Any]:
+    """Replace (or with ``tags`` None, remove) an object's tag set, nothing else."""
+    row = db.execute("SELECT meta FROM objects WHERE bucket=? AND key=?", (cmd["bucket"], cmd["key"])).fetchone()
+    if row is None:
+        raise Failed("NoSuchBucket" if not _bucket_exists(db, cmd["bucket"]) else "NoSuchKey")
+    meta = _unpackb(row[0])
+    if cmd.get("tags"):
+        meta["tags"] = cmd["tags"]
+    else:
+        meta.pop("tags", None)
+    db.execute("UPDATE objects SET meta=? WHERE bucket=? AND key=?", (_packb(meta), cmd["bucket"], cmd["key"]))
+    return {}
 
 
 def cmd_discard_chunks(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str, Any]:
@@ -303,6 +345,8 @@ COMMANDS: dict[str, Callable[[sqlite3.Connection, dict[str, Any]], dict[str, Any
     "put_object": cmd_put_object,
     "delete_object": cmd_delete_object,
     "discard_chunks": cmd_discard_chunks,
+    "delete_objects": cmd_delete_objects,
+    "set_tags": cmd_set_tags,
     "gc_done": cmd_gc_done,
     "node_heartbeat": cmd_node_heartbeat,
 }

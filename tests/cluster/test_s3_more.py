@@ -1,0 +1,134 @@
+"""Conditional requests and writes, DeleteObjects, object tagging: as AWS documents them."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from botocore.exceptions import ClientError
+
+pytestmark = pytest.mark.cluster
+
+
+def status(exc: pytest.ExceptionInfo) -> int:
+    return exc.value.response["ResponseMetadata"]["HTTPStatusCode"]
+
+
+def code(exc: pytest.ExceptionInfo) -> str:
+    return exc.value.response["Error"]["Code"]
+
+
+def test_conditional_reads(s3, bucket):
+    etag = s3.put_object(Bucket=bucket, Key="c", Body=b"v1")["ETag"]
+    modified = s3.head_object(Bucket=bucket, Key="c")["LastModified"]
+    assert s3.get_object(Bucket=bucket, Key="c", IfMatch=etag)["Body"].read() == b"v1"
+    with pytest.raises(ClientError) as e:
+        s3.get_object(Bucket=bucket, Key="c", IfMatch='"0123"')
+    assert status(e) == 412 and code(e) == "PreconditionFailed"
+    with pytest.raises(ClientError) as e:
+        s3.get_object(Bucket=bucket, Key="c", IfNoneMatch=etag)
+    assert status(e) == 304
+    with pytest.raises(ClientError) as e:
+        s3.head_object(Bucket=bucket, Key="c", IfModifiedSince=modified)
+    assert status(e) == 304
+    assert s3.get_object(Bucket=bucket, Key="c", IfModifiedSince=modified.replace(year=2000))["Body"].read() == b"v1"
+    with pytest.raises(ClientError) as e:
+        s3.get_object(Bucket=bucket, Key="c", IfUnmodifiedSince=modified.replace(year=2000))
+    assert status(e) == 412
+    # If-Match wins over If-Unmodified-Since when both are given (RFC 9110)
+    assert s3.get_object(Bucket=bucket, Key="c", IfMatch=etag,
+                         IfUnmodifiedSince=modified.replace(year=2000))["Body"].read() == b"v1"
+
+
+def test_conditional_writes(s3, bucket):
+    first = s3.put_object(Bucket=bucket, Key="w", Body=b"one", IfNoneMatch="*")["ETag"]
+    with pytest.raises(ClientError) as e:
+        s3.put_object(Bucket=bucket, Key="w", Body=b"two", IfNoneMatch="*")
+    assert code(e) == "PreconditionFailed"
+    with pytest.raises(ClientError) as e:
+        s3.put_object(Bucket=bucket, Key="w", Body=b"two", IfMatch='"ffffffffffffffffffffffffffffffff"')
+    assert code(e) == "PreconditionFailed"
+    second = s3.put_object(Bucket=bucket, Key="w", Body=b"two", IfMatch=first)["ETag"]
+    assert s3.get_object(Bucket=bucket, Key="w")["Body"].read() == b"two" and second != first
+    with pytest.raises(ClientError) as e:
+        s3.put_object(Bucket=bucket, Key="never-there", Body=b"x", IfMatch=first)
+    assert code(e) == "NoSuchKey"
+
+
+def test_racing_create_only_writers_one_wins(cluster, bucket):
+    results: list[str] = []
+
+    def writer(i: int) -> None:
+        client = cluster.s3(i % 2, retries={"max_attempts": 1})
+        try:
+            client.put_object(Bucket=bucket, Key="race", Body=f"writer {i}".encode(), IfNoneMatch="*")
+            results.append(f"won {i}")
+        except ClientError as exc:
+            results.append(exc.response["Error"]["Code"])
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    winners = [r for r in results if r.startswith("won")]
+    assert len(winners) == 1 and results.count("PreconditionFailed") == 7
+    body = cluster.s3(0).get_object(Bucket=bucket, Key="race")["Body"].read()
+    assert body == f"writer {winners[0].split()[1]}".encode()
+
+
+def test_delete_objects(s3, bucket):
+    for i in range(30):
+        s3.put_object(Bucket=bucket, Key=f"d/{i}", Body=b"x")
+    keys = [{"Key": f"d/{i}"} for i in range(20)] + [{"Key": "never-existed"}]
+    out = s3.delete_objects(Bucket=bucket, Delete={"Objects": keys})
+    assert sorted(d["Key"] for d in out["Deleted"]) == sorted(k["Key"] for k in keys)
+    assert "Errors" not in out
+    quiet = s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": f"d/{i}"} for i in range(20, 30)], "Quiet": True})
+    assert "Deleted" not in quiet
+    assert "Contents" not in s3.list_objects_v2(Bucket=bucket, Prefix="d/")
+
+
+def test_object_tagging(s3, bucket):
+    s3.put_object(Bucket=bucket, Key="t", Body=b"x", Tagging="project=cairn&tier=gold")
+    assert s3.head_object(Bucket=bucket, Key="t")["ResponseMetadata"]["HTTPHeaders"]["x-amz-tagging-count"] == "2"
+    tags = s3.get_object_tagging(Bucket=bucket, Key="t")["TagSet"]
+    assert sorted((t["Key"], t["Value"]) for t in tags) == [("project", "cairn"), ("tier", "gold")]
+    s3.put_object_tagging(Bucket=bucket, Key="t", Tagging={"TagSet": [{"Key": "only", "Value": "one <&>"}]})
+    assert s3.get_object_tagging(Bucket=bucket, Key="t")["TagSet"] == [{"Key": "only", "Value": "one <&>"}]
+    with pytest.raises(ClientError) as e:
+        s3.put_object_tagging(Bucket=bucket, Key="t",
+                              Tagging={"TagSet": [{"Key": f"k{i}", "Value": "v"} for i in range(11)]})
+    assert code(e) == "InvalidTag"
+    s3.delete_object_tagging(Bucket=bucket, Key="t")
+    assert s3.get_object_tagging(Bucket=bucket, Key="t")["TagSet"] == []
+    assert s3.get_object(Bucket=bucket, Key="t")["Body"].read() == b"x"  # the data is untouched
+    with pytest.raises(ClientError) as e:
+        s3.get_object_tagging(Bucket=bucket, Key="missing")
+    assert code(e) == "NoSuchKey"
+
+
+def test_malformed_xml_changes_nothing(cluster, s3, bucket):
+    import urllib.error
+    import urllib.request
+
+    from botocore.auth import S3SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    from chaos.cluster import ACCESS_KEY, SECRET_KEY
+
+    s3.put_object(Bucket=bucket, Key="keep", Body=b"kept")
+    for query, body in (("delete", b"<Delete><Object><Key>keep</Key></Object>"),  # not well-formed
+                        ("delete", b"<NotDelete/>"),
+                        ("delete", b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY e "keep">]><Delete/>')):
+        url = f"{cluster.endpoints[0]}/{bucket}?{query}"
+        req = AWSRequest("POST", url, data=body, headers={"x-amz-content-sha256": "UNSIGNED-PAYLOAD"})
+        S3SigV4Auth(Credentials(ACCESS_KEY, SECRET_KEY), "s3", "us-east-1").add_auth(req)
+        http = urllib.request.Request(url, data=body, method="POST", headers=dict(req.headers.items()))
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(http, timeout=10)
+        assert e.value.code == 400 and b"<Code>MalformedXML</Code>" in e.value.read()
+    time.sleep(0.1)
+    assert s3.get_object(Bucket=bucket, Key="keep")["Body"].read() == b"kept"
