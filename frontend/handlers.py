@@ -16,7 +16,7 @@ from typing import Any
 from quart import Response
 
 from cairn import wire
-from frontend import conditions, multipart, s3xml, tagging
+from frontend import conditions, copyobject, multipart, s3xml, tagging
 from frontend.context import (
     STORED_HEADERS,
     Context,
@@ -78,7 +78,7 @@ async def dispatch(ctx: Context, request: Any, bucket: str, key: str | None, par
         if sub in params:
             raise S3Error("NotImplemented", f"The {sub} sub-resource is not implemented yet.")
     if method == "PUT" and "x-amz-copy-source" in request.headers:
-        raise S3Error("NotImplemented", "CopyObject is not implemented yet.")
+        return await copyobject.copy_object(ctx, request, bucket, key)
     return await handler(ctx, request, bucket, key, params)
 
 

@@ -28,6 +28,7 @@ from frontend.context import (
     user_metadata,
     xml_response,
 )
+from frontend.copyobject import parse_copy_source
 from frontend.errors import S3Error
 from frontend.objects import Stored
 from frontend.upload import UploadBody
@@ -124,17 +125,6 @@ async def _commit_part(ctx: Context, bucket: str, key: str, upload_id: str, numb
                                  "number": number, "part": part, "ts": time.time()})
 
 
-def _copy_source(header: str) -> tuple[str, str]:
-    from urllib.parse import unquote
-
-    source = unquote(header.split("?", 1)[0]).lstrip("/")
-    bucket, _, key = source.partition("/")
-    if not bucket or not key:
-        raise S3Error("InvalidArgument", "Copy Source must mention the source bucket and key: sourcebucket/sourcekey",
-                      ArgumentName="x-amz-copy-source")
-    return bucket, key
-
-
 def _copy_range(header: str | None, size: int) -> tuple[int, int]:
     if header is None:
         return 0, size - 1
@@ -152,7 +142,7 @@ def _copy_range(header: str | None, size: int) -> tuple[int, int]:
 async def _copy_into(ctx: Context, request: Any, stored: Stored, algorithm: str | None) -> dict[str, str]:
     """UploadPartCopy: the source range moves blob nodes -> this frontend -> blob nodes,
     checked chunk by chunk on the way; never through the client."""
-    src_bucket, src_key = _copy_source(request.headers["x-amz-copy-source"])
+    src_bucket, src_key = parse_copy_source(request.headers["x-amz-copy-source"])
     src = (await meta_call(ctx.meta.read({"q": "object", "bucket": src_bucket, "key": src_key})))["obj"]
     match = request.headers.get("x-amz-copy-source-if-match")
     if match is not None and match.strip('"') != src["etag"]:

@@ -43,6 +43,7 @@ CREATE TABLE IF NOT EXISTS objects (
 CREATE TABLE IF NOT EXISTS gc (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, chunk TEXT NOT NULL, nodes BLOB NOT NULL, queued REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS shared (chunk TEXT PRIMARY KEY, refs INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS nodes (
     node_id TEXT PRIMARY KEY, addr TEXT NOT NULL, capacity INTEGER NOT NULL, used INTEGER NOT NULL,
     chunks INTEGER NOT NULL DEFAULT 0, heartbeat REAL NOT NULL, registered REAL NOT NULL
@@ -213,9 +214,26 @@ def _bucket_exists(db: sqlite3.Connection, bucket: str) -> bool:
 
 
 def _queue_gc(db: sqlite3.Connection, chunks: list[list[Any]], ts: float, keep: set[str] = frozenset()) -> None:
+    """Drop one reference to each chunk (except those in ``keep``). A chunk that nothing
+    references any more goes to the GC queue; a shared one (CopyObject) loses a count."""
+    garbage = []
+    for c in chunks:
+        if c[0] in keep:
+            continue
+        row = db.execute("SELECT refs FROM shared WHERE chunk=?", (c[0],)).fetchone()
+        if row is None:
+            garbage.append((c[0], _packb(c[3]), ts))
+        elif row[0] > 2:
+            db.execute("UPDATE shared SET refs=refs-1 WHERE chunk=?", (c[0],))
+        else:
+            db.execute("DELETE FROM shared WHERE chunk=?", (c[0],))  # one reference left
+    db.executemany("INSERT INTO gc (chunk, nodes, queued) VALUES (?,?,?)", garbage)
+
+
+def _add_refs(db: sqlite3.Connection, chunks: list[list[Any]]) -> None:
+    """One more reference to each chunk. Only shared chunks have a row (refs >= 2)."""
     db.executemany(
-        "INSERT INTO gc (chunk, nodes, queued) VALUES (?,?,?)",
-        [(c[0], _packb(c[3]), ts) for c in chunks if c[0] not in keep],
+        "INSERT INTO shared VALUES (?, 2) ON CONFLICT (chunk) DO UPDATE SET refs=refs+1", [(c[0],) for c in chunks]
     )
 
 
@@ -276,6 +294,31 @@ def cmd_put_object(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str, Any
     """Commit a whole object atomically: its manifest replaces the previous version."""
     return {"version": replace_object(db, cmd["bucket"], cmd["key"], cmd["obj"], cmd["ts"], cmd["index"],
                                       cmd.get("cond"))}
+
+
+def cmd_copy_object(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str, Any]:
+    """CopyObject without copying a byte: the copy shares the source's chunks (counted
+    in ``shared``), read and checked against ``source_etag`` in this same transaction."""
+    src = db.execute(
+        f"SELECT {_OBJECT_COLS} FROM objects WHERE bucket=? AND key=?", (cmd["src_bucket"], cmd["src_key"])
+    ).fetchone()
+    if src is None:
+        raise Failed("NoSuchBucket" if not _bucket_exists(db, cmd["src_bucket"]) else "NoSuchKey")
+    source = _object_row(src)
+    if cmd.get("source_etag") and source["etag"] != cmd["source_etag"]:
+        raise Failed("PreconditionFailed")
+    meta = source["meta"] if cmd.get("meta") is None else {**cmd["meta"], **{
+        k: source["meta"][k] for k in ("parts", "checksum", "checksum_type") if k in source["meta"]}}
+    obj = {
+        "size": source["size"], "etag": source["etag"], "sha256": source["sha256"],
+        "content_type": cmd.get("content_type") or source["content_type"], "created": cmd["ts"],
+        "meta": meta, "chunks": source["chunks"],
+    }
+    current = db.execute("SELECT chunks FROM objects WHERE bucket=? AND key=?", (cmd["bucket"], cmd["key"])).fetchone()
+    already = {c[0] for c in _unpackb(current[0])} if current is not None else set()
+    _add_refs(db, [c for c in source["chunks"] if c[0] not in already])
+    version = replace_object(db, cmd["bucket"], cmd["key"], obj, cmd["ts"], cmd["index"], cmd.get("cond"))
+    return {"version": version, "etag": obj["etag"], "created": obj["created"]}
 
 
 def cmd_delete_object(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str, Any]:
@@ -346,6 +389,7 @@ COMMANDS: dict[str, Callable[[sqlite3.Connection, dict[str, Any]], dict[str, Any
     "delete_object": cmd_delete_object,
     "discard_chunks": cmd_discard_chunks,
     "delete_objects": cmd_delete_objects,
+    "copy_object": cmd_copy_object,
     "set_tags": cmd_set_tags,
     "gc_done": cmd_gc_done,
     "node_heartbeat": cmd_node_heartbeat,

@@ -132,3 +132,58 @@ def test_malformed_xml_changes_nothing(cluster, s3, bucket):
         assert e.value.code == 400 and b"<Code>MalformedXML</Code>" in e.value.read()
     time.sleep(0.1)
     assert s3.get_object(Bucket=bucket, Key="keep")["Body"].read() == b"kept"
+
+
+def test_copy_object_shares_chunks_and_survives_source_delete(cluster, s3, bucket):
+    import os
+
+    from tests.cluster.conftest import CHUNK
+
+    data = os.urandom(3 * CHUNK + 11)
+    before_put = set(cluster.chunk_files())
+    s3.put_object(Bucket=bucket, Key="orig", Body=data, ContentType="text/x-orig", Metadata={"a": "1"})
+    chunks_before = set(cluster.chunk_files())
+    orig_chunks = chunks_before - before_put
+    assert len(orig_chunks) == 4
+    out = s3.copy_object(Bucket=bucket, Key="copy", CopySource={"Bucket": bucket, "Key": "orig"})
+    assert set(cluster.chunk_files()) == chunks_before  # not a byte copied
+    head = s3.head_object(Bucket=bucket, Key="copy")
+    assert head["ContentType"] == "text/x-orig" and head["Metadata"] == {"a": "1"}
+    assert out["CopyObjectResult"]["ETag"] == head["ETag"]
+    s3.copy_object(Bucket=bucket, Key="replaced", CopySource=f"{bucket}/orig", MetadataDirective="REPLACE",
+                   ContentType="text/x-new", Metadata={"b": "2"})
+    head = s3.head_object(Bucket=bucket, Key="replaced")
+    assert head["ContentType"] == "text/x-new" and head["Metadata"] == {"b": "2"}
+    # the source goes away; both copies keep every byte, and no chunk is orphaned or lost
+    s3.delete_object(Bucket=bucket, Key="orig")
+    time.sleep(2.5)  # longer than the test cluster's GC grace
+    assert s3.get_object(Bucket=bucket, Key="copy")["Body"].read() == data
+    s3.delete_object(Bucket=bucket, Key="copy")
+    time.sleep(2.5)
+    assert s3.get_object(Bucket=bucket, Key="replaced")["Body"].read() == data
+    s3.delete_object(Bucket=bucket, Key="replaced")
+    assert cluster.wait_no_orphans() == set()
+    deadline = time.monotonic() + 20
+    while orig_chunks & set(cluster.chunk_files()) and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert not orig_chunks & set(cluster.chunk_files()), "chunks referenced by nothing were not collected"
+
+
+def test_copy_object_errors(s3, bucket):
+    etag = s3.put_object(Bucket=bucket, Key="src", Body=b"source")["ETag"]
+    with pytest.raises(ClientError) as e:
+        s3.copy_object(Bucket=bucket, Key="src", CopySource=f"{bucket}/src")
+    assert code(e) == "InvalidRequest"
+    s3.copy_object(Bucket=bucket, Key="src", CopySource=f"{bucket}/src", MetadataDirective="REPLACE",
+                   Metadata={"now": "with-meta"})
+    assert s3.head_object(Bucket=bucket, Key="src")["Metadata"] == {"now": "with-meta"}
+    with pytest.raises(ClientError) as e:
+        s3.copy_object(Bucket=bucket, Key="dst", CopySource=f"{bucket}/src", CopySourceIfMatch='"nope"')
+    assert code(e) == "PreconditionFailed"
+    s3.copy_object(Bucket=bucket, Key="dst", CopySource=f"{bucket}/src", CopySourceIfMatch=etag)
+    with pytest.raises(ClientError) as e:
+        s3.copy_object(Bucket=bucket, Key="dst", CopySource=f"{bucket}/missing")
+    assert code(e) == "NoSuchKey"
+    with pytest.raises(ClientError) as e:
+        s3.copy_object(Bucket=bucket, Key="dst", CopySource=f"{bucket}/src", IfNoneMatch="*")
+    assert code(e) == "PreconditionFailed"

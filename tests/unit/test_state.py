@@ -765,3 +765,37 @@ def test_stats(rep: Replica) -> None:
 def test_unknown_query(rep: Replica) -> None:
     r = rep.q(q="everything")
     assert r["ok"] is False and r["err"] == "BadRequest"
+
+
+def test_copy_shares_chunks_and_counts_references(rep: Replica) -> None:
+    rep.apply(create())
+    rep.apply(put("src", obj([chunk("c1"), chunk("c2")])))
+    copy = {"op": "copy_object", "src_bucket": "b", "src_key": "src", "bucket": "b", "key": "dst", "ts": 2.0}
+    assert rep.apply(copy)["ok"] is True
+    assert rep.apply({**copy, "key": "dst2"})["ok"] is True
+    assert rep.gc_chunks() == []
+    rep.apply(delete("src"))
+    rep.apply(delete("dst"))
+    assert rep.gc_chunks() == []  # dst2 still holds them
+    rep.apply(delete("dst2"))
+    assert sorted(rep.gc_chunks()) == ["c1", "c2"]
+
+
+def test_copy_onto_itself_keeps_one_reference(rep: Replica) -> None:
+    rep.apply(create())
+    rep.apply(put("k", obj([chunk("c1")])))
+    copy = {"op": "copy_object", "src_bucket": "b", "src_key": "k", "bucket": "b", "key": "k", "ts": 2.0,
+            "meta": {"user": {"new": "meta"}}}
+    assert rep.apply(copy)["ok"] is True
+    assert rep.gc_chunks() == []
+    rep.apply(delete("k"))
+    assert rep.gc_chunks() == ["c1"]
+
+
+def test_copy_checks_source_etag_atomically(rep: Replica) -> None:
+    rep.apply(create())
+    rep.apply(put("k", obj([chunk("c1")])))
+    copy = {"op": "copy_object", "src_bucket": "b", "src_key": "k", "bucket": "b", "key": "d", "ts": 2.0,
+            "source_etag": "not-the-etag"}
+    assert rep.apply(copy)["err"] == "PreconditionFailed"
+    assert rep.apply({**copy, "src_key": "missing", "source_etag": None})["err"] == "NoSuchKey"
