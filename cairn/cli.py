@@ -79,6 +79,7 @@ commands:
   raftmeta   run one metadata (Raft) node
   blobnode   run one blob node
   frontend   run one S3 frontend
+  admin      operator commands against a frontend (users, keys, grants, uploads, gc)
 Run `cairn COMMAND --help` for a command's options."""
 
 
@@ -90,6 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     if command == "up":
         return up(rest)
+    if command == "admin":
+        from frontend.admin_cli import main as admin_main
+
+        return admin_main(rest)
     if command in config.ROLES:
         return run_role(command, rest)
     print(f"cairn: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)

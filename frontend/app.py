@@ -24,10 +24,9 @@ from quart_trio import QuartTrio
 from quart_trio.asgi import TrioASGIHTTPConnection
 from quart_trio.wrappers.request import TrioBody, TrioRequest
 
-from frontend import handlers
+from frontend import handlers, iam
 from frontend.context import Context
 from frontend.errors import S3Error
-from frontend.sigv4 import verify_request
 
 log = logging.getLogger("frontend")
 
@@ -157,12 +156,10 @@ async def _route(ctx: Context, request: Any) -> Response:
     headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
     if bucket == ADMIN_PREFIX and key == "health":
         return await handlers.admin(ctx, request, key)
-    auth = verify_request(request.method, raw_path, query_string, headers, ctx.lookup_secret)
-    if auth is None:
-        raise S3Error("AccessDenied")
-    request.auth = auth
+    request.auth, request.principal = await iam.authenticate(
+        ctx, request.method, raw_path, query_string, headers, "" if bucket == ADMIN_PREFIX else bucket)
     if bucket == ADMIN_PREFIX:  # operator endpoints: admin credentials only
-        if auth.access_key != ctx.root_access_key:
+        if not request.principal.admin:
             raise S3Error("AccessDenied")
         return await handlers.admin(ctx, request, key or "")
     params = query_params(query_string)

@@ -10,7 +10,7 @@ from urllib.parse import unquote
 
 from quart import Response
 
-from frontend import conditions, s3xml, tagging
+from frontend import conditions, iam, s3xml, tagging
 from frontend.context import STORED_HEADERS, Context, meta_call, user_metadata, xml_response
 from frontend.errors import S3Error
 from frontend.names import check_bucket_name, check_key
@@ -50,6 +50,7 @@ async def copy_object(ctx: Context, request: Any, bucket: str, key: str) -> Resp
         raise S3Error("InvalidRequest", "This copy request is illegal because it is trying to copy an object to "
                       "itself without changing the object's metadata, storage class, website redirect location or "
                       "encryption attributes.")
+    await iam.authorize(ctx, request.principal, src_bucket, "read")
     src = (await meta_call(ctx.meta.read({"q": "object", "bucket": src_bucket, "key": src_key})))["obj"]
     source_conditions = {plain: request.headers[h] for h, plain in _SOURCE_CONDITIONS.items() if h in request.headers}
     if conditions.check_read(source_conditions, src["etag"], src["created"]):

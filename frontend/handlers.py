@@ -12,11 +12,12 @@ import re
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import unquote
 
 from quart import Response
 
 from cairn import wire
-from frontend import conditions, copyobject, multipart, s3xml, tagging
+from frontend import acl, conditions, copyobject, iam, multipart, s3xml, tagging
 from frontend.context import (
     STORED_HEADERS,
     Context,
@@ -41,13 +42,20 @@ _DIGITS = re.compile(r"[0-9]*")
 
 async def dispatch(ctx: Context, request: Any, bucket: str, key: str | None, params: dict[str, str]) -> Response:
     method = request.method
+    principal = request.principal
     if not bucket:
         if method == "GET":
             return await list_buckets(ctx, request)
         raise S3Error("MethodNotAllowed")
+    if key is None and method == "PUT" and not params:
+        if principal.user is None:
+            raise S3Error("AccessDenied")
+        return await create_bucket(ctx, request, bucket)
+    if key is not None:
+        check_key(key)
+    await iam.authorize(ctx, principal, bucket, iam.required(method, key, params))
     if key is None:
         return await _bucket_op(ctx, request, method, bucket, params)
-    check_key(key)
     if "uploads" in params and method == "POST":
         return await multipart.create(ctx, request, bucket, key)
     if "uploadId" in params:
@@ -83,8 +91,8 @@ async def dispatch(ctx: Context, request: Any, bucket: str, key: str | None, par
 
 
 async def _bucket_op(ctx: Context, request: Any, method: str, bucket: str, params: dict[str, str]) -> Response:
-    if method == "PUT" and not params:
-        return await create_bucket(ctx, request, bucket)
+    if "acl" in params and method in ("GET", "PUT"):
+        return await (acl.get_bucket_acl(ctx, bucket) if method == "GET" else acl.put_bucket_acl(ctx, request, bucket))
     if method == "HEAD":
         await meta_call(ctx.meta.read({"q": "bucket", "bucket": bucket}))
         return empty_response(headers={"x-amz-bucket-region": ctx.region})
@@ -115,8 +123,12 @@ async def _bucket_op(ctx: Context, request: Any, method: str, bucket: str, param
 
 
 async def list_buckets(ctx: Context, request: Any) -> Response:
-    reply = await meta_call(ctx.meta.read({"q": "buckets"}))
-    return xml_response(s3xml.list_buckets(reply["buckets"], request.auth.access_key))
+    principal = request.principal
+    if principal.user is None:
+        raise S3Error("AccessDenied")
+    query = {"q": "buckets"} if principal.admin else {"q": "visible_buckets", "user": principal.user}
+    reply = await meta_call(ctx.meta.read(query))
+    return xml_response(s3xml.list_buckets(reply["buckets"], principal.user))
 
 
 async def create_bucket(ctx: Context, request: Any, bucket: str) -> Response:
@@ -132,11 +144,9 @@ async def create_bucket(ctx: Context, request: Any, bucket: str) -> Response:
             if s3xml.local(child.tag) == "LocationConstraint" and (child.text or "") not in ("", ctx.region):
                 raise S3Error("InvalidLocationConstraint",
                               f"The {child.text} location constraint is not this cluster's region ({ctx.region}).")
-    acl = request.headers.get("x-amz-acl", "private")
-    if acl not in ("private", "public-read", "public-read-write", "authenticated-read"):
-        raise S3Error("InvalidArgument", f"Unknown canned ACL {acl}")
+    canned = acl.canned_acl(request)
     await meta_call(ctx.meta.write({
-        "op": "create_bucket", "bucket": bucket, "owner": request.auth.access_key, "acl": acl, "ts": time.time(),
+        "op": "create_bucket", "bucket": bucket, "owner": request.principal.user, "acl": canned, "ts": time.time(),
     }))
     return empty_response(headers={"Location": f"/{bucket}"})
 
@@ -342,6 +352,19 @@ async def admin(ctx: Context, request: Any, path: str) -> Response:
         body = json.dumps({"status": "ok" if healthy else "degraded", "raftmeta": meta_ok,
                            "blobnodes_writable": len(nodes)})
         return Response(body, status=200 if healthy else 503, content_type="application/json")
+    parts = [unquote(p) for p in path.split("/") if p]
+    if parts and parts[0] in ("users", "keys", "buckets"):
+        raw = await request.get_data(cache=False) if (request.content_length or 0) <= 65536 else b""
+        try:
+            body = json.loads(raw) if raw.strip() else {}
+            if not isinstance(body, dict):
+                raise ValueError("not an object")
+            status, result = await iam.admin_users(ctx, request.method, parts, body, time.time())
+        except ValueError:
+            status, result = 400, {"error": "MalformedJSON", "message": "the body must be a JSON object"}
+        except iam.AdminError as exc:
+            status, result = exc.status, {"error": exc.code, "message": exc.message}
+        return Response(b"" if result is None else json.dumps(result), status=status, content_type="application/json")
     chores = {("GET", "uploads"): "status", ("POST", "uploads/expire"): "expire_uploads", ("POST", "gc"): "gc",
               ("GET", "gc"): "status"}
     chore = chores.get((request.method, path))

@@ -75,7 +75,7 @@ async def create(ctx: Context, request: Any, bucket: str, key: str) -> Response:
     upload_id = new_upload_id()
     await meta_call(ctx.meta.write({
         "op": "create_upload", "upload_id": upload_id, "bucket": bucket, "key": key, "ts": time.time(),
-        "initiator": request.auth.access_key,
+        "initiator": request.principal.user or "anonymous",
         "content_type": request.headers.get("content-type", "binary/octet-stream"),
         "meta": {"user": user_metadata(request), "headers": headers, "checksum_algorithm": algorithm,
                  "checksum_type": checksum_type},

@@ -66,5 +66,12 @@ class MetaClient:
     async def read(self, q: dict[str, Any], *, linear: bool = True, deadline: float = 20.0) -> dict[str, Any]:
         return await self.call({"op": "read", "q": q, "linear": linear}, deadline)
 
+    async def read_many(self, queries: list[dict[str, Any]], *, deadline: float = 20.0) -> list[dict[str, Any]]:
+        """Several linearizable reads behind one Raft barrier."""
+        reply = await self.call({"op": "read_many", "qs": queries}, deadline)
+        if not reply.get("ok"):
+            raise wire.WireError(reply.get("err", wire.ERR_INTERNAL), reply.get("msg", ""))
+        return reply["results"]
+
     async def status(self, addr: str) -> dict[str, Any]:
         return await self._call_once(addr, {"op": "status"})

@@ -123,6 +123,14 @@ class MetaServer:
                 if not barrier.get("ok"):
                     return barrier
             return self.state.query(q)
+        if op == "read_many":  # several queries behind one barrier
+            queries = request.get("qs")
+            if not isinstance(queries, list) or not all(isinstance(q, dict) for q in queries):
+                return {"ok": False, "err": wire.ERR_BAD_REQUEST, "msg": "qs must be a list of queries"}
+            barrier = await self.barrier()
+            if not barrier.get("ok"):
+                return barrier
+            return {"ok": True, "results": [self.state.query(q) for q in queries]}
         if op == "status":
             return {"ok": True, **self.status()}
         if op == "chore":

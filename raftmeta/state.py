@@ -255,6 +255,7 @@ def cmd_delete_bucket(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str, 
         raise Failed("BucketNotEmpty")
     for (upload_id,) in db.execute("SELECT upload_id FROM uploads WHERE bucket=?", (cmd["bucket"],)).fetchall():
         multipart.drop_upload(db, upload_id, cmd["ts"])  # in-progress uploads go with the bucket
+    db.execute("DELETE FROM grants WHERE bucket=?", (cmd["bucket"],))
     db.execute("DELETE FROM buckets WHERE name=?", (cmd["bucket"],))
     return {}
 
@@ -538,9 +539,10 @@ QUERIES: dict[str, Callable[[sqlite3.Connection, dict[str, Any]], dict[str, Any]
 }
 
 
-# Multipart uploads keep their commands and queries in their own module.
-from raftmeta import multipart  # noqa: E402
+# Multipart uploads and identity keep their commands and queries in their own modules.
+from raftmeta import iam, multipart  # noqa: E402
 
-SCHEMA += multipart.SCHEMA
-COMMANDS.update(multipart.COMMANDS)
-QUERIES.update(multipart.QUERIES)
+for _module in (multipart, iam):
+    SCHEMA += _module.SCHEMA
+    COMMANDS.update(_module.COMMANDS)
+    QUERIES.update(_module.QUERIES)

@@ -1,0 +1,182 @@
+"""Who is calling and what they may do.
+
+Authentication: the access key named by the request is looked up (the root key from
+the frontend's configuration, every other one in Raft with a linearizable read, so a
+revoked key stops working everywhere the moment its revocation returns) and the SigV4
+signature is verified with its secret.
+
+Authorization, per bucket: the owner and admins may do everything; a grant gives
+``read`` (GET/HEAD objects), ``write`` (PUT/DELETE objects, multipart), ``list``
+(listings) or ``full`` (all of it, plus ACLs, grants and deleting the bucket). The
+bucket's canned ACL opens reads and listings: ``public-read`` to anyone,
+``authenticated-read`` to any valid key. (Cairn applies a bucket's canned ACL to its
+objects too, as a bucket policy would; there are no per-object ACLs.)
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote
+
+from cairn import wire
+from frontend.context import Context
+from frontend.errors import S3Error
+from frontend.sigv4 import AuthResult, verify_request
+
+ROOT_USER = "root"
+_CREDENTIAL = re.compile(r"Credential=([^/,\s]+)/")
+
+
+@dataclass(frozen=True)
+class Principal:
+    user: str | None  # None: anonymous
+    admin: bool = False
+    access_key: str = ""
+    bucket_access: dict[str, Any] | None = None  # the request's bucket, read with the key
+
+
+ANONYMOUS = Principal(None)
+
+
+def requested_access_key(headers: list[tuple[str, str]], query_string: bytes) -> str | None:
+    for name, value in headers:
+        if name.lower() == "authorization":
+            match = _CREDENTIAL.search(value)
+            return match.group(1) if match else None
+    match = re.search(rb"(?:^|&)X-Amz-Credential=([^&]+)", query_string)
+    if match:
+        return unquote(match.group(1).decode("latin-1")).split("/", 1)[0]
+    return None
+
+
+async def authenticate(ctx: Context, method: str, raw_path: bytes, query_string: bytes,
+                       headers: list[tuple[str, str]], bucket: str = "") -> tuple[AuthResult | None, Principal]:
+    """Verify the request's signature; for a user's key, the key and the user's access to
+    ``bucket`` are read together behind one Raft barrier."""
+    access_key = requested_access_key(headers, query_string)
+    found: dict[str, str] = {}
+    principal = ANONYMOUS
+    if access_key == ctx.root_access_key:
+        found[access_key] = ctx.root_secret_key
+        principal = Principal(ROOT_USER, True, access_key)
+    elif access_key:
+        queries = [{"q": "key", "access_key": access_key}]
+        if bucket:
+            queries.append({"q": "access", "bucket": bucket, "access_key": access_key})
+        try:
+            results = await ctx.meta.read_many(queries)
+            key, bucket_access = results[0], (results[1] if bucket else None)
+        except wire.WireError:
+            raise S3Error("ServiceUnavailable", "The metadata service is unavailable. Please retry.") from None
+        if key.get("found"):
+            found[access_key] = key["secret"]
+            principal = Principal(key["user"], key["admin"], access_key, bucket_access)
+    auth = verify_request(method, raw_path, query_string, headers, found.get)
+    return auth, (principal if auth is not None else ANONYMOUS)
+
+
+async def authorize(ctx: Context, principal: Principal, bucket: str, need: str) -> None:
+    """Raise AccessDenied (or NoSuchBucket) unless ``principal`` may ``need`` on ``bucket``.
+    ``need``: read, write, list, full, or any (any grant at all, e.g. HeadBucket)."""
+    if principal.admin:
+        return  # admins may do anything; a missing bucket is the handler's NoSuchBucket
+    access = principal.bucket_access
+    if access is None:
+        try:
+            access = await ctx.meta.read({"q": "access", "bucket": bucket, "user": principal.user or ""})
+        except wire.WireError:
+            raise S3Error("ServiceUnavailable", "The metadata service is unavailable. Please retry.") from None
+    if not access.get("exists"):
+        if principal.user is None:
+            raise S3Error("AccessDenied")
+        raise S3Error("NoSuchBucket", BucketName=bucket)
+    if principal.user is not None and principal.user == access["owner"]:
+        return
+    granted = access.get("permission")
+    if granted == "full" or granted == need or (need == "any" and granted):
+        return
+    if need in ("read", "list", "any"):
+        if access["acl"] == "public-read" or (access["acl"] == "authenticated-read" and principal.user is not None):
+            return
+    raise S3Error("AccessDenied")
+
+
+def required(method: str, key: str | None, params: dict[str, str]) -> str:
+    """The permission an S3 request needs on its bucket (see ``authorize``)."""
+    if key is None:
+        if "acl" in params or "cors" in params or method == "DELETE":
+            return "full"
+        if method == "HEAD" or "location" in params or "versioning" in params:
+            return "any"
+        if method == "POST":
+            return "write"  # DeleteObjects
+        return "list"
+    if method in ("GET", "HEAD") and "uploadId" not in params:
+        return "read"
+    return "write"
+
+
+# ---------------------------------------------------------------------- operator endpoints
+
+
+def _name(value: Any) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9_.@+=-]{1,64}", value) or value == ROOT_USER:
+        raise AdminError(400, "InvalidUserName", "user names are 1-64 of A-Z a-z 0-9 _ . @ + = -, and not 'root'")
+    return value
+
+
+class AdminError(Exception):
+    def __init__(self, status: int, code: str, message: str = "") -> None:
+        super().__init__(code)
+        self.status, self.code, self.message = status, code, message
+
+
+_STATUS = {"UserAlreadyExists": 409, "NoSuchUser": 404, "UserOwnsBuckets": 409, "KeyAlreadyExists": 409,
+           "NoSuchKeyId": 404, "NoSuchBucket": 404, "InvalidArgument": 400}
+
+
+async def _write(ctx: Context, cmd: dict[str, Any]) -> dict[str, Any]:
+    try:
+        reply = await ctx.meta.write(cmd)
+    except wire.WireError:
+        raise AdminError(503, "Unavailable", "no Raft leader answered") from None
+    if not reply.get("ok"):
+        raise AdminError(_STATUS.get(reply.get("err", ""), 500), reply.get("err", "InternalError"))
+    return reply
+
+
+async def admin_users(ctx: Context, method: str, parts: list[str], body: dict[str, Any], ts: float) -> tuple[int, Any]:
+    """/_cairn/users..., /_cairn/keys/..., /_cairn/buckets/B/grants/U: (status, JSON)."""
+    if parts == ["users"] and method == "GET":
+        return 200, (await ctx.meta.read({"q": "users"}))["users"]
+    if parts == ["users"] and method == "POST":
+        name = _name(body.get("name"))
+        await _write(ctx, {"op": "create_user", "name": name, "admin": bool(body.get("admin")), "ts": ts})
+        return 201, {"name": name}
+    if len(parts) == 2 and parts[0] == "users" and method == "DELETE":
+        await _write(ctx, {"op": "delete_user", "name": _name(parts[1])})
+        return 204, None
+    if len(parts) == 3 and parts[0] == "users" and parts[2] == "keys" and method == "POST":
+        access_key = "CK" + secrets.token_hex(9).upper()
+        secret = secrets.token_urlsafe(30)
+        await _write(ctx, {"op": "create_key", "user": _name(parts[1]), "access_key": access_key,
+                           "secret": secret, "ts": ts})
+        return 201, {"user": parts[1], "access_key": access_key, "secret_key": secret,
+                     "note": "the secret key is shown only now"}
+    if len(parts) == 2 and parts[0] == "keys" and method == "DELETE":
+        await _write(ctx, {"op": "delete_key", "access_key": parts[1]})
+        return 204, None
+    if len(parts) == 4 and parts[0] == "buckets" and parts[2] == "grants":
+        if method == "PUT":
+            permission = body.get("permission")
+            if permission not in ("read", "write", "list", "full"):
+                raise AdminError(400, "InvalidArgument", "permission must be read, write, list or full")
+            await _write(ctx, {"op": "grant", "bucket": parts[1], "user": _name(parts[3]), "permission": permission})
+            return 200, {"bucket": parts[1], "user": parts[3], "permission": permission}
+        if method == "DELETE":
+            await _write(ctx, {"op": "grant", "bucket": parts[1], "user": _name(parts[3]), "permission": None})
+            return 204, None
+    raise AdminError(404, "NoSuchEndpoint", "unknown admin endpoint")

@@ -1,0 +1,152 @@
+"""Users, access keys, per-bucket grants and canned bucket ACLs in the state machine.
+
+Every change is a Raft command, so it holds on every frontend at once (frontends look
+keys and grants up with linearizable reads). Secrets are stored here because SigV4
+verification needs them; they are returned only to a frontend's key lookup, never by
+a listing.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+from raftmeta.state import Failed, _bucket_exists
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS users (name TEXT PRIMARY KEY, created REAL NOT NULL, admin INTEGER NOT NULL DEFAULT 0)
+    WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS keys (
+    access_key TEXT PRIMARY KEY, user TEXT NOT NULL, secret TEXT NOT NULL, created REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS keys_by_user ON keys (user);
+CREATE TABLE IF NOT EXISTS grants (
+    bucket TEXT NOT NULL, user TEXT NOT NULL, permission TEXT NOT NULL, PRIMARY KEY (bucket, user)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS grants_by_user ON grants (user);
+"""
+
+PERMISSIONS = ("read", "write", "list", "full")
+CANNED_ACLS = ("private", "public-read", "authenticated-read")
+
+
+def _user_exists(db: sqlite3.Connection, name: str) -> bool:
+    return db.execute("SELECT 1 FROM users WHERE name=?", (name,)).fetchone() is not None
+
+
+def cmd_create_user(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str, Any]:
+    if _user_exists(db, cmd["name"]):
+        raise Failed("UserAlreadyExists")
+    db.execute("INSERT INTO users VALUES (?,?,?)", (cmd["name"], cmd["ts"], int(bool(cmd.get("admin")))))
+    return {}
+
+
+def cmd_delete_user(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str, Any]:
+    name = cmd["name"]
+    if not _user_exists(db, name):
+        raise Failed("NoSuchUser")
+    if db.execute("SELECT 1 FROM buckets WHERE owner=? LIMIT 1", (name,)).fetchone():
+        raise Failed("UserOwnsBuckets")
+    db.execute("DELETE FROM keys WHERE user=?", (name,))
+    db.execute("DELETE FROM grants WHERE user=?", (name,))
+    db.execute("DELETE FROM users WHERE name=?", (name,))
+    return {}
+
+
+def cmd_create_key(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str, Any]:
+    if not _user_exists(db, cmd["user"]):
+        raise Failed("NoSuchUser")
+    if db.execute("SELECT 1 FROM keys WHERE access_key=?", (cmd["access_key"],)).fetchone():
+        raise Failed("KeyAlreadyExists")
+    db.execute("INSERT INTO keys VALUES (?,?,?,?)", (cmd["access_key"], cmd["user"], cmd["secret"], cmd["ts"]))
+    return {}
+
+
+def cmd_delete_key(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str, Any]:
+    if db.execute("DELETE FROM keys WHERE access_key=?", (cmd["access_key"],)).rowcount == 0:
+        raise Failed("NoSuchKeyId")
+    return {}
+
+
+def cmd_grant(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str, Any]:
+    if not _bucket_exists(db, cmd["bucket"]):
+        raise Failed("NoSuchBucket")
+    if not _user_exists(db, cmd["user"]):
+        raise Failed("NoSuchUser")
+    if cmd.get("permission") is None:
+        db.execute("DELETE FROM grants WHERE bucket=? AND user=?", (cmd["bucket"], cmd["user"]))
+    elif cmd["permission"] in PERMISSIONS:
+        db.execute("INSERT OR REPLACE INTO grants VALUES (?,?,?)", (cmd["bucket"], cmd["user"], cmd["permission"]))
+    else:
+        raise Failed("InvalidArgument")
+    return {}
+
+
+def cmd_set_bucket_acl(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str, Any]:
+    if cmd["acl"] not in CANNED_ACLS:
+        raise Failed("InvalidArgument")
+    if db.execute("UPDATE buckets SET acl=? WHERE name=?", (cmd["acl"], cmd["bucket"])).rowcount == 0:
+        raise Failed("NoSuchBucket")
+    return {}
+
+
+COMMANDS = {
+    "create_user": cmd_create_user,
+    "delete_user": cmd_delete_user,
+    "create_key": cmd_create_key,
+    "delete_key": cmd_delete_key,
+    "grant": cmd_grant,
+    "set_bucket_acl": cmd_set_bucket_acl,
+}
+
+
+def q_key(db: sqlite3.Connection, q: dict[str, Any]) -> dict[str, Any]:
+    """A frontend's lookup of an access key: its user and secret, or found False."""
+    row = db.execute(
+        "SELECT k.user, k.secret, u.admin FROM keys k JOIN users u ON u.name = k.user WHERE k.access_key=?",
+        (q["access_key"],),
+    ).fetchone()
+    if row is None:
+        return {"found": False}
+    return {"found": True, "user": row[0], "secret": row[1], "admin": bool(row[2])}
+
+
+def q_access(db: sqlite3.Connection, q: dict[str, Any]) -> dict[str, Any]:
+    """What a frontend needs to authorize a request on a bucket: its owner, canned ACL
+    and the caller's grant (the caller as ``user``, or as ``access_key``)."""
+    row = db.execute("SELECT owner, acl FROM buckets WHERE name=?", (q["bucket"],)).fetchone()
+    if row is None:
+        return {"exists": False}
+    user = q.get("user") or ""
+    if q.get("access_key"):  # the caller named by its key: resolved in the same read
+        found = db.execute("SELECT user FROM keys WHERE access_key=?", (q["access_key"],)).fetchone()
+        user = found[0] if found else ""
+    grant = db.execute("SELECT permission FROM grants WHERE bucket=? AND user=?", (q["bucket"], user)).fetchone()
+    return {"exists": True, "owner": row[0], "acl": row[1], "permission": grant[0] if grant else None}
+
+
+def q_users(db: sqlite3.Connection, q: dict[str, Any]) -> dict[str, Any]:
+    users = []
+    for name, created, admin in db.execute("SELECT name, created, admin FROM users ORDER BY name").fetchall():
+        keys = [r[0] for r in db.execute("SELECT access_key FROM keys WHERE user=? ORDER BY created", (name,))]
+        grants = {b: p for b, p in db.execute("SELECT bucket, permission FROM grants WHERE user=?", (name,))}
+        users.append({"name": name, "created": created, "admin": bool(admin), "access_keys": keys, "grants": grants})
+    return {"users": users}
+
+
+def q_bucket_grants(db: sqlite3.Connection, q: dict[str, Any]) -> dict[str, Any]:
+    rows = db.execute("SELECT user, permission FROM grants WHERE bucket=? ORDER BY user", (q["bucket"],)).fetchall()
+    return {"grants": [list(r) for r in rows]}
+
+
+def q_visible_buckets(db: sqlite3.Connection, q: dict[str, Any]) -> dict[str, Any]:
+    """ListBuckets for one user: the buckets it owns or holds a grant on."""
+    rows = db.execute(
+        "SELECT name, created FROM buckets WHERE owner=? OR name IN (SELECT bucket FROM grants WHERE user=?) "
+        "ORDER BY name", (q["user"], q["user"]),
+    ).fetchall()
+    return {"buckets": [list(r) for r in rows]}
+
+
+QUERIES = {"key": q_key, "access": q_access, "users": q_users, "bucket_grants": q_bucket_grants,
+           "visible_buckets": q_visible_buckets}

@@ -1,0 +1,162 @@
+"""Users, keys, grants and canned ACLs, driven through `cairn admin` and boto3."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+
+import boto3
+import pytest
+from botocore import UNSIGNED
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from chaos.cluster import ACCESS_KEY, SECRET_KEY
+
+pytestmark = pytest.mark.cluster
+
+
+def admin(cluster, *args: str, index: int = 0, check: bool = True) -> subprocess.CompletedProcess:
+    env = dict(os.environ, CAIRN_ROOT_ACCESS_KEY=ACCESS_KEY, CAIRN_ROOT_SECRET_KEY=SECRET_KEY)
+    done = subprocess.run([sys.executable, "-m", "cairn.cli", "admin", "--endpoint", cluster.endpoints[index], *args],
+                          env=env, capture_output=True, text=True, timeout=60)
+    if check:
+        assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+def client(cluster, access: str, secret: str, index: int = 0):
+    return boto3.client("s3", endpoint_url=cluster.endpoints[index], aws_access_key_id=access,
+                        aws_secret_access_key=secret, region_name="us-east-1",
+                        config=Config(retries={"max_attempts": 1}, signature_version="s3v4"))
+
+
+def new_user(cluster, name: str):
+    admin(cluster, "user", "add", name)
+    key = json.loads(admin(cluster, "key", "add", name).stdout)
+    return key, client(cluster, key["access_key"], key["secret_key"], index=1)
+
+
+def code(exc: pytest.ExceptionInfo) -> str:
+    return exc.value.response["Error"]["Code"]
+
+
+def test_users_do_not_see_each_others_private_buckets(cluster):
+    _, alice = new_user(cluster, "alice")
+    _, bob = new_user(cluster, "bob")
+    alice.create_bucket(Bucket="alice-private")
+    alice.put_object(Bucket="alice-private", Key="secret.txt", Body=b"alice only")
+    bob.create_bucket(Bucket="bob-private")
+    assert [b["Name"] for b in alice.list_buckets()["Buckets"]] == ["alice-private"]
+    assert [b["Name"] for b in bob.list_buckets()["Buckets"]] == ["bob-private"]
+    for call in (lambda: bob.get_object(Bucket="alice-private", Key="secret.txt"),
+                 lambda: bob.list_objects_v2(Bucket="alice-private"),
+                 lambda: bob.put_object(Bucket="alice-private", Key="x", Body=b"x"),
+                 lambda: bob.delete_bucket(Bucket="alice-private"),
+                 lambda: bob.get_bucket_acl(Bucket="alice-private")):
+        with pytest.raises(ClientError) as e:
+            call()
+        assert code(e) == "AccessDenied"
+    # the admin sees everything
+    root = client(cluster, ACCESS_KEY, SECRET_KEY)
+    assert {"alice-private", "bob-private"} <= {b["Name"] for b in root.list_buckets()["Buckets"]}
+    acl = alice.get_bucket_acl(Bucket="alice-private")
+    assert acl["Owner"]["ID"] == "alice" and acl["Grants"][0]["Permission"] == "FULL_CONTROL"
+
+
+def test_grants(cluster):
+    _, carol = new_user(cluster, "carol")
+    _, dave = new_user(cluster, "dave")
+    carol.create_bucket(Bucket="carol-shared")
+    carol.put_object(Bucket="carol-shared", Key="doc", Body=b"shared doc")
+    with pytest.raises(ClientError):
+        dave.get_object(Bucket="carol-shared", Key="doc")
+    admin(cluster, "grant", "carol-shared", "dave", "read")
+    assert dave.get_object(Bucket="carol-shared", Key="doc")["Body"].read() == b"shared doc"  # at once, other frontend
+    with pytest.raises(ClientError) as e:
+        dave.put_object(Bucket="carol-shared", Key="new", Body=b"x")
+    assert code(e) == "AccessDenied"
+    with pytest.raises(ClientError):
+        dave.list_objects_v2(Bucket="carol-shared")
+    admin(cluster, "grant", "carol-shared", "dave", "write")
+    dave.put_object(Bucket="carol-shared", Key="new", Body=b"from dave")
+    admin(cluster, "grant", "carol-shared", "dave", "full")
+    assert len(dave.list_objects_v2(Bucket="carol-shared")["Contents"]) == 2
+    admin(cluster, "revoke", "carol-shared", "dave")
+    with pytest.raises(ClientError):
+        dave.get_object(Bucket="carol-shared", Key="doc")
+    users = json.loads(admin(cluster, "user", "ls").stdout)
+    assert {u["name"] for u in users} >= {"carol", "dave"}
+    assert all("secret" not in json.dumps(u).lower() for u in users)
+
+
+def test_revoked_key_stops_at_once_everywhere(cluster):
+    key, erin = new_user(cluster, "erin")
+    erin.create_bucket(Bucket="erin-bucket")
+    url = erin.generate_presigned_url("get_object", Params={"Bucket": "erin-bucket", "Key": "k"}, ExpiresIn=600)
+    erin.put_object(Bucket="erin-bucket", Key="k", Body=b"v")
+    with urllib.request.urlopen(url, timeout=10) as r:
+        assert r.read() == b"v"
+    second = json.loads(admin(cluster, "key", "add", "erin").stdout)  # several keys per user
+    admin(cluster, "key", "rm", key["access_key"])
+    for index in (0, 1):
+        with pytest.raises(ClientError) as e:
+            client(cluster, key["access_key"], key["secret_key"], index).list_buckets()
+        assert code(e) == "InvalidAccessKeyId"
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(url, timeout=10)
+    assert e.value.code == 403
+    other = client(cluster, second["access_key"], second["secret_key"])
+    assert other.get_object(Bucket="erin-bucket", Key="k")["Body"].read() == b"v"
+
+
+def test_canned_acls(cluster):
+    _, frank = new_user(cluster, "frank")
+    _, grace = new_user(cluster, "grace")
+    anonymous = boto3.client("s3", endpoint_url=cluster.endpoints[0], region_name="us-east-1",
+                             config=Config(signature_version=UNSIGNED, retries={"max_attempts": 1}))
+    frank.create_bucket(Bucket="frank-public", ACL="public-read")
+    frank.put_object(Bucket="frank-public", Key="page.html", Body=b"<h1>hi</h1>")
+    assert anonymous.get_object(Bucket="frank-public", Key="page.html")["Body"].read() == b"<h1>hi</h1>"
+    assert [o["Key"] for o in anonymous.list_objects_v2(Bucket="frank-public")["Contents"]] == ["page.html"]
+    with pytest.raises(ClientError) as e:
+        anonymous.put_object(Bucket="frank-public", Key="graffiti", Body=b"x")
+    assert code(e) == "AccessDenied"
+    grants = frank.get_bucket_acl(Bucket="frank-public")["Grants"]
+    assert any(g["Grantee"].get("URI", "").endswith("AllUsers") and g["Permission"] == "READ" for g in grants)
+
+    frank.put_bucket_acl(Bucket="frank-public", ACL="authenticated-read")
+    with pytest.raises(ClientError) as e:
+        anonymous.get_object(Bucket="frank-public", Key="page.html")
+    assert code(e) == "AccessDenied"
+    assert grace.get_object(Bucket="frank-public", Key="page.html")["Body"].read() == b"<h1>hi</h1>"
+    frank.put_bucket_acl(Bucket="frank-public", ACL="private")
+    with pytest.raises(ClientError):
+        grace.get_object(Bucket="frank-public", Key="page.html")
+    with pytest.raises(ClientError) as e:
+        anonymous.list_buckets()
+    assert code(e) == "AccessDenied"
+
+
+def test_admin_endpoints_need_admin(cluster):
+    key, henry = new_user(cluster, "henry")
+    done = admin(cluster, "--access-key", key["access_key"], "--secret-key", key["secret_key"], "user", "ls",
+                 check=False)
+    assert done.returncode != 0
+    bad = admin(cluster, "user", "add", "root", check=False)
+    assert bad.returncode != 0
+    dup = admin(cluster, "user", "add", "henry", check=False)
+    assert dup.returncode != 0 and "UserAlreadyExists" in dup.stdout
+    henry.create_bucket(Bucket="henry-bucket")
+    owns = admin(cluster, "user", "rm", "henry", check=False)
+    assert owns.returncode != 0 and "UserOwnsBuckets" in owns.stdout
+    henry.delete_bucket(Bucket="henry-bucket")
+    admin(cluster, "user", "rm", "henry")
+    with pytest.raises(ClientError) as e:
+        henry.list_buckets()
+    assert code(e) == "InvalidAccessKeyId"
+    assert json.loads(admin(cluster, "health").stdout)["status"] == "ok"
