@@ -24,7 +24,7 @@ from quart_trio import QuartTrio
 from quart_trio.asgi import TrioASGIHTTPConnection
 from quart_trio.wrappers.request import TrioBody, TrioRequest
 
-from frontend import handlers, iam
+from frontend import cors, handlers, iam
 from frontend.context import Context
 from frontend.errors import S3Error
 
@@ -94,19 +94,24 @@ class CairnApp(QuartTrio):
     async def _s3_error(self, exc: S3Error) -> Response:
         from quart import request
 
-        request_id = getattr(request, "request_id", "")
-        body = b"" if request.method == "HEAD" else exc.to_xml(request.path, request_id)
-        response = Response(body, status=exc.status, content_type="application/xml")
-        response.headers["x-amz-request-id"] = request_id
-        if not request.body._complete.is_set():
-            # Answered before the body was read: the rest of it must not be taken for the
-            # next request on this connection.
-            response.headers["Connection"] = "close"
-        return response
+        return await app_error_response(exc, request)
 
     async def _internal_error(self, exc: Exception) -> Response:
         log.exception("internal error")
         return await self._s3_error(S3Error("InternalError"))
+
+
+async def app_error_response(exc: S3Error, request: Any) -> Response:
+    """The S3 error document (no body for HEAD), with the request id."""
+    request_id = getattr(request, "request_id", "")
+    body = b"" if request.method == "HEAD" else exc.to_xml(request.path, request_id)
+    response = Response(body, status=exc.status, content_type="application/xml")
+    response.headers["x-amz-request-id"] = request_id
+    if not request.body._complete.is_set():
+        # Answered before the body was read: the rest of it must not be taken for the
+        # next request on this connection.
+        response.headers["Connection"] = "close"
+    return response
 
 
 def split_path(raw_path: bytes) -> tuple[str, str | None]:
@@ -156,6 +161,8 @@ async def _route(ctx: Context, request: Any) -> Response:
     headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
     if bucket == ADMIN_PREFIX and key == "health":
         return await handlers.admin(ctx, request, key)
+    if request.method == "OPTIONS":  # CORS preflight: never authenticated
+        return await cors.preflight(ctx, request, bucket)
     request.auth, request.principal = await iam.authenticate(
         ctx, request.method, raw_path, query_string, headers, "" if bucket == ADMIN_PREFIX else bucket)
     if bucket == ADMIN_PREFIX:  # operator endpoints: admin credentials only
@@ -163,6 +170,10 @@ async def _route(ctx: Context, request: Any) -> Response:
             raise S3Error("AccessDenied")
         return await handlers.admin(ctx, request, key or "")
     params = query_params(query_string)
-    response = await handlers.dispatch(ctx, request, bucket, key, params)
+    try:
+        response = await handlers.dispatch(ctx, request, bucket, key, params)
+    except S3Error as exc:
+        response = await app_error_response(exc, request)
     response.headers["x-amz-request-id"] = request.request_id
+    await cors.decorate(ctx, request, bucket, response)
     return response

@@ -17,7 +17,7 @@ from urllib.parse import unquote
 from quart import Response
 
 from cairn import wire
-from frontend import acl, conditions, copyobject, iam, multipart, s3xml, tagging
+from frontend import acl, conditions, copyobject, cors, iam, multipart, s3xml, tagging
 from frontend.context import (
     STORED_HEADERS,
     Context,
@@ -91,6 +91,12 @@ async def dispatch(ctx: Context, request: Any, bucket: str, key: str | None, par
 
 
 async def _bucket_op(ctx: Context, request: Any, method: str, bucket: str, params: dict[str, str]) -> Response:
+    if "cors" in params:
+        handler = {"PUT": lambda: cors.put_cors(ctx, request, bucket), "GET": lambda: cors.get_cors(ctx, bucket),
+                   "DELETE": lambda: cors.delete_cors(ctx, bucket)}.get(method)
+        if handler is None:
+            raise S3Error("MethodNotAllowed")
+        return await handler()
     if "acl" in params and method in ("GET", "PUT"):
         return await (acl.get_bucket_acl(ctx, bucket) if method == "GET" else acl.put_bucket_acl(ctx, request, bucket))
     if method == "HEAD":
@@ -108,7 +114,7 @@ async def _bucket_op(ctx: Context, request: Any, method: str, bucket: str, param
             return xml_response(f'{s3xml.HEAD}<VersioningConfiguration xmlns="{s3xml.NS}"/>'.encode())
         if "uploads" in params:
             return await multipart.list_uploads(ctx, bucket, params)
-        unsupported = {"acl", "policy", "cors", "lifecycle", "tagging", "website", "replication",
+        unsupported = {"policy", "lifecycle", "tagging", "website", "replication",
                        "encryption", "notification", "logging", "object-lock", "ownershipControls"}
         hit = unsupported.intersection(params)
         if hit:

@@ -43,6 +43,9 @@ CREATE TABLE IF NOT EXISTS objects (
 CREATE TABLE IF NOT EXISTS gc (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, chunk TEXT NOT NULL, nodes BLOB NOT NULL, queued REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS bucket_config (
+    bucket TEXT NOT NULL, name TEXT NOT NULL, value BLOB NOT NULL, PRIMARY KEY (bucket, name)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS shared (chunk TEXT PRIMARY KEY, refs INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS nodes (
     node_id TEXT PRIMARY KEY, addr TEXT NOT NULL, capacity INTEGER NOT NULL, used INTEGER NOT NULL,
@@ -256,6 +259,7 @@ def cmd_delete_bucket(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str, 
     for (upload_id,) in db.execute("SELECT upload_id FROM uploads WHERE bucket=?", (cmd["bucket"],)).fetchall():
         multipart.drop_upload(db, upload_id, cmd["ts"])  # in-progress uploads go with the bucket
     db.execute("DELETE FROM grants WHERE bucket=?", (cmd["bucket"],))
+    db.execute("DELETE FROM bucket_config WHERE bucket=?", (cmd["bucket"],))
     db.execute("DELETE FROM buckets WHERE name=?", (cmd["bucket"],))
     return {}
 
@@ -362,6 +366,17 @@ def cmd_set_tags(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
+def cmd_set_bucket_config(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str, Any]:
+    """A bucket's sub-resource document (e.g. ``cors``); ``value`` None removes it."""
+    if not _bucket_exists(db, cmd["bucket"]):
+        raise Failed("NoSuchBucket")
+    if cmd.get("value") is None:
+        db.execute("DELETE FROM bucket_config WHERE bucket=? AND name=?", (cmd["bucket"], cmd["name"]))
+    else:
+        db.execute("INSERT OR REPLACE INTO bucket_config VALUES (?,?,?)", (cmd["bucket"], cmd["name"], _packb(cmd["value"])))
+    return {}
+
+
 def cmd_discard_chunks(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str, Any]:
     """Chunks written by an upload that failed before its commit: reclaim them."""
     _queue_gc(db, cmd["chunks"], cmd["ts"])
@@ -390,6 +405,7 @@ COMMANDS: dict[str, Callable[[sqlite3.Connection, dict[str, Any]], dict[str, Any
     "delete_object": cmd_delete_object,
     "discard_chunks": cmd_discard_chunks,
     "delete_objects": cmd_delete_objects,
+    "set_bucket_config": cmd_set_bucket_config,
     "copy_object": cmd_copy_object,
     "set_tags": cmd_set_tags,
     "gc_done": cmd_gc_done,
@@ -490,6 +506,13 @@ def _page(contents: list[dict[str, Any]], prefixes: list[str], truncated: bool, 
     return {"contents": contents, "prefixes": prefixes, "truncated": truncated, "last": last}
 
 
+def q_bucket_config(db: sqlite3.Connection, q: dict[str, Any]) -> dict[str, Any]:
+    if not _bucket_exists(db, q["bucket"]):
+        raise Failed("NoSuchBucket")
+    row = db.execute("SELECT value FROM bucket_config WHERE bucket=? AND name=?", (q["bucket"], q["name"])).fetchone()
+    return {"value": _unpackb(row[0]) if row else None}
+
+
 def q_nodes(db: sqlite3.Connection, q: dict[str, Any]) -> dict[str, Any]:
     rows = db.execute("SELECT node_id, addr, capacity, used, chunks, heartbeat FROM nodes ORDER BY node_id").fetchall()
     keys = ("node_id", "addr", "capacity", "used", "chunks", "heartbeat")
@@ -533,6 +556,7 @@ QUERIES: dict[str, Callable[[sqlite3.Connection, dict[str, Any]], dict[str, Any]
     "object": q_object,
     "list": q_list,
     "nodes": q_nodes,
+    "bucket_config": q_bucket_config,
     "gc_pending": q_gc_pending,
     "stats": q_stats,
     "chunk_refs": q_chunk_refs,

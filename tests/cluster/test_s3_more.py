@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
@@ -187,3 +188,44 @@ def test_copy_object_errors(s3, bucket):
     with pytest.raises(ClientError) as e:
         s3.copy_object(Bucket=bucket, Key="dst", CopySource=f"{bucket}/src", IfNoneMatch="*")
     assert code(e) == "PreconditionFailed"
+
+
+def test_bucket_cors_and_preflight(cluster, s3, bucket):
+    import urllib.error
+    import urllib.request
+
+    with pytest.raises(ClientError) as e:
+        s3.get_bucket_cors(Bucket=bucket)
+    assert code(e) == "NoSuchCORSConfiguration"
+    rules = [{"AllowedOrigins": ["https://app.example.com"], "AllowedMethods": ["GET", "PUT"],
+              "AllowedHeaders": ["content-type", "x-amz-*"], "ExposeHeaders": ["ETag"], "MaxAgeSeconds": 600}]
+    s3.put_bucket_cors(Bucket=bucket, CORSConfiguration={"CORSRules": rules})
+    got = s3.get_bucket_cors(Bucket=bucket)["CORSRules"][0]
+    assert got["AllowedOrigins"] == ["https://app.example.com"] and got["MaxAgeSeconds"] == 600
+    s3.put_object(Bucket=bucket, Key="cors.txt", Body=b"x")
+
+    def preflight(origin: str, method: str, headers: str = "") -> tuple[int, Any]:
+        req = urllib.request.Request(f"{cluster.endpoints[1]}/{bucket}/cors.txt", method="OPTIONS", headers={
+            "Origin": origin, "Access-Control-Request-Method": method,
+            **({"Access-Control-Request-Headers": headers} if headers else {})})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status, r.headers
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.headers
+
+    status, headers = preflight("https://app.example.com", "PUT", "Content-Type, X-Amz-Date")
+    assert status == 200
+    assert headers["Access-Control-Allow-Origin"] == "https://app.example.com"
+    assert "PUT" in headers["Access-Control-Allow-Methods"] and headers["Access-Control-Max-Age"] == "600"
+    assert preflight("https://evil.example.com", "GET")[0] == 403
+    assert preflight("https://app.example.com", "DELETE")[0] == 403
+    assert preflight("https://app.example.com", "GET", "x-other")[0] == 403
+    # an actual cross-origin GET carries the headers
+    url = cluster.s3(0, signature_version="s3v4").generate_presigned_url(
+        "get_object", Params={"Bucket": bucket, "Key": "cors.txt"})
+    with urllib.request.urlopen(urllib.request.Request(url, headers={"Origin": "https://app.example.com"})) as r:
+        assert r.headers["Access-Control-Allow-Origin"] == "https://app.example.com"
+        assert r.headers["Access-Control-Expose-Headers"] == "ETag"
+    s3.delete_bucket_cors(Bucket=bucket)
+    assert preflight("https://app.example.com", "GET")[0] == 403
