@@ -58,6 +58,10 @@ def add_frontend(p: argparse.ArgumentParser) -> None:
     p.add_argument("--replicas", type=int, default=3, help="copies of each chunk (N)")
     p.add_argument("--write-quorum", type=int, default=2, help="acknowledged copies before a chunk counts (W)")
     p.add_argument("--region", default="us-east-1")
+    p.add_argument("--domain", type=addr_list, default=[],
+                   help="domains for virtual-hosted-style requests (BUCKET.DOMAIN), comma separated")
+    p.add_argument("--certfile", help="serve S3 over TLS with this certificate (PEM)")
+    p.add_argument("--keyfile", help="the certificate's private key (PEM)")
 
 
 ROLES = {"raftmeta": add_raftmeta, "blobnode": add_blobnode, "frontend": add_frontend}
@@ -79,7 +83,7 @@ def parse_role(role: str, argv: list[str]) -> argparse.Namespace:
     for name in REQUIRED[role]:
         if not getattr(args, name):
             parser.error(f"--{name.replace('_', '-')} is required (flag or config file)")
-    for name in ("peers", "meta"):
+    for name in ("peers", "meta", "domain"):
         if hasattr(args, name):
             setattr(args, name, addr_list(getattr(args, name)))
     args.secret = load_secret(args.secret_file)

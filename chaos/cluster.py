@@ -64,6 +64,7 @@ class Cluster:
     upload_expiry_interval: float = 60.0
     extra_env: dict[str, str] = field(default_factory=dict)
     raftmeta_flags: list[str] = field(default_factory=list)
+    frontend_flags: list[str] = field(default_factory=list)
     procs: dict[str, Proc] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -88,7 +89,8 @@ class Cluster:
                                            "--data-dir", str(self.root / f"blobnode{i + 1}")])
         for i in range(self.frontends):
             self._add(f"frontend{i + 1}", ["frontend", "--listen", self.endpoints[i].removeprefix("http://"),
-                                           "--meta", meta_list, "--chunk-size", str(self.chunk_size)])
+                                           "--meta", meta_list, "--chunk-size", str(self.chunk_size),
+                                           *self.frontend_flags])
 
     def _add(self, name: str, args: list[str]) -> None:
         self.procs[name] = Proc(name, args, log_file=self.root / "logs" / f"{name}.log")

@@ -114,6 +114,16 @@ async def app_error_response(exc: S3Error, request: Any) -> Response:
     return response
 
 
+def virtual_host_bucket(host: str, domains: tuple[str, ...]) -> str | None:
+    """The bucket named by a virtual-hosted-style Host header, if any."""
+    name = host.rsplit(":", 1)[0].lower() if not host.startswith("[") else ""
+    for domain in domains:
+        suffix = "." + domain.lower()
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return None
+
+
 def split_path(raw_path: bytes) -> tuple[str, str | None]:
     """'/bucket/some/key' -> ('bucket', 'some/key'); '/' -> ('', None); keys kept exact."""
     path = raw_path.split(b"?", 1)[0]
@@ -159,6 +169,9 @@ async def _route(ctx: Context, request: Any) -> Response:
     query_string: bytes = scope.get("query_string", b"")
     bucket, key = split_path(raw_path)
     headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
+    virtual = virtual_host_bucket(request.headers.get("host", ""), ctx.domains)
+    if virtual is not None:  # BUCKET.DOMAIN/KEY: the whole path is the key
+        bucket, key = virtual, split_path(b"/" + virtual.encode() + raw_path)[1]
     if bucket == ADMIN_PREFIX and key == "health":
         return await handlers.admin(ctx, request, key)
     if request.method == "OPTIONS":  # CORS preflight: never authenticated

@@ -30,6 +30,7 @@ class Context:
     region: str
     root_access_key: str
     root_secret_key: str
+    domains: tuple[str, ...] = ()  # virtual-hosted-style: BUCKET.DOMAIN
 
     def lookup_secret(self, access_key: str) -> str | None:
         return self.root_secret_key if access_key == self.root_access_key else None

@@ -51,7 +51,7 @@ def build(args: Any) -> CairnApp:
     if not 1 <= settings.write_quorum <= settings.replicas:
         raise SystemExit("--write-quorum must be between 1 and --replicas")
     data = DataPath(meta, blobs, settings)
-    return CairnApp(Context(meta, blobs, data, args.region, access, secret))
+    return CairnApp(Context(meta, blobs, data, args.region, access, secret, domains=tuple(getattr(args, "domain", []))))
 
 
 async def serve(args: Any) -> None:
@@ -60,11 +60,16 @@ async def serve(args: Any) -> None:
     hc.bind = [args.listen]
     hc.keep_alive_timeout = 75
     hc.accesslog = None
+    if getattr(args, "certfile", None):
+        if not args.keyfile:
+            raise SystemExit("--certfile needs --keyfile")
+        hc.certfile, hc.keyfile = args.certfile, args.keyfile
     hc.h11_max_incomplete_size = 64 * 1024
     # Body messages hypercorn may queue ahead of the app, per connection (each up to
     # MAX_RECV): with the app's own 1 MiB body buffer, a slow upload holds ~3 MiB.
     hc.max_app_queue_size = 2
-    log.info("frontend: S3 on http://%s, raftmeta %s", args.listen, ",".join(args.meta))
+    log.info("frontend: S3 on %s://%s, raftmeta %s", "https" if hc.certfile else "http", args.listen,
+             ",".join(args.meta))
     async with trio.open_nursery() as nursery:
         nursery.start_soon(app.ctx.data.directory.refresh_loop)
         await hypercorn_serve(app, hc)
