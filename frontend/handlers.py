@@ -17,7 +17,7 @@ from urllib.parse import unquote
 from quart import Response
 
 from cairn import wire
-from frontend import acl, conditions, copyobject, cors, iam, multipart, s3xml, tagging
+from frontend import acl, conditions, copyobject, cors, iam, multipart, post_upload, s3xml, tagging
 from frontend.context import (
     STORED_HEADERS,
     Context,
@@ -51,6 +51,8 @@ async def dispatch(ctx: Context, request: Any, bucket: str, key: str | None, par
         if principal.user is None:
             raise S3Error("AccessDenied")
         return await create_bucket(ctx, request, bucket)
+    if key is None and method == "POST" and not params:  # browser form upload, authorized by its policy
+        return await post_upload.presigned_post(ctx, request, bucket)
     if key is not None:
         check_key(key)
     await iam.authorize(ctx, principal, bucket, iam.required(method, key, params))

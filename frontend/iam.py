@@ -52,28 +52,32 @@ def requested_access_key(headers: list[tuple[str, str]], query_string: bytes) ->
     return None
 
 
+async def lookup_key(ctx: Context, access_key: str | None, bucket: str = "") -> tuple[str | None, Principal]:
+    """(secret, principal) of an access key, or (None, ANONYMOUS) if unknown. For a user's
+    key, the key and the user's access to ``bucket`` are read behind one Raft barrier."""
+    if not access_key:
+        return None, ANONYMOUS
+    if access_key == ctx.root_access_key:
+        return ctx.root_secret_key, Principal(ROOT_USER, True, access_key)
+    queries = [{"q": "key", "access_key": access_key}]
+    if bucket:
+        queries.append({"q": "access", "bucket": bucket, "access_key": access_key})
+    try:
+        results = await ctx.meta.read_many(queries)
+    except wire.WireError:
+        raise S3Error("ServiceUnavailable", "The metadata service is unavailable. Please retry.") from None
+    key = results[0]
+    if not key.get("found"):
+        return None, ANONYMOUS
+    return key["secret"], Principal(key["user"], key["admin"], access_key, results[1] if bucket else None)
+
+
 async def authenticate(ctx: Context, method: str, raw_path: bytes, query_string: bytes,
                        headers: list[tuple[str, str]], bucket: str = "") -> tuple[AuthResult | None, Principal]:
-    """Verify the request's signature; for a user's key, the key and the user's access to
-    ``bucket`` are read together behind one Raft barrier."""
+    """Verify the request's signature (if it carries one) and say who signed it."""
     access_key = requested_access_key(headers, query_string)
-    found: dict[str, str] = {}
-    principal = ANONYMOUS
-    if access_key == ctx.root_access_key:
-        found[access_key] = ctx.root_secret_key
-        principal = Principal(ROOT_USER, True, access_key)
-    elif access_key:
-        queries = [{"q": "key", "access_key": access_key}]
-        if bucket:
-            queries.append({"q": "access", "bucket": bucket, "access_key": access_key})
-        try:
-            results = await ctx.meta.read_many(queries)
-            key, bucket_access = results[0], (results[1] if bucket else None)
-        except wire.WireError:
-            raise S3Error("ServiceUnavailable", "The metadata service is unavailable. Please retry.") from None
-        if key.get("found"):
-            found[access_key] = key["secret"]
-            principal = Principal(key["user"], key["admin"], access_key, bucket_access)
+    secret, principal = await lookup_key(ctx, access_key, bucket)
+    found = {access_key: secret} if access_key and secret is not None else {}
     auth = verify_request(method, raw_path, query_string, headers, found.get)
     return auth, (principal if auth is not None else ANONYMOUS)
 

@@ -160,3 +160,55 @@ def test_admin_endpoints_need_admin(cluster):
         henry.list_buckets()
     assert code(e) == "InvalidAccessKeyId"
     assert json.loads(admin(cluster, "health").stdout)["status"] == "ok"
+
+
+def _form(fields: dict[str, str], filename: str, content: bytes) -> tuple[bytes, str]:
+    boundary = "----cairn-test-" + os.urandom(8).hex()
+    out = b""
+    for name, value in fields.items():
+        out += f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+    out += (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n").encode() + content + f"\r\n--{boundary}--\r\n".encode()
+    return out, f"multipart/form-data; boundary={boundary}"
+
+
+def _post(url: str, fields: dict[str, str], filename: str, content: bytes) -> tuple[int, bytes]:
+    body, ctype = _form(fields, filename, content)
+    req = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": ctype})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def test_presigned_post(cluster):
+    key, ivan = new_user(cluster, "ivan")
+    ivan.create_bucket(Bucket="ivan-uploads")
+    post = ivan.generate_presigned_post(
+        "ivan-uploads", "incoming/${filename}", ExpiresIn=300,
+        Fields={"success_action_status": "201"},
+        Conditions=[["starts-with", "$key", "incoming/"], {"success_action_status": "201"},
+                    ["content-length-range", 1, 5 * 1024 * 1024]])
+    content = os.urandom(2 * 1024 * 1024 + 3)
+    status, body = _post(post["url"], post["fields"], "photo.jpg", content)
+    assert status == 201 and b"<Key>incoming/photo.jpg</Key>" in body, body
+    assert ivan.get_object(Bucket="ivan-uploads", Key="incoming/photo.jpg")["Body"].read() == content
+    # too big for the policy: refused, nothing stored
+    status, body = _post(post["url"], post["fields"], "huge.bin", os.urandom(5 * 1024 * 1024 + 1))
+    assert status == 400 and b"EntityTooLarge" in body
+    with pytest.raises(ClientError):
+        ivan.head_object(Bucket="ivan-uploads", Key="incoming/huge.bin")
+    # a tampered policy or an extra field is refused
+    tampered = dict(post["fields"], key="elsewhere/x")
+    assert _post(post["url"], tampered, "x", b"x")[0] == 403
+    extra = dict(post["fields"], **{"x-amz-meta-sneaky": "1"})
+    assert _post(post["url"], extra, "x", b"x")[0] == 403
+    # expired
+    old = ivan.generate_presigned_post("ivan-uploads", "k", ExpiresIn=-10)
+    status, body = _post(old["url"], old["fields"], "x", b"x")
+    assert status == 403 and b"expired" in body
+    # revoked key
+    admin(cluster, "key", "rm", key["access_key"])
+    status, body = _post(post["url"], post["fields"], "late.jpg", b"late")
+    assert status == 403 and b"InvalidAccessKeyId" in body

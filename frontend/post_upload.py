@@ -1,0 +1,224 @@
+"""Presigned POST: a browser form upload (multipart/form-data) authorized by a signed
+policy, as boto3's ``generate_presigned_post`` makes it.
+
+The form is read as it streams: fields first (checked against the policy before a
+byte of the file is stored), then the ``file`` field, which goes straight into chunks.
+Fields after the file are ignored, as S3 does.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+from urllib.parse import quote
+from xml.sax.saxutils import escape
+
+from quart import Response
+
+from frontend import iam, s3xml
+from frontend.context import Context, empty_response, raise_reply, xml_response
+from frontend.errors import S3Error
+from frontend.names import check_key
+from frontend.objects import Stored
+from frontend.sigv4 import derive_signing_key
+
+MAX_FIELD = 64 * 1024
+MAX_FIELDS = 100
+_IGNORED = ("x-amz-signature", "file", "policy")
+
+
+class FormReader:
+    """A streaming multipart/form-data reader over an async byte iterator."""
+
+    def __init__(self, body: AsyncIterator[bytes], boundary: bytes) -> None:
+        self._body = body.__aiter__()
+        self._delimiter = b"\r\n--" + boundary
+        self._buf = bytearray(b"\r\n")  # so the first boundary looks like every other one
+        self._done = False
+
+    async def _more(self) -> bool:
+        try:
+            self._buf += await self._body.__anext__()
+            return True
+        except StopAsyncIteration:
+            return False
+
+    async def next_part(self) -> tuple[str, str | None] | None:
+        """Advance past a delimiter and the part's headers: (field name, filename)."""
+        while True:
+            at = self._buf.find(self._delimiter)
+            if at >= 0 and len(self._buf) >= at + len(self._delimiter) + 2:
+                break
+            if len(self._buf) > MAX_FIELD + len(self._delimiter) or not await self._more():
+                raise S3Error("MalformedPOSTRequest")
+        del self._buf[: at + len(self._delimiter)]
+        if self._buf.startswith(b"--"):
+            return None  # the closing delimiter
+        while (end := self._buf.find(b"\r\n\r\n")) < 0:
+            if len(self._buf) > MAX_FIELD or not await self._more():
+                raise S3Error("MalformedPOSTRequest")
+        headers = bytes(self._buf[2:end]).decode("utf-8", "replace")
+        del self._buf[: end + 4]
+        name = filename = None
+        for line in headers.split("\r\n"):
+            key, _, value = line.partition(":")
+            if key.strip().lower() == "content-disposition":
+                for item in value.split(";"):
+                    k, _, v = item.strip().partition("=")
+                    if k == "name":
+                        name = v.strip('"')
+                    elif k == "filename":
+                        filename = v.strip('"')
+        if name is None:
+            raise S3Error("MalformedPOSTRequest")
+        return name, filename
+
+    async def field(self) -> str:
+        while (at := self._buf.find(self._delimiter)) < 0:
+            if len(self._buf) > MAX_FIELD or not await self._more():
+                raise S3Error("MalformedPOSTRequest")
+        return bytes(self._buf[:at]).decode("utf-8", "replace")
+
+    async def file(self) -> AsyncIterator[bytes]:
+        """The file's bytes, as they arrive, up to the next delimiter."""
+        keep = len(self._delimiter)
+        while True:
+            at = self._buf.find(self._delimiter)
+            if at >= 0:
+                if at:
+                    yield bytes(self._buf[:at])
+                del self._buf[:at]
+                return
+            if len(self._buf) > keep:
+                cut = len(self._buf) - keep
+                yield bytes(self._buf[:cut])
+                del self._buf[:cut]
+            if not await self._more():
+                raise S3Error("IncompleteBody")
+
+
+def _check_policy(policy: dict[str, Any], fields: dict[str, str], bucket: str, size: int | None) -> tuple[int, int]:
+    """Enforce the policy's conditions; returns the content-length range (min, max)."""
+    def fail(why: str) -> S3Error:
+        return S3Error("AccessDenied", f"Invalid according to Policy: {why}")
+
+    try:
+        expires = datetime.fromisoformat(policy["expiration"].replace("Z", "+00:00")).timestamp()
+    except (KeyError, ValueError, AttributeError):
+        raise fail("Policy could not be parsed") from None
+    if expires < time.time():
+        raise fail("Policy expired.")
+    covered = {"bucket"}
+    length = (0, 5 * 1024**3)
+    values = {**fields, "bucket": bucket}
+    for cond in policy.get("conditions", []):
+        if isinstance(cond, dict):
+            for name, value in cond.items():
+                covered.add(name.lower())
+                if values.get(name.lower()) != value:
+                    raise fail(f"Policy Condition failed: [\"eq\", \"${name}\", \"{value}\"]")
+        elif isinstance(cond, list) and len(cond) == 3:
+            op = str(cond[0]).lower()
+            if op == "content-length-range":
+                length = (int(cond[1]), int(cond[2]))
+                continue
+            name = str(cond[1]).lstrip("$").lower()
+            covered.add(name)
+            actual = values.get(name, "")
+            if op == "eq" and actual != cond[2] or op == "starts-with" and not actual.startswith(cond[2]):
+                raise fail(f"Policy Condition failed: {json.dumps(cond)}")
+            if op not in ("eq", "starts-with"):
+                raise fail("Policy could not be parsed")
+        else:
+            raise fail("Policy could not be parsed")
+    for name in fields:
+        if name not in covered and name not in _IGNORED and not name.startswith("x-ignore-"):
+            raise fail(f"Extra input fields: {name}")
+    return length
+
+
+async def presigned_post(ctx: Context, request: Any, bucket: str) -> Response:
+    content_type = request.headers.get("content-type", "")
+    if "boundary=" not in content_type:
+        raise S3Error("MalformedPOSTRequest")
+    boundary = content_type.split("boundary=", 1)[1].split(";")[0].strip().strip('"').encode()
+    reader = FormReader(request.body, boundary)
+    fields: dict[str, str] = {}
+    filename = None
+    while (part := await reader.next_part()) is not None:
+        name, filename = part
+        if name.lower() == "file":
+            break
+        if len(fields) >= MAX_FIELDS:
+            raise S3Error("MalformedPOSTRequest")
+        fields[name.lower()] = await reader.field()
+    else:
+        raise S3Error("InvalidArgument", "POST requires exactly one file upload per request.", ArgumentName="file")
+    key = fields.get("key", "").replace("${filename}", filename or "")
+    check_key(key)
+    principal = await _verify(ctx, fields)
+    policy = json.loads(base64.b64decode(fields["policy"]))
+    low, high = _check_policy(policy, {**fields, "key": key}, bucket, None)
+    await iam.authorize(ctx, principal, bucket, "write")
+    stored = Stored()
+    try:
+        await ctx.data.store(reader.file(), stored)
+        if not low <= stored.size <= high:
+            raise S3Error("EntityTooLarge" if stored.size > high else "EntityTooSmall",
+                          ProposedSize=stored.size, MinSizeAllowed=low, MaxSizeAllowed=high)
+    except BaseException:
+        await ctx.data.discard(stored.chunks)
+        raise
+    etag = stored.md5.hexdigest()
+    obj = {"size": stored.size, "etag": etag, "sha256": stored.sha256.hexdigest(),
+           "content_type": fields.get("content-type", "binary/octet-stream"), "created": time.time(),
+           "meta": {"user": {k[len("x-amz-meta-"):]: v for k, v in fields.items() if k.startswith("x-amz-meta-")},
+                    "headers": {}, "checksum": {}}, "chunks": stored.chunks}
+    reply = await ctx.meta.write({"op": "put_object", "bucket": bucket, "key": key, "obj": obj, "ts": obj["created"]})
+    if not reply.get("ok"):
+        await ctx.data.discard(stored.chunks)
+        raise_reply(reply)
+    location = f"{request.scheme}://{request.host}/{bucket}/{quote(key)}"
+    redirect = fields.get("success_action_redirect")
+    if redirect:
+        sep = "&" if "?" in redirect else "?"
+        target = f"{redirect}{sep}bucket={quote(bucket)}&key={quote(key)}&etag=%22{etag}%22"
+        return empty_response(303, {"Location": target, "ETag": f'"{etag}"'})
+    status = fields.get("success_action_status", "204")
+    if status == "201":
+        body = (f'{s3xml.HEAD}<PostResponse><Location>{escape(location)}</Location><Bucket>{escape(bucket)}</Bucket>'
+                f'<Key>{escape(key)}</Key><ETag>"{etag}"</ETag></PostResponse>')
+        response = xml_response(body.encode(), 201)
+    else:
+        response = empty_response(200 if status == "200" else 204)
+    response.headers["ETag"] = f'"{etag}"'
+    response.headers["Location"] = location
+    return response
+
+
+async def _verify(ctx: Context, fields: dict[str, str]) -> iam.Principal:
+    """The policy's SigV4 signature; returns who signed it."""
+    if fields.get("x-amz-algorithm") != "AWS4-HMAC-SHA256" or "policy" not in fields:
+        raise S3Error("InvalidRequest" if "policy" in fields else "AccessDenied",
+                      "Only AWS4-HMAC-SHA256 signed policies are supported.")
+    try:
+        access_key, date, region, service, terminal = fields["x-amz-credential"].split("/")
+        signature = fields["x-amz-signature"]
+        base64.b64decode(fields["policy"], validate=True)
+    except (KeyError, ValueError, binascii.Error):
+        raise S3Error("InvalidArgument", "The POST form's credential, signature or policy is malformed.") from None
+    secret, principal = await iam.lookup_key(ctx, access_key)
+    if secret is None:
+        raise S3Error("InvalidAccessKeyId", AWSAccessKeyId=access_key)
+    key = derive_signing_key(secret, date, region, service)
+    expected = hmac.new(key, fields["policy"].encode(), hashlib.sha256).hexdigest()
+    if terminal != "aws4_request" or not hmac.compare_digest(expected, signature):
+        raise S3Error("SignatureDoesNotMatch")
+    return principal
