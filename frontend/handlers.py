@@ -358,7 +358,8 @@ async def admin(ctx: Context, request: Any, path: str) -> Response:
         nodes = ctx.data.directory.writable()
         healthy = meta_ok and len(nodes) >= ctx.data.settings.write_quorum
         body = json.dumps({"status": "ok" if healthy else "degraded", "raftmeta": meta_ok,
-                           "blobnodes_writable": len(nodes)})
+                           "blobnodes_writable": len(nodes), "chunk_buffers_free": ctx.data.buffers.value,
+                           "chunk_buffers": ctx.data.buffer_count})
         return Response(body, status=200 if healthy else 503, content_type="application/json")
     parts = [unquote(p) for p in path.split("/") if p]
     if parts and parts[0] in ("users", "keys", "buckets"):

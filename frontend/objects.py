@@ -37,7 +37,8 @@ NODES_REFRESH = 2.0
 NODES_WAIT = 5.0  # how long a write waits for enough live blob nodes before failing
 NODE_BACKOFF = 5.0  # seconds a node that failed an operation is tried last
 READ_TIMEOUT = 5.0
-REPLICATIONS_IN_FLIGHT = 2  # one replica's time to return a chunk before the next is tried
+REPLICATIONS_IN_FLIGHT = 2
+BUFFER_WAIT = 30.0  # seconds a request waits for a chunk buffer before SlowDown  # one replica's time to return a chunk before the next is tried
 
 
 @dataclass
@@ -132,7 +133,16 @@ class DataPath:
         # A frontend-wide budget of chunk buffers: past it, new chunks wait (and their
         # clients with them) instead of growing memory. Writers never need a second
         # buffer to finish a held one, so holders always make progress.
-        self.buffers = trio.Semaphore(max(3, settings.buffer_budget // settings.chunk_size))
+        self.buffer_count = max(3, settings.buffer_budget // settings.chunk_size)
+        self.buffers = trio.Semaphore(self.buffer_count)
+
+    async def _take_buffer(self) -> None:
+        """One chunk buffer from the frontend's budget; past BUFFER_WAIT, SlowDown."""
+        with trio.move_on_after(BUFFER_WAIT):
+            await self.buffers.acquire()
+            return
+        log.warning("no chunk buffer free for %.0fs: answering SlowDown", BUFFER_WAIT)
+        raise S3Error("SlowDown")
 
     # ------------------------------------------------------------------ writes
 
@@ -167,7 +177,7 @@ class DataPath:
                             view = memoryview(piece)
                             while view:
                                 if buf is None:
-                                    await self.buffers.acquire()
+                                    await self._take_buffer()
                                     held += 1
                                     left = size_hint - received if size_hint is not None else 0
                                     buf = bytearray(min(size, left) if left > 0 else size)
@@ -359,7 +369,7 @@ class DataPath:
             if lo > end:
                 break
             if budgeted:
-                await self.buffers.acquire()
+                await self._take_buffer()
             try:
                 data = await self.read_chunk(chunk)
                 a, b = max(start, lo) - lo, min(end, hi) - lo + 1
@@ -399,12 +409,16 @@ class PrefetchingBody(ResponseBody):
         return self
 
     async def _produce(self, send: trio.MemorySendChannel[Any]) -> None:
+        pieces = self.data.stream(self.chunks, self.start, self.end)
         async with send:
             try:
-                async for piece in self.data.stream(self.chunks, self.start, self.end):
+                async for piece in pieces:
                     await send.send(piece)
             except Exception as exc:  # handed to the sender, which fails the response
                 await send.send(exc)
+            finally:  # a client gone mid-GET: close the reader now, returning its buffer
+                with trio.CancelScope(shield=True):
+                    await pieces.aclose()
 
     def __aiter__(self) -> AsyncIterator[bytes | bytearray]:
         return self._pieces()

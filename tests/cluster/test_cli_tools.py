@@ -78,6 +78,28 @@ def _up(procfile: Path, data: Path) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
+def _stop_up(up: subprocess.Popen) -> str:
+    """Stop `cairn up` as a user does (Ctrl-C); if that fails, kill it and every process
+    it started (each runs in its own process group)."""
+    try:
+        children = psutil.Process(up.pid).children()
+    except psutil.NoSuchProcess:
+        children = []
+    up.send_signal(signal.SIGINT)
+    try:
+        out, _ = up.communicate(timeout=30)
+        return out
+    except subprocess.TimeoutExpired:
+        for child in children:
+            try:
+                os.killpg(child.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        os.killpg(up.pid, signal.SIGKILL)
+        up.communicate(timeout=10)
+        raise
+
+
 def _client(endpoint: str):
     return boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="cairnroot",
                         aws_secret_access_key="cairnroot-secret-key", region_name="us-east-1")
@@ -128,8 +150,7 @@ def test_cairn_up_survives_a_killed_node_and_restarts(tmp_path):
         time.sleep(1)
         assert len([c for c in psutil.Process(up.pid).children() if c.is_running()]) == 7
         s3.put_object(Bucket="up-bucket", Key="with-a-node-down", Body=b"ok")
-        up.send_signal(signal.SIGINT)
-        out, _ = up.communicate(timeout=30)
+        out = _stop_up(up)
         assert up.returncode == 0
         assert "Access key:   cairnroot" in out and "Secret key:" in out
         assert "exited (killed by SIGKILL)" in out
@@ -137,7 +158,7 @@ def test_cairn_up_survives_a_killed_node_and_restarts(tmp_path):
             assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
     finally:
         if up.poll() is None:
-            os.killpg(up.pid, signal.SIGKILL)
+            _stop_up(up)
     up = _up(procfile, data)
     try:
         s3 = _client(endpoint)
@@ -145,8 +166,7 @@ def test_cairn_up_survives_a_killed_node_and_restarts(tmp_path):
         assert s3.get_object(Bucket="up-bucket", Key="kept")["Body"].read() == b"still here"
         assert s3.get_object(Bucket="up-bucket", Key="with-a-node-down")["Body"].read() == b"ok"
     finally:
-        up.send_signal(signal.SIGINT)
-        up.communicate(timeout=30)
+        _stop_up(up)
 
 
 def test_rclone(cluster, tmp_path):
