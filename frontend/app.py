@@ -41,10 +41,21 @@ class BoundedBody(TrioBody):
         super().__init__(expected_content_length, None)
         self._room = trio.Event()
         self.received = 0
+        self.abandoned = False
 
     def append(self, data: bytes) -> None:
         self.received += len(data)
-        super().append(data)
+        if not self.abandoned:
+            super().append(data)
+
+    def abandon(self) -> None:
+        """The handler is done (it answered, maybe before reading everything): whatever
+        else arrives is dropped, and the receiver never waits for room again. Without
+        this an early answer deadlocks: hypercorn delivers the end of the response's
+        stream through the same full queue that nobody would drain."""
+        self.abandoned = True
+        self._data.clear()
+        self._room.set()
 
     async def __anext__(self) -> bytes:
         data = await super().__anext__()
@@ -52,7 +63,7 @@ class BoundedBody(TrioBody):
         return data
 
     async def wait_for_room(self) -> None:
-        while len(self._data) >= BODY_BUFFER and not self._complete.is_set():
+        while len(self._data) >= BODY_BUFFER and not self._complete.is_set() and not self.abandoned:
             self._room = trio.Event()
             await self._room.wait()
 
@@ -157,6 +168,7 @@ async def route(ctx: Context, request: Any) -> Response:
     try:
         return await _route(ctx, request)
     finally:
+        request.body.abandon()
         took = time.monotonic() - started
         if took > SLOW_REQUEST:
             log.warning("slow request %s %s took %.1fs (request id %s)", request.method,

@@ -43,6 +43,50 @@ def _return_big_buffers_to_the_os() -> None:
 _return_big_buffers_to_the_os()
 
 
+def _never_block_on_a_finished_app() -> None:
+    """hypercorn bug (0.18): the connection's reader hands request-body messages to the
+    app through a small queue. When the app answers early (an error before the body was
+    read) and returns, nobody drains that queue: the reader blocks on it forever, and so
+    does the close that would follow, leaving the client stuck sending its body until its
+    own timeout. Here, once the app has returned, messages for it are dropped instead."""
+    from hypercorn.trio import task_group
+
+    original = task_group.TaskGroup.spawn_app
+    if getattr(original, "_cairn_patched", False):
+        return
+
+    async def spawn_app(self: Any, app: Any, config: Any, scope: Any, send: Any) -> Any:
+        finished = trio.Event()
+
+        async def app_send(message: Any) -> None:
+            if message is None:
+                finished.set()
+            await send(message)
+
+        put = await original(self, app, config, scope, app_send)
+        channel = put.__self__
+
+        async def app_put(message: Any) -> None:
+            while not finished.is_set():
+                try:
+                    channel.send_nowait(message)
+                    return
+                except trio.WouldBlock:
+                    with trio.move_on_after(0.05):
+                        await channel.send(message)
+                        return
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return
+
+        return app_put
+
+    spawn_app._cairn_patched = True  # type: ignore[attr-defined]
+    task_group.TaskGroup.spawn_app = spawn_app
+
+
+_never_block_on_a_finished_app()
+
+
 def build(args: Any) -> CairnApp:
     access, secret = config.root_credentials()
     meta = MetaClient(args.meta, args.secret)

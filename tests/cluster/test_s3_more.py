@@ -229,3 +229,24 @@ def test_bucket_cors_and_preflight(cluster, s3, bucket):
         assert r.headers["Access-Control-Expose-Headers"] == "ETag"
     s3.delete_bucket_cors(Bucket=bucket)
     assert preflight("https://app.example.com", "GET")[0] == 403
+
+
+def test_oversized_headers_and_odd_encodings(cluster, s3, bucket):
+    import http.client
+    import socket
+    from urllib.parse import urlsplit
+
+    s3.put_object(Bucket=bucket, Key="stays", Body=b"same")
+    ep = urlsplit(cluster.endpoints[0])
+    with socket.create_connection((ep.hostname, ep.port), timeout=10) as sock:
+        sock.sendall(f"PUT /{bucket}/stays HTTP/1.1\r\nHost: {ep.netloc}\r\nX-Big: {'a' * 200_000}\r\n"
+                     "Content-Length: 3\r\n\r\nnew".encode())
+        reply = sock.recv(4096)
+    assert reply.startswith(b"HTTP/1.1 4"), reply[:100]
+    conn = http.client.HTTPConnection(ep.hostname, ep.port, timeout=10)
+    conn.request("GET", f"/{bucket}/%FF%FE")
+    reply = conn.getresponse()
+    assert reply.status == 400 and b"<Code>InvalidURI</Code>" in reply.read()
+    conn.close()
+    assert s3.get_object(Bucket=bucket, Key="stays")["Body"].read() == b"same"
+    assert cluster.health(0)["status"] == "ok"
