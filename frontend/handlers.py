@@ -23,14 +23,13 @@ from frontend.context import (
     Context,
     empty_response,
     meta_call,
-    raise_reply,
     user_metadata,
     xml_response,
 )
 from frontend.errors import S3Error
 from frontend.names import check_bucket_name, check_key
 from frontend.objects import PrefetchingBody
-from frontend.upload import UploadBody
+from frontend.upload import UploadBody, commit_object
 
 log = logging.getLogger("frontend")
 
@@ -235,22 +234,10 @@ async def put_object(ctx: Context, request: Any, bucket: str, key: str, params: 
         headers["content-encoding"] = body.content_encoding
     await bucket_exists(ctx, bucket)
     stored, checksum = await body.store(ctx.data)
-    etag = stored.md5.hexdigest()
-    obj = {
-        "size": stored.size, "etag": etag, "sha256": stored.sha256.hexdigest(),
-        "content_type": request.headers.get("content-type", "binary/octet-stream"), "created": time.time(),
-        "meta": {"user": user_meta, "headers": headers, "checksum": checksum, **({"tags": tags} if tags else {})},
-        "chunks": stored.chunks,
-    }
-    try:
-        reply = await ctx.meta.write({"op": "put_object", "bucket": bucket, "key": key, "obj": obj, "ts": obj["created"],
-                                      "cond": cond})
-    except wire.WireError:
-        # Outcome unknown (the commit may have applied): keep the chunks; never discard them here.
-        raise S3Error("ServiceUnavailable", "The metadata service is unavailable. Please retry.") from None
-    if not reply.get("ok"):
-        await ctx.data.discard(stored.chunks)
-        raise_reply(reply)
+    etag = await commit_object(
+        ctx.meta, ctx.data, bucket, key, stored, cond=cond,
+        content_type=request.headers.get("content-type", "binary/octet-stream"),
+        meta_fields={"user": user_meta, "headers": headers, "checksum": checksum, **({"tags": tags} if tags else {})})
     response = empty_response(headers={"ETag": f'"{etag}"'})
     for algo, value in checksum.items():
         response.headers[f"x-amz-checksum-{algo}"] = value

@@ -23,11 +23,12 @@ from xml.sax.saxutils import escape
 from quart import Response
 
 from frontend import iam, s3xml
-from frontend.context import Context, empty_response, raise_reply, xml_response
+from frontend.context import Context, empty_response, xml_response
 from frontend.errors import S3Error
 from frontend.names import check_key
 from frontend.objects import Stored
 from frontend.sigv4 import derive_signing_key
+from frontend.upload import commit_object
 
 MAX_FIELD = 64 * 1024
 MAX_FIELDS = 100
@@ -176,15 +177,10 @@ async def presigned_post(ctx: Context, request: Any, bucket: str) -> Response:
     except BaseException:
         await ctx.data.discard(stored.chunks)
         raise
-    etag = stored.md5.hexdigest()
-    obj = {"size": stored.size, "etag": etag, "sha256": stored.sha256.hexdigest(),
-           "content_type": fields.get("content-type", "binary/octet-stream"), "created": time.time(),
-           "meta": {"user": {k[len("x-amz-meta-"):]: v for k, v in fields.items() if k.startswith("x-amz-meta-")},
-                    "headers": {}, "checksum": {}}, "chunks": stored.chunks}
-    reply = await ctx.meta.write({"op": "put_object", "bucket": bucket, "key": key, "obj": obj, "ts": obj["created"]})
-    if not reply.get("ok"):
-        await ctx.data.discard(stored.chunks)
-        raise_reply(reply)
+    user = {k[len("x-amz-meta-"):]: v for k, v in fields.items() if k.startswith("x-amz-meta-")}
+    etag = await commit_object(ctx.meta, ctx.data, bucket, key, stored,
+                               content_type=fields.get("content-type", "binary/octet-stream"),
+                               meta_fields={"user": user, "headers": {}, "checksum": {}})
     location = f"{request.scheme}://{request.host}/{bucket}/{quote(key)}"
     redirect = fields.get("success_action_redirect")
     if redirect:

@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import base64
 import binascii
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from cairn.wire import WireError
 from frontend.checksums import ALGORITHMS, new_checksum
 from frontend.chunked import AwsChunkedDecoder
+from frontend.context import raise_reply
 from frontend.errors import S3Error
 from frontend.objects import DataPath, Stored
+from raftmeta.client import MetaClient
 
 MAX_PUT_SIZE = 5 * 1024**3
 _NOT_A_HASH = ("UNSIGNED-PAYLOAD",)
@@ -145,3 +149,25 @@ class UploadBody:
         except BaseException:
             await data.discard(stored.chunks)
             raise
+
+
+async def commit_object(
+    meta: MetaClient, data: DataPath, bucket: str, key: str, stored: Stored, *, content_type: str,
+    meta_fields: dict[str, Any], cond: dict[str, Any] | None = None,
+) -> str:
+    """Make the stored chunks the object at (bucket, key) through Raft; returns its ETag.
+
+    A refused commit (no bucket, failed condition) sends the chunks to GC. A commit whose
+    outcome is unknown (no Raft answer) keeps them: it may have applied."""
+    etag = stored.md5.hexdigest()
+    obj = {"size": stored.size, "etag": etag, "sha256": stored.sha256.hexdigest(), "content_type": content_type,
+           "created": time.time(), "meta": meta_fields, "chunks": stored.chunks}
+    try:
+        reply = await meta.write({"op": "put_object", "bucket": bucket, "key": key, "obj": obj, "ts": obj["created"],
+                                  "cond": cond or {}})
+    except WireError:
+        raise S3Error("ServiceUnavailable", "The metadata service is unavailable. Please retry.") from None
+    if not reply.get("ok"):
+        await data.discard(stored.chunks)
+        raise_reply(reply)
+    return etag
