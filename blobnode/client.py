@@ -57,5 +57,11 @@ class BlobClient:
             ids.extend(page)
         return ids
 
+    async def pull(self, addr: str, chunk_id: str, sha256: str, src: str) -> bool:
+        """Ask the node at ``addr`` to copy a chunk from the node at ``src`` (node to node:
+        the bytes never pass through the caller)."""
+        reply = (await self._call(addr, {"op": "pull", "id": chunk_id, "sha256": sha256, "src": src}, timeout=90))[0]
+        return bool(reply.get("created"))
+
     async def info(self, addr: str, timeout: float = 3.0) -> dict[str, Any]:
         return (await self._call(addr, {"op": "info"}, timeout=timeout))[0]

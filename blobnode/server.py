@@ -9,6 +9,7 @@ from typing import Any
 
 import trio
 
+from blobnode.client import BlobClient
 from blobnode.store import ChunkStore, StoreError
 from cairn import wire
 from raftmeta.client import MetaClient
@@ -24,6 +25,7 @@ class BlobServer:
         self.store = store
         self.secret = secret
         self.limiter = trio.CapacityLimiter(8)  # concurrent disk operations
+        self.peers = BlobClient(secret)  # other blob nodes, for repair pulls
 
     async def serve_conn(self, stream: trio.SocketStream) -> None:
         await wire.serve_connection(stream, self.secret, self.handle)
@@ -56,6 +58,10 @@ class BlobServer:
             elif op == "list":
                 ids, more = await self._disk(self.store.list, h.get("after", ""), min(int(h.get("limit", 1000)), 10000))
                 await conn.send({"ok": True, "ids": ids, "more": more})
+            elif op == "pull":  # repair: copy a chunk from another blob node, verified, stored durably
+                _reply, data = await self.peers.get(h["src"], h["id"], timeout=60)
+                created = await self._disk(self.store.put, h["id"], h["sha256"], data)
+                await conn.send({"ok": True, "created": created, "size": len(data)})
             elif op == "info":
                 await conn.send({"ok": True, **self.info()})
             else:

@@ -40,6 +40,10 @@ def add_raftmeta(p: argparse.ArgumentParser) -> None:
     p.add_argument("--upload-ttl", type=float, default=86400.0,
                    help="seconds after which an incomplete multipart upload is aborted")
     p.add_argument("--upload-expiry-interval", type=float, default=60.0)
+    p.add_argument("--replicas", type=int, default=3, help="healthy copies of each chunk that repair maintains")
+    p.add_argument("--dead-after", type=float, default=600.0,
+                   help="seconds without a heartbeat before a blob node's replicas are re-created elsewhere")
+    p.add_argument("--repair-interval", type=float, default=10.0)
     p.add_argument("--unsafe-no-journal-sync", action="store_true",
                    help="do not sync the Raft journal (loses acknowledged writes on power loss; benchmarks only)")
 

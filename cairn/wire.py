@@ -16,6 +16,7 @@ Blob node ops (payload where noted):
   delete {ids}                       -> {ok, deleted}
   list   {after?, limit?}            -> {ok, ids, more}
   info   {}                          -> {ok, node_id, capacity, used, chunks}
+  pull   {id, sha256, src}           -> {ok, created}   (copy a chunk from the node at src)
 
 Metadata (raftmeta) ops: ``{op: "write", cmd: {...}, rid}`` proposes a command through
 Raft; ``{op: "read", q: {...}, linear: bool}`` reads the state machine (after a Raft

@@ -45,6 +45,7 @@ class MetaServer:
     def __init__(
         self, node: MetaNode, state: MetaState, secret: str, *, gc_grace: float, gc_interval: float,
         upload_ttl: float = 86400.0, expiry_interval: float = 60.0,
+        replicas: int = 3, dead_after: float = 600.0, repair_interval: float = 10.0,
     ) -> None:
         self.node = node
         self.state = state
@@ -58,6 +59,9 @@ class MetaServer:
         self.gc_deleted = 0
         self.expiry: dict[str, Any] = {"ttl": upload_ttl, "interval": expiry_interval, "last_run": None,
                                        "last_aborted": 0, "aborted_total": 0}
+        self.repair: dict[str, Any] = {"replicas": replicas, "dead_after": dead_after, "interval": repair_interval,
+                                       "last_run": None, "last_under_replicated": 0, "repaired_total": 0,
+                                       "bytes_total": 0, "dead_nodes": []}
 
     # ---------------------------------------------------------------- raft calls
 
@@ -159,6 +163,63 @@ class MetaServer:
 
         await wire.serve_connection(stream, self.secret, reply)
 
+    # ---------------------------------------------------------------- repair
+
+    async def repair_pass(self, budget: int = 500) -> int:
+        """Bring chunks back to ``replicas`` healthy copies, node to node. Leader only.
+        A node silent for ``dead_after`` seconds no longer counts as a replica."""
+        if not self.node._isLeader():
+            return 0
+        now = time.time()
+        nodes = self.state.query({"q": "nodes"})["nodes"]
+        alive = {n["node_id"]: n for n in nodes if now - n["heartbeat"] < self.repair["dead_after"]}
+        self.repair["dead_nodes"] = sorted(n["node_id"] for n in nodes if n["node_id"] not in alive)
+        repaired = 0
+        under = 0
+        cursor = ["", ""]
+        while repaired < budget:
+            scan = self.state.query({"q": "repair_scan", "alive": list(alive), "want": self.repair["replicas"],
+                                     "after": cursor, "limit": 100})
+            if not scan.get("ok"):
+                break
+            for bucket, key, version, chunk, size, sha256, replicas in scan["items"]:
+                under += 1
+                healthy = [n for n in replicas if n in alive]
+                if not healthy:
+                    log.error("chunk %s of %s/%s has no live replica", chunk, bucket, key)
+                    continue
+                spares = sorted((n for n in alive.values() if n["node_id"] not in healthy),
+                                key=lambda n: n["capacity"] - n["used"], reverse=True)
+                added = []
+                for target in spares[: self.repair["replicas"] - len(healthy)]:
+                    try:
+                        await self.blobs.pull(target["addr"], chunk, sha256, alive[healthy[0]]["addr"])
+                        added.append(target["node_id"])
+                        self.repair["bytes_total"] += size
+                    except (wire.WireError, OSError) as exc:
+                        log.warning("repair of chunk %s onto %s failed: %s", chunk, target["node_id"], exc)
+                if added or len(healthy) < len(replicas):
+                    result = await self.propose({"op": "set_replicas", "bucket": bucket, "key": key,
+                                                 "version": version, "chunk": chunk, "nodes": healthy + added})
+                    if result.get("ok") and added:
+                        repaired += 1
+            if scan["done"]:
+                break
+            cursor = scan["next"]
+        self.repair.update(last_run=time.time(), last_under_replicated=under,
+                           repaired_total=self.repair["repaired_total"] + repaired)
+        if repaired:
+            log.info("repair: %d chunks re-replicated (%d under-replicated seen)", repaired, under)
+        return repaired
+
+    async def _repair_loop(self) -> None:
+        while True:
+            await trio.sleep(self.repair["interval"])
+            try:
+                await self.repair_pass()
+            except Exception:
+                log.exception("repair pass failed")
+
     # ---------------------------------------------------------------- leader chores
 
     async def chore(self, name: Any) -> dict[str, Any]:
@@ -167,6 +228,8 @@ class MetaServer:
             return {"ok": False, "err": wire.ERR_UNAVAILABLE, "msg": "not the Raft leader"}
         if name == "expire_uploads":
             await self.expire_pass()
+        elif name == "repair":
+            await self.repair_pass()
         elif name == "gc":
             await self.gc_pass()
         elif name != "status":
@@ -174,7 +237,7 @@ class MetaServer:
         counts = self.state.query({"q": "expired", "before": time.time() - self.expiry["ttl"]})
         gc = self.state.query({"q": "gc_pending", "before": time.time() - self.gc_grace, "limit": 0})
         return {"ok": True, "leader": self.node.selfNode.address, "uploads": counts["uploads"],
-                "expired_waiting": counts["expired"], "expiry": self.expiry,
+                "expired_waiting": counts["expired"], "expiry": self.expiry, "repair": self.repair,
                 "gc": {"grace": self.gc_grace, "queued": gc["total"], "deleted_total": self.gc_deleted}}
 
     async def expire_pass(self) -> int:
@@ -252,7 +315,8 @@ async def serve(args: Any) -> None:
     if not node._sync_journal:
         log.warning("--unsafe-no-journal-sync: acknowledged writes can be lost on power loss")
     server = MetaServer(node, state, args.secret, gc_grace=args.gc_grace, gc_interval=args.gc_interval,
-                        upload_ttl=args.upload_ttl, expiry_interval=args.upload_expiry_interval)
+                        upload_ttl=args.upload_ttl, expiry_interval=args.upload_expiry_interval,
+                        replicas=args.replicas, dead_after=args.dead_after, repair_interval=args.repair_interval)
     host, port = wire.split_addr(args.rpc)
     log.info("raftmeta %s: raft %s, peers %s, rpc %s", args.data_dir, args.raft, ",".join(args.peers), args.rpc)
     try:
@@ -260,6 +324,7 @@ async def serve(args: Any) -> None:
             nursery.start_soon(server._barrier_loop)
             nursery.start_soon(server._gc_loop)
             nursery.start_soon(server._expiry_loop)
+            nursery.start_soon(server._repair_loop)
             await trio.serve_tcp(server.serve_conn, port, host=host)
     finally:
         node.destroy()

@@ -564,9 +564,9 @@ QUERIES: dict[str, Callable[[sqlite3.Connection, dict[str, Any]], dict[str, Any]
 
 
 # Multipart uploads and identity keep their commands and queries in their own modules.
-from raftmeta import iam, multipart  # noqa: E402
+from raftmeta import iam, multipart, repair  # noqa: E402
 
-for _module in (multipart, iam):
+for _module in (multipart, iam, repair):
     SCHEMA += _module.SCHEMA
     COMMANDS.update(_module.COMMANDS)
     QUERIES.update(_module.QUERIES)

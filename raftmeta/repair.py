@@ -1,0 +1,57 @@
+"""Replication repair in the state machine: finding chunks that have fewer healthy
+replicas than wanted, and recording the replicas that repair added.
+
+The leader's repair loop (``raftmeta.server``) copies chunks blob node to blob node
+(the bytes never pass through raftmeta) and then records the new replica set here with
+``set_replicas``, which applies only if the object is still the version that was
+scanned: an overwrite or delete in between wins, and the copy becomes garbage for GC.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+from raftmeta.state import Failed, _packb, _unpackb
+
+SCHEMA = ""
+
+
+def q_repair_scan(db: sqlite3.Connection, q: dict[str, Any]) -> dict[str, Any]:
+    """Chunks of objects after the (bucket, key) cursor whose replicas on ``alive`` nodes
+    number fewer than ``want``: [bucket, key, version, chunk id, size, sha256, nodes]."""
+    alive, want, limit = set(q["alive"]), int(q["want"]), int(q.get("limit", 100))
+    bucket, key = q.get("after", ["", ""])
+    items: list[list[Any]] = []
+    scanned = 0
+    cursor = (bucket, key)
+    rows = db.execute(
+        "SELECT bucket, key, version, chunks FROM objects WHERE (bucket, key) > (?, ?) ORDER BY bucket, key LIMIT ?",
+        (bucket, key, int(q.get("scan", 2000))),
+    ).fetchall()
+    for b, k, version, chunks in rows:
+        scanned += 1
+        cursor = (b, k)
+        for c in _unpackb(chunks):
+            if len(alive.intersection(c[3])) < want:
+                items.append([b, k, version, c[0], c[1], c[2], c[3]])
+        if len(items) >= limit:
+            break
+    done = scanned == len(rows) and len(rows) < int(q.get("scan", 2000))
+    return {"items": items, "next": list(cursor), "done": done}
+
+
+def cmd_set_replicas(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str, Any]:
+    row = db.execute("SELECT version, chunks FROM objects WHERE bucket=? AND key=?", (cmd["bucket"], cmd["key"])).fetchone()
+    if row is None or row[0] != cmd["version"]:
+        raise Failed("Stale")
+    chunks = _unpackb(row[1])
+    for c in chunks:
+        if c[0] == cmd["chunk"]:
+            c[3] = list(cmd["nodes"])
+    db.execute("UPDATE objects SET chunks=? WHERE bucket=? AND key=?", (_packb(chunks), cmd["bucket"], cmd["key"]))
+    return {}
+
+
+COMMANDS = {"set_replicas": cmd_set_replicas}
+QUERIES = {"repair_scan": q_repair_scan}
