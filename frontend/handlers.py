@@ -322,7 +322,11 @@ async def get_object(ctx: Context, request: Any, bucket: str, key: str, params: 
     if request.method == "HEAD" or length == 0:
         response = empty_response(status, headers)
     else:
-        response = Response(PrefetchingBody(ctx.data, obj["chunks"], first, last), status=status, headers=headers)
+        def on_bad(chunk_id: str, node_id: str) -> None:
+            ctx.data.report_bad(bucket, key, obj["version"], chunk_id, node_id)
+
+        response = Response(PrefetchingBody(ctx.data, obj["chunks"], first, last, on_bad), status=status,
+                            headers=headers)
     response.headers["Content-Length"] = str(length)
     return response
 

@@ -133,6 +133,7 @@ class DataPath:
         # A frontend-wide budget of chunk buffers: past it, new chunks wait (and their
         # clients with them) instead of growing memory. Writers never need a second
         # buffer to finish a held one, so holders always make progress.
+        self._bad, self._bad_recv = trio.open_memory_channel[tuple](256)  # read repair reports
         self.buffer_count = max(3, settings.buffer_budget // settings.chunk_size)
         self.buffers = trio.Semaphore(self.buffer_count)
 
@@ -329,8 +330,10 @@ class DataPath:
 
     # ------------------------------------------------------------------ reads
 
-    async def read_chunk(self, chunk: list[Any]) -> bytearray:
-        """The whole chunk, verified against its SHA-256, from the first good replica."""
+    async def read_chunk(self, chunk: list[Any], on_bad: Callable[[str, str], None] | None = None) -> bytearray:
+        """The whole chunk, verified against its SHA-256, from the first good replica.
+        ``on_bad(chunk_id, node_id)`` hears of every replica found missing or corrupt
+        (not of one merely unreachable): read repair."""
         chunk_id, size, sha256, node_ids = chunk
         if not self.directory.fresh.is_set():
             await self.directory.refresh()
@@ -343,11 +346,16 @@ class DataPath:
                 _reply, data = await self.blobs.get(node.addr, chunk_id, timeout=READ_TIMEOUT)
             except wire.WireError as exc:
                 log.warning("chunk %s: read from %s failed: %s", chunk_id, node.addr, exc)
-                self.directory.mark_failed(node_id)
+                if exc.code in (wire.ERR_NOT_FOUND, wire.ERR_CHECKSUM) and on_bad is not None:
+                    on_bad(chunk_id, node_id)
+                else:
+                    self.directory.mark_failed(node_id)
                 continue
             digest = await trio.to_thread.run_sync(lambda d=data: hashlib.sha256(d).hexdigest())
             if len(data) != size or digest != sha256:
                 log.error("chunk %s on node %s is corrupt (size %d, sha %s): not served", chunk_id, node_id, len(data), digest)
+                if on_bad is not None:
+                    on_bad(chunk_id, node_id)
                 continue
             self.directory.observe(node_id, time.monotonic() - t0)
             return data
@@ -355,6 +363,7 @@ class DataPath:
 
     async def stream(
         self, chunks: list[list[Any]], start: int, end: int, *, budgeted: bool = True,
+        on_bad: Callable[[str, str], None] | None = None,
     ) -> AsyncIterator[bytes | bytearray]:
         """Bytes [start, end] (inclusive) of the object made of ``chunks``. With
         ``budgeted``, each chunk in hand counts against the frontend's buffer budget
@@ -371,13 +380,32 @@ class DataPath:
             if budgeted:
                 await self._take_buffer()
             try:
-                data = await self.read_chunk(chunk)
+                data = await self.read_chunk(chunk, on_bad)
                 a, b = max(start, lo) - lo, min(end, hi) - lo + 1
                 yield data if (a, b) == (0, size) else bytes(memoryview(data)[a:b])
                 del data
             finally:
                 if budgeted:
                     self.buffers.release()
+
+    def report_bad(self, bucket: str, key: str, version: int, chunk_id: str, node_id: str) -> None:
+        """Queue a replica that a read found missing or corrupt (never blocks a GET)."""
+        try:
+            self._bad.send_nowait((bucket, key, version, chunk_id, node_id))
+        except trio.WouldBlock:
+            log.warning("read-repair queue full: chunk %s on %s left to the repair scan", chunk_id, node_id)
+
+    async def read_repair_loop(self) -> None:
+        """Drop reported bad replicas from their manifests through Raft; the leader's
+        repair then re-creates them from a good copy."""
+        async for bucket, key, version, chunk_id, node_id in self._bad_recv:
+            try:
+                reply = await self.meta.write({"op": "drop_replica", "bucket": bucket, "key": key, "version": version,
+                                               "chunk": chunk_id, "node": node_id}, deadline=10)
+                if reply.get("ok"):
+                    log.info("read repair: replica of chunk %s on %s dropped, repair will re-create it", chunk_id, node_id)
+            except wire.WireError as exc:
+                log.warning("read repair of chunk %s not recorded: %s", chunk_id, exc)
 
     async def discard(self, chunks: list[list[Any]]) -> None:
         """Hand chunks of a failed upload to the garbage collector (best effort)."""
@@ -398,8 +426,9 @@ class PrefetchingBody(ResponseBody):
     intact replica of a chunk can be read, sending fails: the client sees a cut
     connection short of Content-Length, never a complete-looking response."""
 
-    def __init__(self, data: DataPath, chunks: list[list[Any]], start: int, end: int) -> None:
-        self.data, self.chunks, self.start, self.end = data, chunks, start, end
+    def __init__(self, data: DataPath, chunks: list[list[Any]], start: int, end: int,
+                 on_bad: Callable[[str, str], None] | None = None) -> None:
+        self.data, self.chunks, self.start, self.end, self.on_bad = data, chunks, start, end, on_bad
 
     async def __aenter__(self) -> PrefetchingBody:
         self._nursery_manager = trio.open_nursery()
@@ -409,7 +438,7 @@ class PrefetchingBody(ResponseBody):
         return self
 
     async def _produce(self, send: trio.MemorySendChannel[Any]) -> None:
-        pieces = self.data.stream(self.chunks, self.start, self.end)
+        pieces = self.data.stream(self.chunks, self.start, self.end, on_bad=self.on_bad)
         async with send:
             try:
                 async for piece in pieces:

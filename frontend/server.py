@@ -116,5 +116,6 @@ async def serve(args: Any) -> None:
              ",".join(args.meta))
     async with trio.open_nursery() as nursery:
         nursery.start_soon(app.ctx.data.directory.refresh_loop)
+        nursery.start_soon(app.ctx.data.read_repair_loop)
         await hypercorn_serve(app, hc)
         nursery.cancel_scope.cancel()

@@ -53,5 +53,19 @@ def cmd_set_replicas(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str, A
     return {}
 
 
-COMMANDS = {"set_replicas": cmd_set_replicas}
+def cmd_drop_replica(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str, Any]:
+    """Read repair: a reader found this replica missing or corrupt. It leaves the manifest
+    (never the last replica), so the repair scan sees the chunk under-replicated."""
+    row = db.execute("SELECT version, chunks FROM objects WHERE bucket=? AND key=?", (cmd["bucket"], cmd["key"])).fetchone()
+    if row is None or row[0] != cmd["version"]:
+        raise Failed("Stale")
+    chunks = _unpackb(row[1])
+    for c in chunks:
+        if c[0] == cmd["chunk"] and cmd["node"] in c[3] and len(c[3]) > 1:
+            c[3] = [n for n in c[3] if n != cmd["node"]]
+    db.execute("UPDATE objects SET chunks=? WHERE bucket=? AND key=?", (_packb(chunks), cmd["bucket"], cmd["key"]))
+    return {}
+
+
+COMMANDS = {"set_replicas": cmd_set_replicas, "drop_replica": cmd_drop_replica}
 QUERIES = {"repair_scan": q_repair_scan}

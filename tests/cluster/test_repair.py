@@ -68,3 +68,35 @@ def test_dead_node_replicas_are_recreated(tmp_path_factory):
             assert s3.get_object(Bucket="heal", Key=key)["Body"].read() == body
         status, info = cluster.admin("GET", "repair")
         assert status == 200 and info["repair"]["repaired_total"] >= held and victim_id in info["repair"]["dead_nodes"]
+
+
+def test_read_repair_restores_a_corrupt_replica(tmp_path_factory):
+    import hashlib
+
+    with Cluster(tmp_path_factory.mktemp("readrepair"), frontends=1, chunk_size=MIB,
+                 raftmeta_flags=["--repair-interval", "0.5"]) as cluster:
+        s3 = cluster.s3(0)
+        s3.create_bucket(Bucket="heal")
+        body = os.urandom(2 * MIB + 5)
+        s3.put_object(Bucket="heal", Key="rot", Body=body)
+        chunk_id, _size, sha256, nodes = _manifests(cluster, ["rot"])["rot"][0]
+        assert len(nodes) == 3
+        # a fresh frontend knows no latencies, so it reads replicas in manifest order:
+        # the first one is the replica to corrupt
+        first = _node_dirs(cluster)[nodes[0]]
+        path = next(p for p in cluster.chunk_files()[chunk_id] if p.parts[-5] == first)
+        raw = bytearray(path.read_bytes())
+        raw[64 + 10] ^= 0xFF
+        path.write_bytes(bytes(raw))
+        cluster.restart("frontend1")
+        cluster.wait_healthy()
+        assert s3.get_object(Bucket="heal", Key="rot")["Body"].read() == body  # served from a good replica
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if hashlib.sha256(path.read_bytes()[64:]).hexdigest() == sha256 and \
+                    len(_manifests(cluster, ["rot"])["rot"][0][3]) == 3:
+                break
+            time.sleep(0.3)
+        else:
+            pytest.fail("the corrupt replica was not repaired")
+        assert s3.get_object(Bucket="heal", Key="rot")["Body"].read() == body
