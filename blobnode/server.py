@@ -10,6 +10,7 @@ from typing import Any
 import trio
 
 from blobnode.client import BlobClient
+from blobnode.scrub import Scrubber
 from blobnode.store import ChunkStore, StoreError
 from cairn import wire
 from raftmeta.client import MetaClient
@@ -26,6 +27,7 @@ class BlobServer:
         self.secret = secret
         self.limiter = trio.CapacityLimiter(8)  # concurrent disk operations
         self.peers = BlobClient(secret)  # other blob nodes, for repair pulls
+        self.scrubber: Scrubber | None = None
 
     async def serve_conn(self, stream: trio.SocketStream) -> None:
         await wire.serve_connection(stream, self.secret, self.handle)
@@ -76,7 +78,8 @@ class BlobServer:
     def info(self) -> dict[str, Any]:
         total, free = self.store.capacity()
         return {"node_id": self.store.node_id, "capacity": total, "free": free,
-                "used": self.store.used, "chunks": self.store.count}
+                "used": self.store.used, "chunks": self.store.count,
+                "scrub": self.scrubber.stats if self.scrubber else None}
 
 
 async def heartbeat_loop(server: BlobServer, meta: MetaClient, advertise: str) -> None:
@@ -103,6 +106,8 @@ async def serve(args: Any) -> None:
     host, port = wire.split_addr(args.listen)
     advertise = args.advertise or args.listen
     log.info("blobnode %s (%s) listening on %s, %d chunks", store.node_id, args.data_dir, args.listen, store.count)
+    server.scrubber = Scrubber(store, meta, args.scrub_rate, args.scrub_interval)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(heartbeat_loop, server, meta, advertise)
+        nursery.start_soon(server.scrubber.run)
         await trio.serve_tcp(server.serve_conn, port, host=host)

@@ -205,6 +205,29 @@ class ChunkStore:
         finally:
             os.close(fd)
 
+    def verify(self, chunk_id: str) -> tuple[bool, int]:
+        """Re-read a chunk and check it against its header: (intact, bytes read)."""
+        try:
+            size, sha, data = self.read(chunk_id)
+        except StoreError as exc:
+            return exc.code == "NotFound", 0
+        return len(data) == size and hashlib.sha256(data).hexdigest() == sha, len(data)
+
+    def quarantine(self, chunk_id: str) -> None:
+        """Move a corrupt chunk out of the way (kept for inspection, never served)."""
+        path = self.path(chunk_id)
+        qdir = os.path.join(self.root, "quarantine")
+        os.makedirs(qdir, exist_ok=True)
+        try:
+            size = max(0, os.path.getsize(path) - HEADER_SIZE)
+            os.replace(path, os.path.join(qdir, chunk_id))
+        except FileNotFoundError:
+            return
+        _fsync_dir(os.path.dirname(path))
+        with self._lock:
+            self.used -= size
+            self.count -= 1
+
     def list(self, after: str = "", limit: int = 1000) -> tuple[list[str], bool]:
         """Chunk ids in order, after ``after``; (ids, more)."""
         ids: list[str] = []

@@ -53,6 +53,8 @@ def add_blobnode(p: argparse.ArgumentParser) -> None:
     p.add_argument("--advertise", help="host:port others reach this node at (default: --listen)")
     p.add_argument("--meta", type=addr_list, default=[], help="raftmeta RPC addresses, comma separated")
     p.add_argument("--data-dir", default="./data/blobnode")
+    p.add_argument("--scrub-rate", type=float, default=20.0, help="MB/s the scrubber re-reads chunks at")
+    p.add_argument("--scrub-interval", type=float, default=3600.0, help="seconds between scrub passes")
 
 
 def add_frontend(p: argparse.ArgumentParser) -> None:

@@ -65,6 +65,7 @@ class Cluster:
     extra_env: dict[str, str] = field(default_factory=dict)
     raftmeta_flags: list[str] = field(default_factory=list)
     frontend_flags: list[str] = field(default_factory=list)
+    blobnode_flags: list[str] = field(default_factory=list)
     procs: dict[str, Proc] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -86,7 +87,7 @@ class Cluster:
                                            *self.raftmeta_flags])
         for i in range(self.blobs):
             self._add(f"blobnode{i + 1}", ["blobnode", "--listen", blob[i], "--meta", meta_list,
-                                           "--data-dir", str(self.root / f"blobnode{i + 1}")])
+                                           "--data-dir", str(self.root / f"blobnode{i + 1}"), *self.blobnode_flags])
         for i in range(self.frontends):
             self._add(f"frontend{i + 1}", ["frontend", "--listen", self.endpoints[i].removeprefix("http://"),
                                            "--meta", meta_list, "--chunk-size", str(self.chunk_size),

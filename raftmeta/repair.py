@@ -67,5 +67,24 @@ def cmd_drop_replica(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str, A
     return {}
 
 
-COMMANDS = {"set_replicas": cmd_set_replicas, "drop_replica": cmd_drop_replica}
+def cmd_replicas_lost(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str, Any]:
+    """A blob node's scrubber quarantined these chunks: drop that node from every manifest
+    naming them (never a chunk's last replica). O(objects) for now: a chunk-to-object
+    index would make it O(chunks)."""
+    lost, node = set(cmd["chunks"]), cmd["node"]
+    changed = 0
+    for bucket, key, chunks in db.execute("SELECT bucket, key, chunks FROM objects").fetchall():
+        manifest = _unpackb(chunks)
+        touched = False
+        for c in manifest:
+            if c[0] in lost and node in c[3] and len(c[3]) > 1:
+                c[3] = [n for n in c[3] if n != node]
+                touched = True
+        if touched:
+            db.execute("UPDATE objects SET chunks=? WHERE bucket=? AND key=?", (_packb(manifest), bucket, key))
+            changed += 1
+    return {"objects": changed}
+
+
+COMMANDS = {"set_replicas": cmd_set_replicas, "drop_replica": cmd_drop_replica, "replicas_lost": cmd_replicas_lost}
 QUERIES = {"repair_scan": q_repair_scan}

@@ -100,3 +100,30 @@ def test_read_repair_restores_a_corrupt_replica(tmp_path_factory):
         else:
             pytest.fail("the corrupt replica was not repaired")
         assert s3.get_object(Bucket="heal", Key="rot")["Body"].read() == body
+
+
+def test_scrubber_quarantines_and_repair_restores(tmp_path_factory):
+    import hashlib
+
+    with Cluster(tmp_path_factory.mktemp("scrub"), frontends=1, chunk_size=MIB,
+                 raftmeta_flags=["--repair-interval", "0.5"],
+                 blobnode_flags=["--scrub-rate", "500", "--scrub-interval", "0.5"]) as cluster:
+        s3 = cluster.s3(0)
+        s3.create_bucket(Bucket="heal")
+        body = os.urandom(MIB // 2)
+        s3.put_object(Bucket="heal", Key="bitrot", Body=body)
+        chunk_id, _size, sha256, _nodes = _manifests(cluster, ["bitrot"])["bitrot"][0]
+        path = cluster.chunk_files()[chunk_id][0]
+        raw = bytearray(path.read_bytes())
+        raw[64 + 99] ^= 0x01  # one flipped bit, nobody reading the object
+        path.write_bytes(bytes(raw))
+        quarantined = path.parents[3] / "quarantine" / chunk_id
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            repaired = path.exists() and hashlib.sha256(path.read_bytes()[64:]).hexdigest() == sha256
+            if quarantined.exists() and repaired and len(_manifests(cluster, ["bitrot"])["bitrot"][0][3]) == 3:
+                break
+            time.sleep(0.3)
+        else:
+            pytest.fail("the scrubber did not quarantine the corrupt chunk, or repair did not restore it")
+        assert s3.get_object(Bucket="heal", Key="bitrot")["Body"].read() == body
