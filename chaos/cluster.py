@@ -284,7 +284,11 @@ class Cluster:
         http = urllib.request.Request(url, method=method, headers=dict(req.headers.items()), data=b"" if method == "POST" else None)
         try:
             with urllib.request.urlopen(http, timeout=30) as r:
-                return r.status, json.loads(r.read())
+                raw = r.read()
+                try:
+                    return r.status, json.loads(raw)
+                except ValueError:
+                    return r.status, {"raw": raw.decode(errors="replace")}
         except urllib.error.HTTPError as exc:
             body = exc.read()
             try:

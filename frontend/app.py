@@ -24,7 +24,7 @@ from quart_trio import QuartTrio
 from quart_trio.asgi import TrioASGIHTTPConnection
 from quart_trio.wrappers.request import TrioBody, TrioRequest
 
-from frontend import cors, handlers, iam
+from frontend import cors, handlers, iam, metrics
 from frontend.context import Context
 from frontend.errors import S3Error
 
@@ -164,12 +164,23 @@ SLOW_REQUEST = 5.0
 
 async def route(ctx: Context, request: Any) -> Response:
     request.request_id = os.urandom(8).hex().upper()
+    request.operation = "Other"
     started = time.monotonic()
+    status = 500
     try:
-        return await _route(ctx, request)
+        response = await _route(ctx, request)
+        status = response.status_code
+        return response
+    except S3Error as exc:
+        status = exc.status
+        raise
     finally:
         request.body.abandon()
         took = time.monotonic() - started
+        sent = 0
+        if status in (200, 206) and request.method == "GET" and request.operation == "GetObject":
+            sent = int(response.headers.get("Content-Length", 0) or 0)
+        metrics.observe(request.operation, status, took, request.body.received, sent)
         if took > SLOW_REQUEST:
             log.warning("slow request %s %s took %.1fs (request id %s)", request.method,
                         request.scope.get("raw_path", b"")[:200], took, request.request_id)
@@ -184,6 +195,8 @@ async def _route(ctx: Context, request: Any) -> Response:
     virtual = virtual_host_bucket(request.headers.get("host", ""), ctx.domains)
     if virtual is not None:  # BUCKET.DOMAIN/KEY: the whole path is the key
         bucket, key = virtual, split_path(b"/" + virtual.encode() + raw_path)[1]
+    params = query_params(query_string)
+    request.operation = metrics.operation(request.method, bucket, key, params)
     if bucket == ADMIN_PREFIX and key == "health":
         return await handlers.admin(ctx, request, key)
     if request.method == "OPTIONS":  # CORS preflight: never authenticated
@@ -194,7 +207,6 @@ async def _route(ctx: Context, request: Any) -> Response:
         if not request.principal.admin:
             raise S3Error("AccessDenied")
         return await handlers.admin(ctx, request, key or "")
-    params = query_params(query_string)
     try:
         response = await handlers.dispatch(ctx, request, bucket, key, params)
     except S3Error as exc:

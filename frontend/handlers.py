@@ -17,7 +17,7 @@ from urllib.parse import unquote
 from quart import Response
 
 from cairn import wire
-from frontend import acl, conditions, copyobject, cors, iam, multipart, post_upload, s3xml, tagging
+from frontend import acl, conditions, copyobject, cors, iam, metrics, multipart, post_upload, s3xml, tagging
 from frontend.context import (
     STORED_HEADERS,
     Context,
@@ -352,6 +352,8 @@ async def admin(ctx: Context, request: Any, path: str) -> Response:
                            "blobnodes_writable": len(nodes), "chunk_buffers_free": ctx.data.buffers.value,
                            "chunk_buffers": ctx.data.buffer_count})
         return Response(body, status=200 if healthy else 503, content_type="application/json")
+    if path == "metrics" and request.method == "GET":
+        return Response(await metrics.render(ctx), status=200, content_type="text/plain; version=0.0.4")
     parts = [unquote(p) for p in path.split("/") if p]
     if parts and parts[0] in ("users", "keys", "buckets"):
         raw = await request.get_data(cache=False) if (request.content_length or 0) <= 65536 else b""

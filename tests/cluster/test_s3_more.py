@@ -250,3 +250,19 @@ def test_oversized_headers_and_odd_encodings(cluster, s3, bucket):
     conn.close()
     assert s3.get_object(Bucket=bucket, Key="stays")["Body"].read() == b"same"
     assert cluster.health(0)["status"] == "ok"
+
+
+def test_metrics_endpoint(cluster, s3, bucket):
+    s3.put_object(Bucket=bucket, Key="m", Body=b"12345")
+    s3.get_object(Bucket=bucket, Key="m")["Body"].read()
+    with pytest.raises(ClientError):
+        s3.get_object(Bucket=bucket, Key="missing-for-metrics")
+    status, body = cluster.admin("GET", "metrics")
+    text = body["raw"] if isinstance(body, dict) and "raw" in body else str(body)
+    assert status == 200, text[:300]
+    assert 'cairn_s3_requests_total{operation="PutObject",status="200"}' in text
+    assert 'cairn_s3_requests_total{operation="GetObject",status="404"}' in text
+    assert "cairn_raft_is_leader" in text and "cairn_blobnode_disk_used_bytes" in text
+    assert "cairn_gc_queued_chunks" in text and "cairn_under_replicated_chunks" in text
+    leaders = [line for line in text.splitlines() if line.startswith("cairn_raft_is_leader") and line.endswith(" 1.0")]
+    assert len(leaders) == 1

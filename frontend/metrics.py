@@ -1,0 +1,105 @@
+"""Prometheus metrics of a frontend, served at ``/_cairn/metrics`` (admin credentials).
+
+Per request: counts by S3 operation and status, latency histograms, bytes in and out.
+At scrape time, the cluster as this frontend sees it: each raftmeta node's role, term
+and commit index, each blob node's disk, the GC queue, upload expiry and repair state.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import trio
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from cairn import wire
+from frontend.context import Context
+
+REGISTRY = CollectorRegistry()
+REQUESTS = Counter("cairn_s3_requests_total", "S3 requests served", ["operation", "status"], registry=REGISTRY)
+LATENCY = Histogram("cairn_s3_request_seconds", "Time to the response headers", ["operation"], registry=REGISTRY,
+                    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+BYTES_IN = Counter("cairn_s3_received_bytes_total", "Request body bytes received", registry=REGISTRY)
+BYTES_OUT = Counter("cairn_s3_sent_bytes_total", "Object bytes sent (Content-Length of GETs)", registry=REGISTRY)
+RAFT_LEADER = Gauge("cairn_raft_is_leader", "1 if this raftmeta node is the Raft leader", ["node"], registry=REGISTRY)
+RAFT_UP = Gauge("cairn_raft_up", "1 if this raftmeta node answered", ["node"], registry=REGISTRY)
+RAFT_TERM = Gauge("cairn_raft_term", "Raft term", ["node"], registry=REGISTRY)
+RAFT_COMMIT = Gauge("cairn_raft_commit_index", "Raft commit index", ["node"], registry=REGISTRY)
+BLOB_USED = Gauge("cairn_blobnode_disk_used_bytes", "Blob node disk usage", ["node"], registry=REGISTRY)
+BLOB_CAPACITY = Gauge("cairn_blobnode_disk_capacity_bytes", "Blob node disk size", ["node"], registry=REGISTRY)
+BLOB_HEARTBEAT_AGE = Gauge("cairn_blobnode_heartbeat_age_seconds", "Since the last heartbeat", ["node"],
+                           registry=REGISTRY)
+GC_QUEUED = Gauge("cairn_gc_queued_chunks", "Chunks waiting for garbage collection", registry=REGISTRY)
+GC_DELETED = Gauge("cairn_gc_deleted_chunks", "Chunks deleted by the current leader", registry=REGISTRY)
+UNDER_REPLICATED = Gauge("cairn_under_replicated_chunks", "Seen by the last repair pass", registry=REGISTRY)
+REPAIRED = Gauge("cairn_repaired_chunks", "Chunks re-replicated by the current leader", registry=REGISTRY)
+REPAIR_BYTES = Gauge("cairn_repaired_bytes", "Bytes re-replicated by the current leader", registry=REGISTRY)
+UPLOADS = Gauge("cairn_multipart_uploads", "Incomplete multipart uploads", registry=REGISTRY)
+BUFFERS_FREE = Gauge("cairn_frontend_chunk_buffers_free", "Chunk buffers free in this frontend", registry=REGISTRY)
+
+
+def operation(method: str, bucket: str, key: str | None, params: dict[str, str]) -> str:
+    """An S3 operation name for the labels (bounded set: never a bucket or a key)."""
+    if not bucket:
+        return "ListBuckets"
+    if bucket == "_cairn":
+        return "Admin"
+    if key is None:
+        for sub, name in (("uploads", "ListMultipartUploads"), ("acl", "BucketAcl"), ("cors", "BucketCors"),
+                          ("delete", "DeleteObjects"), ("location", "GetBucketLocation")):
+            if sub in params:
+                return name
+        return {"PUT": "CreateBucket", "HEAD": "HeadBucket", "DELETE": "DeleteBucket", "POST": "PostObject",
+                "OPTIONS": "Preflight"}.get(method, "ListObjects")
+    if "uploadId" in params:
+        return {"PUT": "UploadPart", "POST": "CompleteMultipartUpload", "DELETE": "AbortMultipartUpload",
+                "GET": "ListParts"}.get(method, "Multipart")
+    if "uploads" in params:
+        return "CreateMultipartUpload"
+    if "tagging" in params:
+        return "ObjectTagging"
+    return {"PUT": "PutObject", "GET": "GetObject", "HEAD": "HeadObject", "DELETE": "DeleteObject",
+            "OPTIONS": "Preflight"}.get(method, "Other")
+
+
+def observe(op: str, status: int, seconds: float, received: int, sent: int) -> None:
+    REQUESTS.labels(op, str(status)).inc()
+    LATENCY.labels(op).observe(seconds)
+    if received:
+        BYTES_IN.inc(received)
+    if sent:
+        BYTES_OUT.inc(sent)
+
+
+async def render(ctx: Context) -> bytes:
+    BUFFERS_FREE.set(ctx.data.buffers.value)
+    for addr in ctx.meta.addrs:
+        try:
+            with trio.move_on_after(2):
+                status = await ctx.meta.status(addr)
+                RAFT_UP.labels(addr).set(1)
+                RAFT_LEADER.labels(addr).set(1 if status.get("is_leader") else 0)
+                RAFT_TERM.labels(addr).set(status.get("term", 0))
+                RAFT_COMMIT.labels(addr).set(status.get("commit_index", 0))
+                continue
+        except wire.WireError:
+            pass
+        RAFT_UP.labels(addr).set(0)
+    try:
+        nodes = await ctx.meta.read({"q": "nodes"}, linear=False, deadline=3)
+        for node in nodes.get("nodes", []):
+            BLOB_USED.labels(node["node_id"]).set(node["used"])
+            BLOB_CAPACITY.labels(node["node_id"]).set(node["capacity"])
+            BLOB_HEARTBEAT_AGE.labels(node["node_id"]).set(max(0.0, time.time() - node["heartbeat"]))
+        chores: dict[str, Any] = await ctx.meta.call({"op": "chore", "name": "status"}, deadline=3)
+        if chores.get("ok"):
+            GC_QUEUED.set(chores["gc"]["queued"])
+            GC_DELETED.set(chores["gc"]["deleted_total"])
+            UPLOADS.set(chores["uploads"])
+            UNDER_REPLICATED.set(chores["repair"]["last_under_replicated"])
+            REPAIRED.set(chores["repair"]["repaired_total"])
+            REPAIR_BYTES.set(chores["repair"]["bytes_total"])
+    except wire.WireError:
+        pass
+    return generate_latest(REGISTRY)
