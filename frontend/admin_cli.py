@@ -50,6 +50,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--secret-key", default=secret)
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("health", help="can this frontend serve writes?")
+    sub.add_parser("status", help="Raft leader and members, blob nodes, GC, expiry, repair")
+    repair = sub.add_parser("repair", help="re-replication of chunks that lost replicas")
+    repair.add_argument("--run-now", action="store_true")
     users = sub.add_parser("user", help="users").add_subparsers(dest="action", required=True)
     add = users.add_parser("add", help="create a user")
     add.add_argument("name")
@@ -75,6 +78,8 @@ def main(argv: list[str]) -> int:
     q = lambda value: quote(value, safe="")  # noqa: E731
     calls = {
         ("health", None): lambda: request(args, "GET", "health"),
+        ("status", None): lambda: request(args, "GET", "status"),
+        ("repair", None): lambda: request(args, "POST" if args.run_now else "GET", "repair"),
         ("user", "add"): lambda: request(args, "POST", "users", {"name": args.name, "admin": args.admin}),
         ("user", "ls"): lambda: request(args, "GET", "users"),
         ("user", "rm"): lambda: request(args, "DELETE", f"users/{q(args.name)}"),

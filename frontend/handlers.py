@@ -352,6 +352,8 @@ async def admin(ctx: Context, request: Any, path: str) -> Response:
                            "blobnodes_writable": len(nodes), "chunk_buffers_free": ctx.data.buffers.value,
                            "chunk_buffers": ctx.data.buffer_count})
         return Response(body, status=200 if healthy else 503, content_type="application/json")
+    if path == "status" and request.method == "GET":
+        return Response(json.dumps(await cluster_status(ctx), indent=1), status=200, content_type="application/json")
     if path == "metrics" and request.method == "GET":
         return Response(await metrics.render(ctx), status=200, content_type="text/plain; version=0.0.4")
     parts = [unquote(p) for p in path.split("/") if p]
@@ -377,3 +379,34 @@ async def admin(ctx: Context, request: Any, path: str) -> Response:
             reply = {"ok": False, "err": "Unavailable", "msg": "no Raft leader answered"}
         return Response(json.dumps(reply), status=200 if reply.get("ok") else 503, content_type="application/json")
     return Response(json.dumps({"error": "unknown admin endpoint"}), status=404, content_type="application/json")
+
+
+async def cluster_status(ctx: Context) -> dict[str, Any]:
+    """What an operator asks first: who leads Raft, which blob nodes are up, how much
+    is stored, what GC, expiry and repair are doing."""
+    raft = []
+    for addr in ctx.meta.addrs:
+        try:
+            status = await ctx.meta.status(addr)
+            raft.append({"rpc": addr, "up": True, **{k: status.get(k) for k in (
+                "self", "leader", "is_leader", "term", "commit_index", "last_applied", "log_size")}})
+        except wire.WireError:
+            raft.append({"rpc": addr, "up": False})
+    out: dict[str, Any] = {"raftmeta": raft}
+    try:
+        chores = await ctx.meta.call({"op": "chore", "name": "status"}, deadline=5)
+        stats = await ctx.meta.read({"q": "stats"}, deadline=5)
+        nodes = (await ctx.meta.read({"q": "nodes"}, deadline=5))["nodes"]
+    except wire.WireError:
+        out["error"] = "no Raft leader answered"
+        return out
+    now = time.time()
+    dead_after = chores.get("repair", {}).get("dead_after", 600)
+    for node in nodes:
+        age = now - node["heartbeat"]
+        node["state"] = "dead" if age >= dead_after else ("unavailable" if age >= 12 else "up")
+        node["heartbeat_age_s"] = round(age, 1)
+    out.update(blobnodes=nodes, objects=stats.get("objects"), bytes=stats.get("bytes"), buckets=stats.get("buckets"),
+               gc=chores.get("gc"), uploads=chores.get("uploads"), expiry=chores.get("expiry"),
+               repair=chores.get("repair"))
+    return out

@@ -68,6 +68,10 @@ def test_dead_node_replicas_are_recreated(tmp_path_factory):
             assert s3.get_object(Bucket="heal", Key=key)["Body"].read() == body
         status, info = cluster.admin("GET", "repair")
         assert status == 200 and info["repair"]["repaired_total"] >= held and victim_id in info["repair"]["dead_nodes"]
+        status, overview = cluster.admin("GET", "status")
+        assert status == 200 and sum(1 for r in overview["raftmeta"] if r.get("is_leader")) == 1
+        states = {n["node_id"]: n["state"] for n in overview["blobnodes"]}
+        assert states[victim_id] == "dead" and sorted(states.values()).count("up") == 3
 
 
 def test_read_repair_restores_a_corrupt_replica(tmp_path_factory):
