@@ -45,8 +45,12 @@ class BlobClient:
     async def delete(self, addr: str, chunk_ids: list[str]) -> int:
         return (await self._call(addr, {"op": "delete", "ids": chunk_ids}))[0]["deleted"]
 
-    async def list(self, addr: str, after: str = "", limit: int = 1000) -> tuple[list[str], bool]:
-        reply = (await self._call(addr, {"op": "list", "after": after, "limit": limit}))[0]
+    async def list(self, addr: str, after: str = "", limit: int = 1000,
+                   older_than: float | None = None) -> tuple[list[str], bool]:
+        header: dict[str, Any] = {"op": "list", "after": after, "limit": limit}
+        if older_than is not None:
+            header["older_than"] = older_than
+        reply = (await self._call(addr, header))[0]
         return reply["ids"], reply["more"]
 
     async def list_all(self, addr: str) -> list[str]:

@@ -58,7 +58,8 @@ class BlobServer:
                     deleted += await self._disk(self.store.delete, chunk_id)
                 await conn.send({"ok": True, "deleted": deleted})
             elif op == "list":
-                ids, more = await self._disk(self.store.list, h.get("after", ""), min(int(h.get("limit", 1000)), 10000))
+                ids, more = await self._disk(self.store.list, h.get("after", ""), min(int(h.get("limit", 1000)), 10000),
+                                             h.get("older_than"))
                 await conn.send({"ok": True, "ids": ids, "more": more})
             elif op == "pull":  # repair: copy a chunk from another blob node, verified, stored durably
                 _reply, data = await self.peers.get(h["src"], h["id"], timeout=60)

@@ -228,8 +228,9 @@ class ChunkStore:
             self.used -= size
             self.count -= 1
 
-    def list(self, after: str = "", limit: int = 1000) -> tuple[list[str], bool]:
-        """Chunk ids in order, after ``after``; (ids, more)."""
+    def list(self, after: str = "", limit: int = 1000, older_than: float | None = None) -> tuple[list[str], bool]:
+        """Chunk ids in order, after ``after``; (ids, more). With ``older_than`` (a Unix
+        time), only chunks whose file was last written before it."""
         ids: list[str] = []
         for a in sorted(os.listdir(self.chunk_dir)):
             if a < after[:2]:
@@ -239,6 +240,12 @@ class ChunkStore:
                     continue
                 for name in sorted(os.listdir(os.path.join(self.chunk_dir, a, b))):
                     if name > after:
+                        if older_than is not None:
+                            try:
+                                if os.stat(os.path.join(self.chunk_dir, a, b, name)).st_mtime >= older_than:
+                                    continue
+                            except FileNotFoundError:
+                                continue
                         ids.append(name)
                         if len(ids) > limit:
                             return ids[:limit], True

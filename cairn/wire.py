@@ -14,7 +14,7 @@ Blob node ops (payload where noted):
   get    {id, off?, len?}            -> {ok, size, sha256, n} + payload
   stat   {id}                        -> {ok, size, sha256}
   delete {ids}                       -> {ok, deleted}
-  list   {after?, limit?}            -> {ok, ids, more}
+  list   {after?, limit?, older_than?} -> {ok, ids, more}
   info   {}                          -> {ok, node_id, capacity, used, chunks}
   pull   {id, sha256, src}           -> {ok, created}   (copy a chunk from the node at src)
 

@@ -370,7 +370,8 @@ async def admin(ctx: Context, request: Any, path: str) -> Response:
             status, result = exc.status, {"error": exc.code, "message": exc.message}
         return Response(b"" if result is None else json.dumps(result), status=status, content_type="application/json")
     chores = {("GET", "uploads"): "status", ("POST", "uploads/expire"): "expire_uploads", ("POST", "gc"): "gc",
-              ("GET", "gc"): "status", ("GET", "repair"): "status", ("POST", "repair"): "repair"}
+              ("GET", "gc"): "status", ("GET", "repair"): "status", ("POST", "repair"): "repair",
+              ("POST", "orphans"): "orphans"}
     chore = chores.get((request.method, path))
     if chore is not None:
         try:

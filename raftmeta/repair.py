@@ -86,5 +86,15 @@ def cmd_replicas_lost(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str, 
     return {"objects": changed}
 
 
+def q_node_refs(db: sqlite3.Connection, q: dict[str, Any]) -> dict[str, Any]:
+    """Every chunk id that a manifest (object or live upload part) places on ``node``."""
+    node = q["node"]
+    ids: set[str] = set()
+    for table in ("objects", "parts"):
+        for (chunks,) in db.execute(f"SELECT chunks FROM {table}"):
+            ids.update(c[0] for c in _unpackb(chunks) if node in c[3])
+    return {"ids": sorted(ids)}
+
+
 COMMANDS = {"set_replicas": cmd_set_replicas, "drop_replica": cmd_drop_replica, "replicas_lost": cmd_replicas_lost}
-QUERIES = {"repair_scan": q_repair_scan}
+QUERIES = {"repair_scan": q_repair_scan, "node_refs": q_node_refs}

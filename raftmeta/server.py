@@ -46,6 +46,7 @@ class MetaServer:
         self, node: MetaNode, state: MetaState, secret: str, *, gc_grace: float, gc_interval: float,
         upload_ttl: float = 86400.0, expiry_interval: float = 60.0,
         replicas: int = 3, dead_after: float = 600.0, repair_interval: float = 10.0,
+        orphan_grace: float = 21600.0, orphan_interval: float = 600.0,
     ) -> None:
         self.node = node
         self.state = state
@@ -59,6 +60,8 @@ class MetaServer:
         self.gc_deleted = 0
         self.expiry: dict[str, Any] = {"ttl": upload_ttl, "interval": expiry_interval, "last_run": None,
                                        "last_aborted": 0, "aborted_total": 0}
+        self.orphan: dict[str, Any] = {"grace": orphan_grace, "interval": orphan_interval, "last_run": None,
+                                       "deleted_total": 0}
         self.repair: dict[str, Any] = {"replicas": replicas, "dead_after": dead_after, "interval": repair_interval,
                                        "last_run": None, "last_under_replicated": 0, "repaired_total": 0,
                                        "bytes_total": 0, "dead_nodes": []}
@@ -212,6 +215,42 @@ class MetaServer:
             log.info("repair: %d chunks re-replicated (%d under-replicated seen)", repaired, under)
         return repaired
 
+    async def orphan_pass(self) -> int:
+        """Delete chunk files that no manifest places on their node and that are older
+        than ``orphan_grace`` (written by a frontend that died mid-upload, cut-off slow
+        replicas, copies superseded by repair on a node that came back). Leader only."""
+        if not self.node._isLeader():
+            return 0
+        now = time.time()
+        deleted = 0
+        for node in self.state.query({"q": "nodes"})["nodes"]:
+            if now - node["heartbeat"] > 30:
+                continue  # not reachable now; its files are looked at when it is back
+            refs = set(self.state.query({"q": "node_refs", "node": node["node_id"]})["ids"])
+            after, more = "", True
+            try:
+                while more:
+                    ids, more = await self.blobs.list(node["addr"], after, 1000, older_than=now - self.orphan["grace"])
+                    orphans = [i for i in ids if i not in refs]
+                    if orphans:
+                        deleted += await self.blobs.delete(node["addr"], orphans)
+                    if ids:
+                        after = ids[-1]
+            except (wire.WireError, OSError) as exc:
+                log.info("orphan sweep of node %s stopped: %s", node["node_id"], exc)
+        self.orphan.update(last_run=time.time(), deleted_total=self.orphan["deleted_total"] + deleted)
+        if deleted:
+            log.info("orphan sweep: %d unreferenced chunk files deleted", deleted)
+        return deleted
+
+    async def _orphan_loop(self) -> None:
+        while True:
+            await trio.sleep(self.orphan["interval"])
+            try:
+                await self.orphan_pass()
+            except Exception:
+                log.exception("orphan sweep failed")
+
     async def _repair_loop(self) -> None:
         while True:
             await trio.sleep(self.repair["interval"])
@@ -230,6 +269,8 @@ class MetaServer:
             await self.expire_pass()
         elif name == "repair":
             await self.repair_pass()
+        elif name == "orphans":
+            await self.orphan_pass()
         elif name == "gc":
             await self.gc_pass()
         elif name != "status":
@@ -238,6 +279,7 @@ class MetaServer:
         gc = self.state.query({"q": "gc_pending", "before": time.time() - self.gc_grace, "limit": 0})
         return {"ok": True, "leader": self.node.selfNode.address, "uploads": counts["uploads"],
                 "expired_waiting": counts["expired"], "expiry": self.expiry, "repair": self.repair,
+                "orphans": self.orphan,
                 "gc": {"grace": self.gc_grace, "queued": gc["total"], "deleted_total": self.gc_deleted}}
 
     async def expire_pass(self) -> int:
@@ -316,7 +358,8 @@ async def serve(args: Any) -> None:
         log.warning("--unsafe-no-journal-sync: acknowledged writes can be lost on power loss")
     server = MetaServer(node, state, args.secret, gc_grace=args.gc_grace, gc_interval=args.gc_interval,
                         upload_ttl=args.upload_ttl, expiry_interval=args.upload_expiry_interval,
-                        replicas=args.replicas, dead_after=args.dead_after, repair_interval=args.repair_interval)
+                        replicas=args.replicas, dead_after=args.dead_after, repair_interval=args.repair_interval,
+                        orphan_grace=args.orphan_grace, orphan_interval=args.orphan_interval)
     host, port = wire.split_addr(args.rpc)
     log.info("raftmeta %s: raft %s, peers %s, rpc %s", args.data_dir, args.raft, ",".join(args.peers), args.rpc)
     try:
@@ -325,6 +368,7 @@ async def serve(args: Any) -> None:
             nursery.start_soon(server._gc_loop)
             nursery.start_soon(server._expiry_loop)
             nursery.start_soon(server._repair_loop)
+            nursery.start_soon(server._orphan_loop)
             await trio.serve_tcp(server.serve_conn, port, host=host)
     finally:
         node.destroy()

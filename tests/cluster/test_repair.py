@@ -131,3 +131,31 @@ def test_scrubber_quarantines_and_repair_restores(tmp_path_factory):
         else:
             pytest.fail("the scrubber did not quarantine the corrupt chunk, or repair did not restore it")
         assert s3.get_object(Bucket="heal", Key="bitrot")["Body"].read() == body
+
+
+def test_orphans_of_a_dead_frontend_are_reclaimed(tmp_path_factory):
+    import threading
+
+    flags = ["--orphan-grace", "2", "--orphan-interval", "0.5", "--gc-grace", "0.5", "--gc-interval", "0.3"]
+    with Cluster(tmp_path_factory.mktemp("orphans"), frontends=2, chunk_size=MIB, raftmeta_flags=flags) as cluster:
+        s3 = cluster.s3(1)
+        s3.create_bucket(Bucket="heal")
+        s3.put_object(Bucket="heal", Key="kept", Body=os.urandom(2 * MIB))
+
+        def upload() -> None:
+            try:
+                cluster.s3(0, retries={"max_attempts": 1}).put_object(Bucket="heal", Key="cut",
+                                                                       Body=os.urandom(60 * MIB))
+            except Exception:  # the frontend dies under it
+                pass
+
+        t = threading.Thread(target=upload)
+        t.start()
+        deadline = time.monotonic() + 20
+        while len(cluster.chunk_files()) < 2 * 3 + 6 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        cluster.kill("frontend1")
+        t.join(30)
+        assert set(cluster.chunk_files()) - cluster.chunk_refs()["referenced"], "the dead upload left no chunk behind"
+        assert cluster.wait_no_orphans(timeout=30) == set()
+        assert len(s3.get_object(Bucket="heal", Key="kept")["Body"].read()) == 2 * MIB
