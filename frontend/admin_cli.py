@@ -69,6 +69,10 @@ def main(argv: list[str]) -> int:
     revoke = sub.add_parser("revoke", help="take USER's permission on BUCKET away")
     revoke.add_argument("bucket")
     revoke.add_argument("user")
+    node = sub.add_parser("node", help="blob nodes").add_subparsers(dest="action", required=True)
+    node.add_parser("drain", help="take no new chunks; repair moves its replicas away").add_argument("node_id")
+    node.add_parser("activate", help="take new chunks again").add_argument("node_id")
+    node.add_parser("rm", help="decommission a drained node").add_argument("node_id")
     uploads = sub.add_parser("uploads", help="the incomplete multipart upload expiry task")
     uploads.add_argument("--expire-now", action="store_true")
     gc = sub.add_parser("gc", help="chunk garbage collection")
@@ -85,6 +89,9 @@ def main(argv: list[str]) -> int:
         ("user", "rm"): lambda: request(args, "DELETE", f"users/{q(args.name)}"),
         ("key", "add"): lambda: request(args, "POST", f"users/{q(args.user)}/keys"),
         ("key", "rm"): lambda: request(args, "DELETE", f"keys/{q(args.key_id)}"),
+        ("node", "drain"): lambda: request(args, "POST", f"nodes/{q(args.node_id)}/drain"),
+        ("node", "activate"): lambda: request(args, "POST", f"nodes/{q(args.node_id)}/activate"),
+        ("node", "rm"): lambda: request(args, "DELETE", f"nodes/{q(args.node_id)}"),
         ("grant", None): lambda: request(args, "PUT", f"buckets/{q(args.bucket)}/grants/{q(args.user)}",
                                          {"permission": args.permission}),
         ("revoke", None): lambda: request(args, "DELETE", f"buckets/{q(args.bucket)}/grants/{q(args.user)}"),

@@ -357,7 +357,7 @@ async def admin(ctx: Context, request: Any, path: str) -> Response:
     if path == "metrics" and request.method == "GET":
         return Response(await metrics.render(ctx), status=200, content_type="text/plain; version=0.0.4")
     parts = [unquote(p) for p in path.split("/") if p]
-    if parts and parts[0] in ("users", "keys", "buckets"):
+    if parts and parts[0] in ("users", "keys", "buckets", "nodes"):
         raw = await request.get_data(cache=False) if (request.content_length or 0) <= 65536 else b""
         try:
             body = json.loads(raw) if raw.strip() else {}

@@ -139,6 +139,7 @@ class AdminError(Exception):
 
 
 _STATUS = {"UserAlreadyExists": 409, "NoSuchUser": 404, "UserOwnsBuckets": 409, "KeyAlreadyExists": 409,
+           "NoSuchNode": 404, "NodeNotEmpty": 409,
            "NoSuchKeyId": 404, "NoSuchBucket": 404, "InvalidArgument": 400}
 
 
@@ -153,7 +154,7 @@ async def _write(ctx: Context, cmd: dict[str, Any]) -> dict[str, Any]:
 
 
 async def admin_users(ctx: Context, method: str, parts: list[str], body: dict[str, Any], ts: float) -> tuple[int, Any]:
-    """/_cairn/users..., /_cairn/keys/..., /_cairn/buckets/B/grants/U: (status, JSON)."""
+    """/_cairn/users..., /_cairn/keys/..., /_cairn/buckets/B/grants/U, /_cairn/nodes/N/...: (status, JSON)."""
     if parts == ["users"] and method == "GET":
         return 200, (await ctx.meta.read({"q": "users"}))["users"]
     if parts == ["users"] and method == "POST":
@@ -183,4 +184,11 @@ async def admin_users(ctx: Context, method: str, parts: list[str], body: dict[st
         if method == "DELETE":
             await _write(ctx, {"op": "grant", "bucket": parts[1], "user": _name(parts[3]), "permission": None})
             return 204, None
+    if len(parts) == 3 and parts[0] == "nodes" and method == "POST" and parts[2] in ("drain", "activate"):
+        state = "draining" if parts[2] == "drain" else "active"
+        await _write(ctx, {"op": "set_node_state", "node_id": parts[1], "state": state})
+        return 200, {"node_id": parts[1], "state": state}
+    if len(parts) == 2 and parts[0] == "nodes" and method == "DELETE":
+        await _write(ctx, {"op": "set_node_state", "node_id": parts[1], "state": "removed"})
+        return 204, None
     raise AdminError(404, "NoSuchEndpoint", "unknown admin endpoint")

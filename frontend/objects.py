@@ -66,7 +66,8 @@ class NodeDirectory:
         reply = await self.meta.read({"q": "nodes"}, linear=False, deadline=5.0)
         if reply.get("ok"):
             self.nodes = {
-                n["node_id"]: placement.Node(n["node_id"], n["addr"], n["capacity"], n["used"], n["heartbeat"])
+                n["node_id"]: placement.Node(n["node_id"], n["addr"], n["capacity"], n["used"], n["heartbeat"],
+                                             n.get("state", "active"))
                 for n in reply["nodes"]
             }
             self.fresh.set()
@@ -82,7 +83,7 @@ class NodeDirectory:
     def writable(self) -> list[placement.Node]:
         now = time.time()
         mono = time.monotonic()
-        alive = [n for n in self.nodes.values() if n.alive(now)]
+        alive = [n for n in self.nodes.values() if n.alive(now) and n.state == "active"]
         healthy = [n for n in alive if mono - self.failed_at.get(n.node_id, -1e9) > NODE_BACKOFF]
         return healthy if healthy else alive
 

@@ -22,6 +22,7 @@ class Node:
     capacity: int = 0
     used: int = 0
     heartbeat: float = 0.0
+    state: str = "active"  # draining nodes serve reads but take no new chunks
 
     @property
     def free(self) -> int:

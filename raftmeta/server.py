@@ -175,8 +175,9 @@ class MetaServer:
             return 0
         now = time.time()
         nodes = self.state.query({"q": "nodes"})["nodes"]
-        alive = {n["node_id"]: n for n in nodes if now - n["heartbeat"] < self.repair["dead_after"]}
-        self.repair["dead_nodes"] = sorted(n["node_id"] for n in nodes if n["node_id"] not in alive)
+        reachable = {n["node_id"]: n for n in nodes if now - n["heartbeat"] < self.repair["dead_after"]}
+        alive = {i: n for i, n in reachable.items() if n["state"] == "active"}  # where replicas count
+        self.repair["dead_nodes"] = sorted(n["node_id"] for n in nodes if n["node_id"] not in reachable)
         repaired = 0
         under = 0
         cursor = ["", ""]
@@ -188,7 +189,8 @@ class MetaServer:
             for bucket, key, version, chunk, size, sha256, replicas in scan["items"]:
                 under += 1
                 healthy = [n for n in replicas if n in alive]
-                if not healthy:
+                sources = healthy + [n for n in replicas if n in reachable and n not in alive]  # + draining
+                if not sources:
                     log.error("chunk %s of %s/%s has no live replica", chunk, bucket, key)
                     continue
                 spares = sorted((n for n in alive.values() if n["node_id"] not in healthy),
@@ -196,14 +198,17 @@ class MetaServer:
                 added = []
                 for target in spares[: self.repair["replicas"] - len(healthy)]:
                     try:
-                        await self.blobs.pull(target["addr"], chunk, sha256, alive[healthy[0]]["addr"])
+                        await self.blobs.pull(target["addr"], chunk, sha256, reachable[sources[0]]["addr"])
                         added.append(target["node_id"])
                         self.repair["bytes_total"] += size
                     except (wire.WireError, OSError) as exc:
                         log.warning("repair of chunk %s onto %s failed: %s", chunk, target["node_id"], exc)
-                if added or len(healthy) < len(replicas):
+                keep = healthy + added
+                if len(keep) < self.repair["replicas"]:  # a draining copy leaves only once replaced
+                    keep += [n for n in sources if n not in keep]
+                if set(keep) != set(replicas):
                     result = await self.propose({"op": "set_replicas", "bucket": bucket, "key": key,
-                                                 "version": version, "chunk": chunk, "nodes": healthy + added})
+                                                 "version": version, "chunk": chunk, "nodes": keep})
                     if result.get("ok") and added:
                         repaired += 1
             if scan["done"]:

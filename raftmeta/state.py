@@ -49,7 +49,8 @@ CREATE TABLE IF NOT EXISTS bucket_config (
 CREATE TABLE IF NOT EXISTS shared (chunk TEXT PRIMARY KEY, refs INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS nodes (
     node_id TEXT PRIMARY KEY, addr TEXT NOT NULL, capacity INTEGER NOT NULL, used INTEGER NOT NULL,
-    chunks INTEGER NOT NULL DEFAULT 0, heartbeat REAL NOT NULL, registered REAL NOT NULL
+    chunks INTEGER NOT NULL DEFAULT 0, heartbeat REAL NOT NULL, registered REAL NOT NULL,
+    state TEXT NOT NULL DEFAULT 'active'
 ) WITHOUT ROWID;
 """
 
@@ -91,6 +92,9 @@ class MetaState:
         self.path = path
         self.db = self._open(path)
         self.db.executescript(SCHEMA)
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(nodes)")}
+        if "state" not in columns:  # a database from before node states
+            self.db.execute("ALTER TABLE nodes ADD COLUMN state TEXT NOT NULL DEFAULT 'active'")
         self.reader = self._open(path)
         # Held by every query and by a snapshot restore, which swaps the connections.
         self.reader_lock = threading.Lock()
@@ -398,6 +402,23 @@ def cmd_node_heartbeat(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str,
     return {}
 
 
+def cmd_set_node_state(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str, Any]:
+    """active | draining (no new chunks; repair moves its replicas away) | removed
+    (decommissioned: refused while any manifest still places a chunk on it)."""
+    state, node = cmd["state"], cmd["node_id"]
+    if state not in ("active", "draining", "removed"):
+        raise Failed("InvalidArgument")
+    if db.execute("SELECT 1 FROM nodes WHERE node_id=?", (node,)).fetchone() is None:
+        raise Failed("NoSuchNode")
+    if state == "removed":
+        for table in ("objects", "parts"):
+            for (chunks,) in db.execute(f"SELECT chunks FROM {table}"):
+                if any(node in c[3] for c in _unpackb(chunks)):
+                    raise Failed("NodeNotEmpty")
+    db.execute("UPDATE nodes SET state=? WHERE node_id=?", (state, node))
+    return {}
+
+
 COMMANDS: dict[str, Callable[[sqlite3.Connection, dict[str, Any]], dict[str, Any]]] = {
     "create_bucket": cmd_create_bucket,
     "delete_bucket": cmd_delete_bucket,
@@ -410,6 +431,7 @@ COMMANDS: dict[str, Callable[[sqlite3.Connection, dict[str, Any]], dict[str, Any
     "set_tags": cmd_set_tags,
     "gc_done": cmd_gc_done,
     "node_heartbeat": cmd_node_heartbeat,
+    "set_node_state": cmd_set_node_state,
 }
 
 
@@ -514,8 +536,12 @@ def q_bucket_config(db: sqlite3.Connection, q: dict[str, Any]) -> dict[str, Any]
 
 
 def q_nodes(db: sqlite3.Connection, q: dict[str, Any]) -> dict[str, Any]:
-    rows = db.execute("SELECT node_id, addr, capacity, used, chunks, heartbeat FROM nodes ORDER BY node_id").fetchall()
-    keys = ("node_id", "addr", "capacity", "used", "chunks", "heartbeat")
+    """The blob-node registry, without decommissioned nodes."""
+    rows = db.execute(
+        "SELECT node_id, addr, capacity, used, chunks, heartbeat, state FROM nodes WHERE state != 'removed' "
+        "ORDER BY node_id"
+    ).fetchall()
+    keys = ("node_id", "addr", "capacity", "used", "chunks", "heartbeat", "state")
     return {"nodes": [dict(zip(keys, r, strict=True)) for r in rows]}
 
 

@@ -159,3 +159,34 @@ def test_orphans_of_a_dead_frontend_are_reclaimed(tmp_path_factory):
         assert set(cluster.chunk_files()) - cluster.chunk_refs()["referenced"], "the dead upload left no chunk behind"
         assert cluster.wait_no_orphans(timeout=30) == set()
         assert len(s3.get_object(Bucket="heal", Key="kept")["Body"].read()) == 2 * MIB
+
+
+def test_drain_then_decommission(tmp_path_factory):
+    with Cluster(tmp_path_factory.mktemp("drain"), blobs=4, frontends=1, chunk_size=MIB,
+                 raftmeta_flags=["--repair-interval", "0.5"]) as cluster:
+        s3 = cluster.s3(0)
+        s3.create_bucket(Bucket="heal")
+        bodies = {f"d{i}": os.urandom(2 * MIB + i) for i in range(5)}
+        for key, body in bodies.items():
+            s3.put_object(Bucket="heal", Key=key, Body=body)
+        node_id = next(iter(_node_dirs(cluster)))
+        status, _ = cluster.admin("DELETE", f"nodes/{node_id}")
+        assert status == 409  # still holds replicas
+        status, _ = cluster.admin("POST", f"nodes/{node_id}/drain")
+        assert status == 200
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline:
+            manifests = _manifests(cluster, list(bodies))
+            if all(node_id not in c[3] and len(c[3]) == 3 for chunks in manifests.values() for c in chunks):
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail("the draining node was not emptied")
+        s3.put_object(Bucket="heal", Key="after-drain", Body=os.urandom(MIB))
+        assert all(node_id not in c[3] for c in _manifests(cluster, ["after-drain"])["after-drain"])
+        status, _ = cluster.admin("DELETE", f"nodes/{node_id}")
+        assert status == 204
+        _, overview = cluster.admin("GET", "status")
+        assert node_id not in {n["node_id"] for n in overview["blobnodes"]}
+        for key, body in bodies.items():
+            assert s3.get_object(Bucket="heal", Key=key)["Body"].read() == body
