@@ -44,6 +44,7 @@ def add_raftmeta(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dead-after", type=float, default=600.0,
                    help="seconds without a heartbeat before a blob node's replicas are re-created elsewhere")
     p.add_argument("--repair-interval", type=float, default=10.0)
+    p.add_argument("--repair-rate", type=float, default=50.0, help="MB/s that repair copies at, at most")
     p.add_argument("--orphan-grace", type=float, default=21600.0,
                    help="seconds before a chunk file no manifest references is deleted (must exceed the longest upload)")
     p.add_argument("--orphan-interval", type=float, default=600.0)

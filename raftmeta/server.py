@@ -45,7 +45,7 @@ class MetaServer:
     def __init__(
         self, node: MetaNode, state: MetaState, secret: str, *, gc_grace: float, gc_interval: float,
         upload_ttl: float = 86400.0, expiry_interval: float = 60.0,
-        replicas: int = 3, dead_after: float = 600.0, repair_interval: float = 10.0,
+        replicas: int = 3, dead_after: float = 600.0, repair_interval: float = 10.0, repair_rate: float = 50.0,
         orphan_grace: float = 21600.0, orphan_interval: float = 600.0,
     ) -> None:
         self.node = node
@@ -63,6 +63,7 @@ class MetaServer:
         self.orphan: dict[str, Any] = {"grace": orphan_grace, "interval": orphan_interval, "last_run": None,
                                        "deleted_total": 0}
         self.repair: dict[str, Any] = {"replicas": replicas, "dead_after": dead_after, "interval": repair_interval,
+                                       "rate_mb_s": repair_rate,
                                        "last_run": None, "last_under_replicated": 0, "repaired_total": 0,
                                        "bytes_total": 0, "dead_nodes": []}
 
@@ -198,9 +199,12 @@ class MetaServer:
                 added = []
                 for target in spares[: self.repair["replicas"] - len(healthy)]:
                     try:
+                        started = time.monotonic()
                         await self.blobs.pull(target["addr"], chunk, sha256, reachable[sources[0]]["addr"])
                         added.append(target["node_id"])
                         self.repair["bytes_total"] += size
+                        # the rate limit: client traffic keeps the disks and the network first
+                        await trio.sleep(max(0.0, size / (self.repair["rate_mb_s"] * 1e6) - (time.monotonic() - started)))
                     except (wire.WireError, OSError) as exc:
                         log.warning("repair of chunk %s onto %s failed: %s", chunk, target["node_id"], exc)
                 keep = healthy + added
@@ -364,6 +368,7 @@ async def serve(args: Any) -> None:
     server = MetaServer(node, state, args.secret, gc_grace=args.gc_grace, gc_interval=args.gc_interval,
                         upload_ttl=args.upload_ttl, expiry_interval=args.upload_expiry_interval,
                         replicas=args.replicas, dead_after=args.dead_after, repair_interval=args.repair_interval,
+                        repair_rate=args.repair_rate,
                         orphan_grace=args.orphan_grace, orphan_interval=args.orphan_interval)
     host, port = wire.split_addr(args.rpc)
     log.info("raftmeta %s: raft %s, peers %s, rpc %s", args.data_dir, args.raft, ",".join(args.peers), args.rpc)

@@ -182,6 +182,7 @@ def test_drain_then_decommission(tmp_path_factory):
             time.sleep(0.5)
         else:
             pytest.fail("the draining node was not emptied")
+        time.sleep(2.5)  # frontends re-read the registry every 2 s: then no new chunk goes to the node
         s3.put_object(Bucket="heal", Key="after-drain", Body=os.urandom(MIB))
         assert all(node_id not in c[3] for c in _manifests(cluster, ["after-drain"])["after-drain"])
         status, _ = cluster.admin("DELETE", f"nodes/{node_id}")

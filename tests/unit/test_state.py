@@ -739,14 +739,16 @@ def test_node_heartbeat_upserts(rep: Replica) -> None:
     assert rep.apply(hb) == {"ok": True}
     rep.apply({**hb, "node_id": "n1", "addr": "10.0.0.1:9000", "chunks": 3})
     assert rep.q(q="nodes")["nodes"] == [
-        {"node_id": "n1", "addr": "10.0.0.1:9000", "capacity": 1000, "used": 10, "chunks": 3, "heartbeat": 5.0},
-        {"node_id": "n2", "addr": "10.0.0.2:9000", "capacity": 1000, "used": 10, "chunks": 0, "heartbeat": 5.0},
+        {"node_id": "n1", "addr": "10.0.0.1:9000", "capacity": 1000, "used": 10, "chunks": 3, "heartbeat": 5.0,
+         "state": "active"},
+        {"node_id": "n2", "addr": "10.0.0.2:9000", "capacity": 1000, "used": 10, "chunks": 0, "heartbeat": 5.0,
+         "state": "active"},
     ]
     rep.apply({**hb, "addr": "10.0.0.9:9001", "capacity": 2000, "used": 500, "chunks": 7, "ts": 9.0})
     nodes = {n["node_id"]: n for n in rep.q(q="nodes")["nodes"]}
     assert len(nodes) == 2
     assert nodes["n2"] == {"node_id": "n2", "addr": "10.0.0.9:9001", "capacity": 2000, "used": 500, "chunks": 7,
-                           "heartbeat": 9.0}
+                           "heartbeat": 9.0, "state": "active"}
     # registration time is the first heartbeat's
     with sqlite3.connect(rep.path) as db:
         assert db.execute("SELECT registered FROM nodes WHERE node_id='n2'").fetchone() == (5.0,)
