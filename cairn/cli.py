@@ -79,7 +79,8 @@ commands:
   raftmeta   run one metadata (Raft) node
   blobnode   run one blob node
   frontend   run one S3 frontend
-  admin      operator commands against a frontend (users, keys, grants, uploads, gc)
+  admin      operator commands against a frontend (users, keys, grants, nodes, repair, uploads, gc)
+  chaos      a seeded chaos run against a fresh local cluster, with a verdict
 Run `cairn COMMAND --help` for a command's options."""
 
 
@@ -91,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     if command == "up":
         return up(rest)
+    if command == "chaos":
+        from chaos.run import main as chaos_main
+
+        return chaos_main(rest)
     if command == "admin":
         from frontend.admin_cli import main as admin_main
 

@@ -295,3 +295,25 @@ class Cluster:
                 return exc.code, json.loads(body)
             except ValueError:
                 return exc.code, {"raw": body.decode(errors="replace")}
+
+    def under_replicated(self, want: int) -> list[str]:
+        """Chunk ids with fewer than ``want`` replicas on blob nodes that heartbeat now."""
+        import trio
+
+        from raftmeta.client import MetaClient
+
+        async def ask() -> list[str]:
+            client = MetaClient(self.rpc, SECRET)
+            nodes = (await client.read({"q": "nodes"}))["nodes"]
+            alive = [n["node_id"] for n in nodes if time.time() - n["heartbeat"] < 15]
+            items: list[str] = []
+            cursor = ["", ""]
+            while True:
+                scan = await client.read({"q": "repair_scan", "alive": alive, "want": want, "after": cursor,
+                                          "limit": 1000})
+                items += [item[3] for item in scan["items"]]
+                if scan["done"]:
+                    return items
+                cursor = scan["next"]
+
+        return trio.run(ask)
