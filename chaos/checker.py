@@ -83,9 +83,18 @@ def check_register(ops: list[Op], initial: str | None = ABSENT, limit: int = 2_0
 
 def check_history(history: list[dict]) -> dict[str, Verdict]:
     """Group a recorded history (dicts with key, kind, value, start, end, ok) by key and
-    check each key. ``ok`` False with ``end`` None: outcome unknown (writes only)."""
+    check each key. ``ok`` False with ``end`` None: outcome unknown (writes only).
+
+    A write of unknown outcome whose value no read ever returned is left out: placing it
+    last (it may take effect at any time, or never) changes no read, and removing it
+    from a valid order keeps the order valid. Without this, every such write is a
+    candidate at every step and the search explodes."""
+    observed = {(h["key"], h.get("value")) for h in history if h["kind"] == "read" and h.get("ok")}
     by_key: dict[str, list[Op]] = {}
     for h in history:
+        if h["kind"] == "write" and not h.get("ok") and h.get("value") is not None \
+                and (h["key"], h["value"]) not in observed:
+            continue
         if h["kind"] == "read" and not h.get("ok"):
             continue
         end = h["end"] if h.get("ok") else math.inf

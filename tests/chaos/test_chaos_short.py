@@ -15,8 +15,8 @@ def test_short_chaos_run(tmp_path):
     out = tmp_path / "chaos"
     done = subprocess.run([sys.executable, "-m", "cairn.cli", "chaos", "run", "--seed", "7", "--duration", "30",
                            "--out", str(out)], capture_output=True, text=True, timeout=400)
+    print(done.stdout[-2000:], done.stderr[-4000:])
     report = json.loads((out / "report.json").read_text())
-    print(done.stdout[-2000:])
     assert report["operations"] > 200 and len(report["faults"]) >= 8
     assert report["verdict"] == "OK", report
     assert done.returncode == 0

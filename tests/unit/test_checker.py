@@ -91,3 +91,12 @@ def test_check_history_groups_by_key_and_handles_outcomes():
 def test_read_without_result_is_refused():
     with pytest.raises(ValueError):
         Op("read", "a", 0)
+
+
+def test_unobserved_unknown_writes_do_not_explode_the_search():
+    history = [{"key": "k", "kind": "write", "value": "a", "start": 0, "end": 1, "ok": True}]
+    for i in range(60):  # sixty writes that timed out, none of them ever read
+        history.append({"key": "k", "kind": "write", "value": f"lost{i}", "start": 2 + i, "end": None, "ok": False})
+    for i in range(60):
+        history.append({"key": "k", "kind": "read", "value": "a", "start": 100 + i, "end": 100.5 + i, "ok": True})
+    assert check_history(history)["k"].ok
