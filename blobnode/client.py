@@ -67,5 +67,9 @@ class BlobClient:
         reply = (await self._call(addr, {"op": "pull", "id": chunk_id, "sha256": sha256, "src": src}, timeout=90))[0]
         return bool(reply.get("created"))
 
+    async def scrub(self, addr: str) -> bool:
+        """Start a scrub pass on the node now (False: one is already running)."""
+        return bool((await self._call(addr, {"op": "scrub"}, timeout=5))[0].get("started"))
+
     async def info(self, addr: str, timeout: float = 3.0) -> dict[str, Any]:
         return (await self._call(addr, {"op": "info"}, timeout=timeout))[0]

@@ -28,6 +28,17 @@ class BlobServer:
         self.limiter = trio.CapacityLimiter(8)  # concurrent disk operations
         self.peers = BlobClient(secret)  # other blob nodes, for repair pulls
         self.scrubber: Scrubber | None = None
+        self.nursery: trio.Nursery | None = None
+        self.scrubbing = False
+
+    async def _scrub_now(self) -> None:
+        self.scrubbing = True
+        try:
+            await self.scrubber.scrub_pass()
+        except Exception:
+            log.exception("requested scrub pass failed")
+        finally:
+            self.scrubbing = False
 
     async def serve_conn(self, stream: trio.SocketStream) -> None:
         await wire.serve_connection(stream, self.secret, self.handle)
@@ -65,6 +76,11 @@ class BlobServer:
                 _reply, data = await self.peers.get(h["src"], h["id"], timeout=60)
                 created = await self._disk(self.store.put, h["id"], h["sha256"], data)
                 await conn.send({"ok": True, "created": created, "size": len(data)})
+            elif op == "scrub":  # an operator asked for a pass now; it runs in the background
+                started = self.scrubber is not None and self.nursery is not None and not self.scrubbing
+                if started:
+                    self.nursery.start_soon(self._scrub_now)
+                await conn.send({"ok": True, "started": started})
             elif op == "info":
                 await conn.send({"ok": True, **self.info()})
             else:
@@ -109,6 +125,7 @@ async def serve(args: Any) -> None:
     log.info("blobnode %s (%s) listening on %s, %d chunks", store.node_id, args.data_dir, args.listen, store.count)
     server.scrubber = Scrubber(store, meta, args.scrub_rate, args.scrub_interval)
     async with trio.open_nursery() as nursery:
+        server.nursery = nursery
         nursery.start_soon(heartbeat_loop, server, meta, advertise)
         nursery.start_soon(server.scrubber.run)
         await trio.serve_tcp(server.serve_conn, port, host=host)

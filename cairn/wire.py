@@ -17,6 +17,7 @@ Blob node ops (payload where noted):
   list   {after?, limit?, older_than?} -> {ok, ids, more}
   info   {}                          -> {ok, node_id, capacity, used, chunks}
   pull   {id, sha256, src}           -> {ok, created}   (copy a chunk from the node at src)
+  scrub  {}                          -> {ok, started}   (start a scrub pass now)
 
 Metadata (raftmeta) ops: ``{op: "write", cmd: {...}, rid}`` proposes a command through
 Raft; ``{op: "read", q: {...}, linear: bool}`` reads the state machine (after a Raft

@@ -75,6 +75,8 @@ def main(argv: list[str]) -> int:
     node.add_parser("rm", help="decommission a drained node").add_argument("node_id")
     uploads = sub.add_parser("uploads", help="the incomplete multipart upload expiry task")
     uploads.add_argument("--expire-now", action="store_true")
+    scrub = sub.add_parser("scrub", help="blob-node scrubbers: counters, or start a pass now")
+    scrub.add_argument("--run-now", action="store_true")
     gc = sub.add_parser("gc", help="chunk garbage collection")
     gc.add_argument("--run-now", action="store_true")
     args = p.parse_args(argv)
@@ -97,6 +99,7 @@ def main(argv: list[str]) -> int:
         ("revoke", None): lambda: request(args, "DELETE", f"buckets/{q(args.bucket)}/grants/{q(args.user)}"),
         ("uploads", None): lambda: request(args, "POST" if args.expire_now else "GET",
                                            "uploads/expire" if args.expire_now else "uploads"),
+        ("scrub", None): lambda: request(args, "POST" if args.run_now else "GET", "scrub"),
         ("gc", None): lambda: request(args, "POST" if args.run_now else "GET", "gc"),
     }
     status, result = calls[(args.command, getattr(args, "action", None))]()

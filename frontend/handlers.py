@@ -354,6 +354,9 @@ async def admin(ctx: Context, request: Any, path: str) -> Response:
         return Response(body, status=200 if healthy else 503, content_type="application/json")
     if path == "status" and request.method == "GET":
         return Response(json.dumps(await cluster_status(ctx), indent=1), status=200, content_type="application/json")
+    if path == "scrub" and request.method in ("GET", "POST"):
+        return Response(json.dumps(await scrub(ctx, start=request.method == "POST")), status=200,
+                        content_type="application/json")
     if path == "metrics" and request.method == "GET":
         return Response(await metrics.render(ctx), status=200, content_type="text/plain; version=0.0.4")
     parts = [unquote(p) for p in path.split("/") if p]
@@ -410,4 +413,17 @@ async def cluster_status(ctx: Context) -> dict[str, Any]:
     out.update(blobnodes=nodes, objects=stats.get("objects"), bytes=stats.get("bytes"), buckets=stats.get("buckets"),
                gc=chores.get("gc"), uploads=chores.get("uploads"), expiry=chores.get("expiry"),
                repair=chores.get("repair"))
+    return out
+
+
+async def scrub(ctx: Context, start: bool) -> dict[str, Any]:
+    """Each blob node's scrubber: its counters, and with ``start`` a pass begun now."""
+    out: dict[str, Any] = {}
+    for node in (await ctx.meta.read({"q": "nodes"}, linear=False, deadline=5))["nodes"]:
+        try:
+            started = await ctx.blobs.scrub(node["addr"]) if start else None
+            info = await ctx.blobs.info(node["addr"])
+            out[node["node_id"]] = {"addr": node["addr"], "started": started, **(info.get("scrub") or {})}
+        except wire.WireError as exc:
+            out[node["node_id"]] = {"addr": node["addr"], "error": str(exc)}
     return out

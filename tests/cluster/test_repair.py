@@ -131,6 +131,10 @@ def test_scrubber_quarantines_and_repair_restores(tmp_path_factory):
         else:
             pytest.fail("the scrubber did not quarantine the corrupt chunk, or repair did not restore it")
         assert s3.get_object(Bucket="heal", Key="bitrot")["Body"].read() == body
+        status, scrubbers = cluster.admin("POST", "scrub")  # an operator-triggered pass
+        assert status == 200 and len(scrubbers) == 3
+        assert sum(s["corrupt_found"] for s in scrubbers.values()) == 1
+        assert all(s["passes"] >= 1 and "error" not in s for s in scrubbers.values())
 
 
 def test_orphans_of_a_dead_frontend_are_reclaimed(tmp_path_factory):
