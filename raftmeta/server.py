@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,6 +103,15 @@ class MetaServer:
                 await trio.sleep(0.0005)
             return result
         return {"ok": False, "err": wire.ERR_UNAVAILABLE, "msg": "replica lagging"}
+
+    async def every(self, interval: float, chore: Callable[[], Awaitable[int]]) -> None:
+        """Run a leader chore every ``interval`` seconds (each chore checks leadership)."""
+        while True:
+            await trio.sleep(interval)
+            try:
+                await chore()
+            except Exception:
+                log.exception("%s failed", chore.__name__)
 
     async def _barrier_loop(self) -> None:
         while True:
@@ -252,22 +262,6 @@ class MetaServer:
             log.info("orphan sweep: %d unreferenced chunk files deleted", deleted)
         return deleted
 
-    async def _orphan_loop(self) -> None:
-        while True:
-            await trio.sleep(self.orphan["interval"])
-            try:
-                await self.orphan_pass()
-            except Exception:
-                log.exception("orphan sweep failed")
-
-    async def _repair_loop(self) -> None:
-        while True:
-            await trio.sleep(self.repair["interval"])
-            try:
-                await self.repair_pass()
-            except Exception:
-                log.exception("repair pass failed")
-
     # ---------------------------------------------------------------- leader chores
 
     async def chore(self, name: Any) -> dict[str, Any]:
@@ -311,14 +305,6 @@ class MetaServer:
             log.info("aborted %d multipart uploads older than %.0fs", aborted, self.expiry["ttl"])
         return aborted
 
-    async def _expiry_loop(self) -> None:
-        while True:
-            await trio.sleep(self.expiry["interval"])
-            try:
-                await self.expire_pass()
-            except Exception:
-                log.exception("upload expiry pass failed")
-
 
     async def gc_pass(self) -> int:
         """Delete chunks whose grace period is over from their blob nodes. Leader only."""
@@ -349,14 +335,6 @@ class MetaServer:
                 self.gc_deleted += len(done)
         return len(done)
 
-    async def _gc_loop(self) -> None:
-        while True:
-            await trio.sleep(self.gc_interval)
-            try:
-                await self.gc_pass()
-            except Exception:
-                log.exception("gc pass failed")
-
 
 async def serve(args: Any) -> None:
     os.makedirs(args.data_dir, exist_ok=True)
@@ -375,10 +353,11 @@ async def serve(args: Any) -> None:
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(server._barrier_loop)
-            nursery.start_soon(server._gc_loop)
-            nursery.start_soon(server._expiry_loop)
-            nursery.start_soon(server._repair_loop)
-            nursery.start_soon(server._orphan_loop)
+            for interval, chore in ((server.gc_interval, server.gc_pass),
+                                    (server.expiry["interval"], server.expire_pass),
+                                    (server.repair["interval"], server.repair_pass),
+                                    (server.orphan["interval"], server.orphan_pass)):
+                nursery.start_soon(server.every, interval, chore)
             await trio.serve_tcp(server.serve_conn, port, host=host)
     finally:
         node.destroy()

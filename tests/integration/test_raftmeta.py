@@ -2,7 +2,7 @@
 
 Each replica is a ``MetaState`` (SQLite under tmp_path), a ``MetaNode`` (PySyncObj with its
 own tick thread, on a free loopback port) and a ``MetaServer`` whose ``serve_conn``,
-``_barrier_loop`` and ``_gc_loop`` run in the test's nursery. Clients talk to the servers
+``_barrier_loop`` and the GC chore (``every``) run in the test's nursery. Clients talk to the servers
 through ``raftmeta.client.MetaClient`` over real sockets.
 
 Every test destroys its nodes (and joins their tick threads) before it returns, even when
@@ -100,7 +100,7 @@ class Replica:
             with trio.CancelScope() as self.scope:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self.server._barrier_loop)
-                    nursery.start_soon(self.server._gc_loop)
+                    nursery.start_soon(self.server.every, self.server.gc_interval, self.server.gc_pass)
                     listeners = await nursery.start(
                         partial(trio.serve_tcp, self.server.serve_conn, self.rpc_port, host="127.0.0.1")
                     )
