@@ -105,7 +105,8 @@ async def heartbeat_loop(server: BlobServer, meta: MetaClient, advertise: str) -
         try:
             reply = await meta.write({
                 "op": "node_heartbeat", "node_id": info["node_id"], "addr": advertise,
-                "capacity": info["capacity"], "used": info["capacity"] - info["free"],
+                # free space above the reserve is what writers may use
+                "capacity": info["capacity"], "used": info["capacity"] - max(0, info["free"] - server.store.reserve),
                 "chunks": info["chunks"], "ts": time.time(),
             }, deadline=HEARTBEAT_INTERVAL * 2)
             ok = bool(reply.get("ok"))
@@ -117,7 +118,7 @@ async def heartbeat_loop(server: BlobServer, meta: MetaClient, advertise: str) -
 
 
 async def serve(args: Any) -> None:
-    store = ChunkStore(args.data_dir)
+    store = ChunkStore(args.data_dir, reserve=int(args.reserve_mb * 1024 * 1024))
     server = BlobServer(store, args.secret)
     meta = MetaClient(args.meta, args.secret)
     host, port = wire.split_addr(args.listen)

@@ -10,12 +10,18 @@ so a chunk can be verified at rest (the scrubber) without asking raftmeta.
 
 Durability: a put is acknowledged only after its bytes matched the SHA-256 the writer
 sent, were fsynced in a temp file, renamed into place and the directory fsynced.
+A full disk is refused up front: a put that would leave less than ``reserve`` bytes
+free gets NoSpace before a byte is written (room stays for the directory fsyncs, the
+quarantine and the filesystem's own metadata), and an ENOSPC met mid-write also becomes
+NoSpace with the temp file removed. Either way nothing partial is left behind and the
+writer places the replica elsewhere.
 Chunk ids are 32 lowercase hex digits chosen by the frontend, never user input; any
 other id is refused before it touches a path.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -51,9 +57,15 @@ def check_id(chunk_id: str) -> str:
     return chunk_id
 
 
+def _no_space(exc: OSError) -> StoreError:
+    full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return StoreError("NoSpace" if full else "Internal", str(exc))
+
+
 class ChunkStore:
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, reserve: int = 0) -> None:
         self.root = os.path.abspath(root)
+        self.reserve = reserve
         self.chunk_dir = os.path.join(self.root, "chunks")
         self.tmp_dir = os.path.join(self.root, "tmp")
         os.makedirs(self.chunk_dir, exist_ok=True)
@@ -105,8 +117,13 @@ class ChunkStore:
             raise StoreError("ChecksumMismatch", "chunk does not match its sha256")
         if os.path.exists(final) and self._intact(final, digest, len(data)):
             return False  # an intact copy is already there; a damaged one is replaced below
+        if self.capacity()[1] - len(data) - HEADER_SIZE < self.reserve:
+            raise StoreError("NoSpace", f"disk full: fewer than {self.reserve} bytes would stay free")
         tmp = os.path.join(self.tmp_dir, f"{chunk_id}.{uuid.uuid4().hex[:8]}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except OSError as exc:
+            raise _no_space(exc) from exc
         try:
             os.write(fd, HEADER.pack(MAGIC, len(data), digest))
             view = memoryview(data)
@@ -116,9 +133,13 @@ class ChunkStore:
         except OSError as exc:
             os.close(fd)
             os.unlink(tmp)
-            raise StoreError("NoSpace" if exc.errno == 28 else "Internal", str(exc)) from exc
+            raise _no_space(exc) from exc
         os.close(fd)
-        self._make_parents(final)
+        try:
+            self._make_parents(final)
+        except OSError as exc:
+            os.unlink(tmp)
+            raise _no_space(exc) from exc
         with self._lock:  # the accounting must see whether the rename replaced a file
             try:
                 replaced = os.path.getsize(final) - HEADER_SIZE

@@ -59,6 +59,8 @@ def add_blobnode(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default="./data/blobnode")
     p.add_argument("--scrub-rate", type=float, default=20.0, help="MB/s the scrubber re-reads chunks at")
     p.add_argument("--scrub-interval", type=float, default=3600.0, help="seconds between scrub passes")
+    p.add_argument("--reserve-mb", type=float, default=64.0,
+                   help="MiB of disk kept free: a chunk that would eat into it is refused with NoSpace")
 
 
 def add_frontend(p: argparse.ArgumentParser) -> None:

@@ -3,6 +3,8 @@
 Every process is started with ``python -m cairn.cli ROLE ...`` in its own process
 group, logs to ``ROOT/logs/NAME.log`` and keeps its state under ``ROOT/NAME``; any of
 them can be killed (any signal), paused and restarted on the same ports and data.
+``blob_disk_mb`` gives chosen blob nodes a disk of their own of that size (a tmpfs
+mounted on the node's data dir; needs root), so a full disk is a real ENOSPC.
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ class Cluster:
     raftmeta_flags: list[str] = field(default_factory=list)
     frontend_flags: list[str] = field(default_factory=list)
     blobnode_flags: list[str] = field(default_factory=list)
+    blob_disk_mb: dict[int, int] = field(default_factory=dict)  # blob index (0-based) -> disk size
     procs: dict[str, Proc] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -102,7 +105,21 @@ class Cluster:
 
     # ------------------------------------------------------------------ lifecycle
 
+    def _mount_disks(self) -> None:
+        for index, mib in self.blob_disk_mb.items():
+            path = self.root / f"blobnode{index + 1}"
+            path.mkdir(parents=True, exist_ok=True)
+            if not os.path.ismount(path):
+                subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={mib}m", "tmpfs", str(path)], check=True)
+
+    def _unmount_disks(self) -> None:
+        for index in self.blob_disk_mb:
+            path = self.root / f"blobnode{index + 1}"
+            if os.path.ismount(path):
+                subprocess.run(["umount", str(path)], check=False)
+
     def start(self, name: str | None = None) -> None:
+        self._mount_disks()
         for proc in [self.procs[name]] if name else self.procs.values():
             if proc.alive():
                 continue
@@ -140,6 +157,7 @@ class Cluster:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.popen.pid, signal.SIGKILL)
                 proc.popen.wait(5)
+        self._unmount_disks()
 
     def __enter__(self) -> Cluster:
         self.start()

@@ -346,7 +346,7 @@ async def admin(ctx: Context, request: Any, path: str) -> Response:
             meta_ok = bool(reply.get("ok"))
         except wire.WireError:
             meta_ok = False
-        nodes = ctx.data.directory.writable()
+        nodes = ctx.data.directory.writable(ctx.data.settings.chunk_size)
         healthy = meta_ok and len(nodes) >= ctx.data.settings.write_quorum
         body = json.dumps({"status": "ok" if healthy else "degraded", "raftmeta": meta_ok,
                            "blobnodes_writable": len(nodes), "chunk_buffers_free": ctx.data.buffers.value,
@@ -410,6 +410,8 @@ async def cluster_status(ctx: Context) -> dict[str, Any]:
         age = now - node["heartbeat"]
         node["state"] = "dead" if age >= dead_after else ("unavailable" if age >= 12 else "up")
         node["heartbeat_age_s"] = round(age, 1)
+        node["free"] = max(0, node["capacity"] - node["used"])  # above the node's reserve
+        node["disk_full"] = node["free"] < ctx.data.settings.chunk_size
     out.update(blobnodes=nodes, objects=stats.get("objects"), bytes=stats.get("bytes"), buckets=stats.get("buckets"),
                gc=chores.get("gc"), uploads=chores.get("uploads"), expiry=chores.get("expiry"),
                repair=chores.get("repair"))

@@ -80,10 +80,13 @@ class NodeDirectory:
                 log.warning("cannot refresh the blob-node registry: %s", exc)
             await trio.sleep(NODES_REFRESH)
 
-    def writable(self) -> list[placement.Node]:
+    def writable(self, room: int = 0) -> list[placement.Node]:
+        """Active nodes that heartbeat and (as last reported) have ``room`` bytes free
+        above their reserve; nodes that failed a moment ago only if nothing else is left."""
         now = time.time()
         mono = time.monotonic()
-        alive = [n for n in self.nodes.values() if n.alive(now) and n.state == "active"]
+        alive = [n for n in self.nodes.values()
+                 if n.alive(now) and n.state == "active" and (not n.capacity or n.free >= room)]
         healthy = [n for n in alive if mono - self.failed_at.get(n.node_id, -1e9) > NODE_BACKOFF]
         return healthy if healthy else alive
 
@@ -268,15 +271,15 @@ class DataPath:
         s = self.settings
         if not self.directory.fresh.is_set():
             await self.directory.refresh()
-        ranked = placement.rank(chunk_id, self.directory.writable())
+        ranked = placement.rank(chunk_id, self.directory.writable(len(data)))
         if len(ranked) < s.replicas and time.monotonic() - self.directory.refreshed_at > 0.5:
             await self.directory.refresh()  # a node may have joined since the last refresh
-            ranked = placement.rank(chunk_id, self.directory.writable())
+            ranked = placement.rank(chunk_id, self.directory.writable(len(data)))
         with trio.move_on_after(NODES_WAIT):  # e.g. a cluster still starting: nodes register
             while len(ranked) < s.write_quorum:
                 await trio.sleep(0.25)
                 await self.directory.refresh()
-                ranked = placement.rank(chunk_id, self.directory.writable())
+                ranked = placement.rank(chunk_id, self.directory.writable(len(data)))
         if len(ranked) < s.write_quorum:
             raise QuorumError(acked)
         targets, spares = ranked[: s.replicas], ranked[s.replicas :]

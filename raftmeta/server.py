@@ -66,7 +66,10 @@ class MetaServer:
         self.repair: dict[str, Any] = {"replicas": replicas, "dead_after": dead_after, "interval": repair_interval,
                                        "rate_mb_s": repair_rate,
                                        "last_run": None, "last_under_replicated": 0, "repaired_total": 0,
-                                       "bytes_total": 0, "dead_nodes": []}
+                                       "bytes_total": 0, "dead_nodes": [],
+                                       # progress of the pass under way: what it found, what it did
+                                       "backlog_chunks": 0, "backlog_bytes": 0, "pass_bytes": 0,
+                                       "pass_started": None, "rate_bytes_s": None, "eta_s": None}
 
     # ---------------------------------------------------------------- raft calls
 
@@ -189,6 +192,8 @@ class MetaServer:
         reachable = {n["node_id"]: n for n in nodes if now - n["heartbeat"] < self.repair["dead_after"]}
         alive = {i: n for i, n in reachable.items() if n["state"] == "active"}  # where replicas count
         self.repair["dead_nodes"] = sorted(n["node_id"] for n in nodes if n["node_id"] not in reachable)
+        self._measure_backlog(list(alive))
+        pass_started = time.monotonic()
         repaired = 0
         under = 0
         cursor = ["", ""]
@@ -204,7 +209,8 @@ class MetaServer:
                 if not sources:
                     log.error("chunk %s of %s/%s has no live replica", chunk, bucket, key)
                     continue
-                spares = sorted((n for n in alive.values() if n["node_id"] not in healthy),
+                spares = sorted((n for n in alive.values() if n["node_id"] not in healthy
+                                 and n["capacity"] - n["used"] >= size),  # a full disk takes no repairs
                                 key=lambda n: n["capacity"] - n["used"], reverse=True)
                 added = []
                 for target in spares[: self.repair["replicas"] - len(healthy)]:
@@ -213,6 +219,7 @@ class MetaServer:
                         await self.blobs.pull(target["addr"], chunk, sha256, reachable[sources[0]]["addr"])
                         added.append(target["node_id"])
                         self.repair["bytes_total"] += size
+                        self._progress(size, time.monotonic() - pass_started)
                         # the rate limit: client traffic keeps the disks and the network first
                         await trio.sleep(max(0.0, size / (self.repair["rate_mb_s"] * 1e6) - (time.monotonic() - started)))
                     except (wire.WireError, OSError) as exc:
@@ -228,11 +235,39 @@ class MetaServer:
             if scan["done"]:
                 break
             cursor = scan["next"]
-        self.repair.update(last_run=time.time(), last_under_replicated=under,
-                           repaired_total=self.repair["repaired_total"] + repaired)
+        self.repair.update(last_run=time.time(), repaired_total=self.repair["repaired_total"] + repaired)
+        if not repaired and not under:
+            self.repair.update(backlog_chunks=0, backlog_bytes=0, eta_s=0.0)
         if repaired:
             log.info("repair: %d chunks re-replicated (%d under-replicated seen)", repaired, under)
         return repaired
+
+    def _measure_backlog(self, alive: list[str]) -> None:
+        """Count what is under-replicated now (chunks, and bytes of missing replicas), the
+        denominator of the progress and ETA an operator sees."""
+        want = self.repair["replicas"]
+        chunks = missing = 0
+        cursor: list[str] = ["", ""]
+        while True:
+            scan = self.state.query({"q": "repair_scan", "alive": alive, "want": want, "after": cursor,
+                                     "limit": 1000})
+            if not scan.get("ok"):
+                break
+            for *_where, size, _sha, replicas in scan["items"]:
+                chunks += 1
+                missing += size * max(1, want - len([n for n in replicas if n in alive]))
+            if scan["done"]:
+                break
+            cursor = scan["next"]
+        self.repair.update(backlog_chunks=chunks, backlog_bytes=missing, pass_bytes=0, last_under_replicated=chunks,
+                           pass_started=time.time() if chunks else None, rate_bytes_s=None,
+                           eta_s=0.0 if not chunks else None)
+
+    def _progress(self, size: int, elapsed: float) -> None:
+        done = self.repair["pass_bytes"] = self.repair["pass_bytes"] + size
+        rate = done / max(elapsed, 1e-3)
+        self.repair["rate_bytes_s"] = round(rate)
+        self.repair["eta_s"] = round(max(0, self.repair["backlog_bytes"] - done) / rate, 1)
 
     async def orphan_pass(self) -> int:
         """Delete chunk files that no manifest places on their node and that are older

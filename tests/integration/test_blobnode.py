@@ -809,3 +809,33 @@ async def test_re_put_repairs_a_damaged_copy(tmp_path: Path, damage: str) -> Non
         nursery.cancel_scope.cancel()
     assert created is True, f"re-put over a damaged copy answered {created!r}"
     assert stored == data
+
+
+def test_full_disk_refuses_cleanly(tmp_path: Path) -> None:
+    """On a real 4 MiB tmpfs: a put past the reserve is refused before writing, a put that
+    meets ENOSPC mid-write is refused too; neither leaves a file behind, and chunks stored
+    before still read back."""
+    import subprocess
+
+    from blobnode.store import StoreError
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], check=True)
+    try:
+        kept, data = new_id(), os.urandom(100_000)
+        store = ChunkStore(str(disk), reserve=1 * MiB)
+        assert store.put(kept, sha(data), data)
+        big = os.urandom(3 * MiB)
+        with pytest.raises(StoreError) as refused:  # would eat into the reserve
+            store.put(new_id(), sha(big), big)
+        assert refused.value.code == wire.ERR_NO_SPACE
+        store.reserve = 0
+        huge = os.urandom(5 * MiB)
+        with pytest.raises(StoreError) as enospc:  # a real ENOSPC halfway through
+            store.put(new_id(), sha(huge), huge)
+        assert enospc.value.code == wire.ERR_NO_SPACE
+        assert list((disk / "tmp").iterdir()) == []
+        assert store.count == 1 and bytes(store.read(kept)[2]) == data
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
