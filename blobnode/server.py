@@ -129,4 +129,5 @@ async def serve(args: Any) -> None:
         server.nursery = nursery
         nursery.start_soon(heartbeat_loop, server, meta, advertise)
         nursery.start_soon(server.scrubber.run)
+        nursery.start_soon(meta.follow_members)
         await trio.serve_tcp(server.serve_conn, port, host=host)

@@ -34,6 +34,7 @@ def add_raftmeta(p: argparse.ArgumentParser) -> None:
     p.add_argument("--raft", required=False, help="this node's Raft address host:port")
     p.add_argument("--peers", type=addr_list, default=[], help="the other nodes' Raft addresses, comma separated")
     p.add_argument("--rpc", help="this node's RPC address host:port")
+    p.add_argument("--advertise-rpc", help="host:port clients reach the RPC at (default: --rpc)")
     p.add_argument("--data-dir", default="./data/raftmeta")
     p.add_argument("--gc-grace", type=float, default=300.0, help="seconds before an unreferenced chunk is deleted")
     p.add_argument("--gc-interval", type=float, default=5.0)
@@ -69,6 +70,8 @@ def add_frontend(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chunk-size", type=int, default=8 * MIB)
     p.add_argument("--replicas", type=int, default=3, help="copies of each chunk (N)")
     p.add_argument("--write-quorum", type=int, default=2, help="acknowledged copies before a chunk counts (W)")
+    p.add_argument("--inline-max", type=int, default=16 * 1024,
+                   help="objects up to this size live in their manifest (Raft) instead of blob nodes; 0: never")
     p.add_argument("--region", default="us-east-1")
     p.add_argument("--domain", type=addr_list, default=[],
                    help="domains for virtual-hosted-style requests (BUCKET.DOMAIN), comma separated")

@@ -3,7 +3,9 @@
 Every process is started with ``python -m cairn.cli ROLE ...`` in its own process
 group, logs to ``ROOT/logs/NAME.log`` and keeps its state under ``ROOT/NAME``; any of
 them can be killed (any signal), paused and restarted on the same ports and data.
-``blob_disk_mb`` gives chosen blob nodes a disk of their own of that size (a tmpfs
+With ``netns`` every process runs in a network namespace of its own (``chaos.netns``)
+and ``cut``/``isolate``/``heal`` make real partitions; the harness still reaches the
+frontends and raftmeta on 127.0.0.1 through a forwarder. ``blob_disk_mb`` gives chosen blob nodes a disk of their own of that size (a tmpfs
 mounted on the node's data dir; needs root), so a full disk is a real ENOSPC.
 """
 
@@ -20,6 +22,8 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from chaos.netns import Network
 
 SECRET = "test-cluster-secret"
 ACCESS_KEY = "cairnroot"
@@ -69,20 +73,28 @@ class Cluster:
     frontend_flags: list[str] = field(default_factory=list)
     blobnode_flags: list[str] = field(default_factory=list)
     blob_disk_mb: dict[int, int] = field(default_factory=dict)  # blob index (0-based) -> disk size
+    netns: bool = False
     procs: dict[str, Proc] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
         (self.root / "logs").mkdir(parents=True, exist_ok=True)
-        ports = free_ports(2 * self.metas + self.blobs + self.frontends)
-        raft = [f"127.0.0.1:{p}" for p in ports[: self.metas]]
-        self.rpc = [f"127.0.0.1:{p}" for p in ports[self.metas : 2 * self.metas]]
-        blob = [f"127.0.0.1:{p}" for p in ports[2 * self.metas : 2 * self.metas + self.blobs]]
-        self.endpoints = [f"http://127.0.0.1:{p}" for p in ports[2 * self.metas + self.blobs :]]
-        meta_list = ",".join(self.rpc)
+        self.net: Network | None = None
+        self._forwarder: subprocess.Popen | None = None
+        if self.netns:
+            raft, rpc_inside, blob, listen = self._make_network()
+        else:
+            ports = free_ports(2 * self.metas + self.blobs + self.frontends)
+            raft = [f"127.0.0.1:{p}" for p in ports[: self.metas]]
+            rpc_inside = self.rpc = [f"127.0.0.1:{p}" for p in ports[self.metas : 2 * self.metas]]
+            blob = [f"127.0.0.1:{p}" for p in ports[2 * self.metas : 2 * self.metas + self.blobs]]
+            listen = [f"127.0.0.1:{p}" for p in ports[2 * self.metas + self.blobs :]]
+            self.endpoints = [f"http://{a}" for a in listen]
+        meta_list = ",".join(rpc_inside)
+        self.raft = list(raft)
         for i in range(self.metas):
             peers = ",".join(a for j, a in enumerate(raft) if j != i)
-            self._add(f"raftmeta{i + 1}", ["raftmeta", "--raft", raft[i], "--peers", peers, "--rpc", self.rpc[i],
+            self._add(f"raftmeta{i + 1}", ["raftmeta", "--raft", raft[i], "--peers", peers, "--rpc", rpc_inside[i],
                                            "--data-dir", str(self.root / f"raftmeta{i + 1}"),
                                            "--gc-grace", str(self.gc_grace), "--gc-interval", str(self.gc_interval),
                                            "--upload-ttl", str(self.upload_ttl),
@@ -92,9 +104,98 @@ class Cluster:
             self._add(f"blobnode{i + 1}", ["blobnode", "--listen", blob[i], "--meta", meta_list,
                                            "--data-dir", str(self.root / f"blobnode{i + 1}"), *self.blobnode_flags])
         for i in range(self.frontends):
-            self._add(f"frontend{i + 1}", ["frontend", "--listen", self.endpoints[i].removeprefix("http://"),
+            self._add(f"frontend{i + 1}", ["frontend", "--listen", listen[i],
                                            "--meta", meta_list, "--chunk-size", str(self.chunk_size),
                                            *self.frontend_flags])
+
+    def _make_network(self) -> tuple[list[str], list[str], list[str], list[str]]:
+        """Namespaces for every process; the harness's 127.0.0.1 ports for frontends and
+        raftmeta RPC are listening sockets handed to the forwarder in the hub."""
+        self.net = Network(str(self.root.resolve()))
+        self.net.create()
+        ip = {name: self.net.add_host(name) for name in [*(f"raftmeta{i + 1}" for i in range(self.metas)),
+                                                          *(f"blobnode{i + 1}" for i in range(self.blobs)),
+                                                          *(f"frontend{i + 1}" for i in range(self.frontends))]}
+        raft = [f"{ip[f'raftmeta{i + 1}']}:4000" for i in range(self.metas)]
+        rpc_inside = [f"{ip[f'raftmeta{i + 1}']}:4100" for i in range(self.metas)]
+        blob = [f"{ip[f'blobnode{i + 1}']}:5000" for i in range(self.blobs)]
+        listen = [f"{ip[f'frontend{i + 1}']}:9000" for i in range(self.frontends)]
+        self._listeners = []
+        for _ in range(self.metas + self.frontends):
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            sock.listen(128)
+            self._listeners.append(sock)
+        local = [f"127.0.0.1:{s.getsockname()[1]}" for s in self._listeners]
+        self.rpc = local[: self.metas]
+        self.endpoints = [f"http://{a}" for a in local[self.metas :]]
+        self._routes = [f"{s.fileno()}={target}" for s, target in zip(self._listeners, rpc_inside + listen,
+                                                                    strict=True)]
+        return raft, rpc_inside, blob, listen
+
+    def _start_forwarder(self) -> None:
+        if self.net is None or (self._forwarder is not None and self._forwarder.poll() is None):
+            return
+        log = open(self.root / "logs" / "netfwd.log", "ab")  # noqa: SIM115 (owned by the child)
+        self._forwarder = subprocess.Popen(
+            ["ip", "netns", "exec", self.net.hub, sys.executable, "-m", "chaos.netfwd", *self._routes],
+            pass_fds=[s.fileno() for s in self._listeners], stdout=log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True)
+        log.close()
+
+    def add_raftmeta(self) -> tuple[str, str]:
+        """Define (not start) one more raftmeta process whose peers are every Raft address
+        so far, to be added to the cluster as a member. Returns its (raft, rpc) addresses."""
+        assert self.net is None, "not with netns"
+        raft_port, rpc_port = free_ports(2)
+        raft, rpc = f"127.0.0.1:{raft_port}", f"127.0.0.1:{rpc_port}"
+        index = sum(name.startswith("raftmeta") for name in self.procs) + 1
+        template = self.procs["raftmeta1"].args
+        flags = template[template.index("--gc-grace"):]
+        self._add(f"raftmeta{index}", ["raftmeta", "--raft", raft, "--peers", ",".join(self.raft), "--rpc", rpc,
+                                       "--data-dir", str(self.root / f"raftmeta{index}"), *flags])
+        self.raft.append(raft)
+        self.rpc.append(rpc)
+        return raft, rpc
+
+    # ------------------------------------------------------------------ full disks
+
+    def fill_disk(self, name: str, leave: int) -> int:
+        """Fill the disk under ``name``'s data dir with a filler file until ``leave``
+        bytes stay free (or ENOSPC), as another tenant of the disk would. Bytes written."""
+        disk = self.root / name
+        written, block = 0, b"\0" * (1024 * 1024)
+        with open(disk / "filler", "ab") as f:
+            try:
+                while True:
+                    st = os.statvfs(disk)
+                    if st.f_bavail * st.f_frsize - len(block) < leave:
+                        break
+                    f.write(block)
+                    f.flush()
+                    written += len(block)
+            except OSError:
+                pass
+        return written
+
+    def free_disk(self, name: str) -> None:
+        (self.root / name / "filler").unlink(missing_ok=True)
+
+    # ------------------------------------------------------------------ partitions
+
+    def cut(self, a: str, b: str) -> None:
+        """Partition process ``a`` from process ``b`` (both directions). netns only."""
+        assert self.net is not None, "partitions need Cluster(netns=True)"
+        self.net.cut(a, b)
+
+    def isolate(self, name: str, others: list[str] | None = None) -> None:
+        """Partition ``name`` from every other process (or from ``others``)."""
+        assert self.net is not None, "partitions need Cluster(netns=True)"
+        self.net.isolate(name, others)
+
+    def heal(self) -> None:
+        if self.net is not None:
+            self.net.heal()
 
     def _add(self, name: str, args: list[str]) -> None:
         self.procs[name] = Proc(name, args, log_file=self.root / "logs" / f"{name}.log")
@@ -120,12 +221,14 @@ class Cluster:
 
     def start(self, name: str | None = None) -> None:
         self._mount_disks()
+        self._start_forwarder()
         for proc in [self.procs[name]] if name else self.procs.values():
             if proc.alive():
                 continue
             log = open(proc.log_file, "ab")  # noqa: SIM115 (owned by the child)
+            prefix = self.net.exec_prefix(proc.name) if self.net else []
             proc.popen = subprocess.Popen(
-                [sys.executable, "-m", "cairn.cli", *proc.args], env=self.env(), stdout=log, stderr=subprocess.STDOUT,
+                [*prefix, sys.executable, "-m", "cairn.cli", *proc.args], env=self.env(), stdout=log, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, start_new_session=True,
             )
             log.close()
@@ -158,6 +261,11 @@ class Cluster:
                 os.killpg(proc.popen.pid, signal.SIGKILL)
                 proc.popen.wait(5)
         self._unmount_disks()
+        if self._forwarder is not None and self._forwarder.poll() is None:
+            os.killpg(self._forwarder.pid, signal.SIGKILL)
+            self._forwarder.wait(5)
+        if self.net is not None:
+            self.net.destroy()
 
     def __enter__(self) -> Cluster:
         self.start()

@@ -6,8 +6,12 @@ schedule, and a verdict on the recorded history.
 Workload: client threads PUT, GET and DELETE a small key space through both frontends.
 Every PUT writes a fresh value id; its body is derived from the id (so a GET can prove
 the bytes are the ones written) and the id travels in ``x-amz-meta-v``.
+Also multipart uploads, HEADs and LISTs (a LIST reads a key through its ETag).
 Faults (seeded): SIGKILL and restart of any process (blob node, raftmeta follower or
-leader, frontend), SIGSTOP/SIGCONT pauses, chunk files corrupted or deleted on disk.
+leader, frontend), SIGSTOP/SIGCONT pauses, chunk files corrupted, truncated or deleted
+on disk, a blob node's disk filled up, and network partitions (every process in its own
+network namespace: a Raft leader cut from its followers, a follower or a blob node cut
+from everyone, a frontend cut from a blob node or from raftmeta).
 Checks, after the faults stop: (1) every key reads back byte-exact; (2) each key's
 history is linearizable (``chaos.checker``); (3) every chunk is back to full
 replication within a bounded time; (4) no orphan chunk remains. Writes ``history.json``
@@ -28,6 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from chaos import netns
 from chaos.checker import check_history
 from chaos.cluster import Cluster
 
@@ -53,6 +58,8 @@ class Workload:
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.counter = 0
+        self.etags: dict[str, set[str]] = {}
+        self.harness_errors: list[str] = []
         self.t0 = time.monotonic()
 
     def now(self) -> float:
@@ -62,7 +69,28 @@ class Workload:
         with self.lock:
             self.history.append(entry)
 
+    def new_value(self, n: int) -> str:
+        with self.lock:
+            self.counter += 1
+            return f"w{n}-{self.counter}"
+
+    def expect_etag(self, etag: str, value: str) -> None:
+        """Remember the ETag a write's object will have, so a LIST (which shows only
+        ETags) can tell which write it sees."""
+        with self.lock:
+            self.etags.setdefault(etag, set()).add(value)
+
     def client(self, n: int) -> None:
+        """A client thread; a bug of the harness itself is counted, never silently ends it."""
+        while not self.stop.is_set():
+            try:
+                self._client(n)
+            except Exception as exc:
+                with self.lock:
+                    self.harness_errors.append(repr(exc))
+                print(f"harness error in client {n}: {exc!r}", file=sys.stderr)
+
+    def _client(self, n: int) -> None:
         from botocore.exceptions import ClientError
 
         rng = random.Random(self.rng.random())
@@ -72,36 +100,47 @@ class Workload:
             key = rng.choice(self.keys)
             roll = rng.random()
             start = self.now()
+            if roll < 0.05:
+                self.record(self.multipart(s3, n, key, rng))
+                continue
+            if roll < 0.10:
+                self.record(self.listing(s3, key))
+                continue
             if roll < 0.45:
-                with self.lock:
-                    self.counter += 1
-                    value = f"w{n}-{self.counter}"
                 size = rng.choice([0, 100, 4096, 300_000, int(2.5 * MIB)])
+                value = self.new_value(n)
+                body = body_of(value, size)
+                self.expect_etag(hashlib.md5(body).hexdigest(), value)
                 entry = {"key": key, "kind": "write", "value": value, "start": start, "size": size}
                 try:
-                    s3.put_object(Bucket="chaos", Key=key, Body=body_of(value, size),
-                                  Metadata={"v": value, "n": str(size)})
+                    s3.put_object(Bucket="chaos", Key=key, Body=body, Metadata={"v": value, "n": str(size)})
                     entry.update(ok=True, end=self.now())
                 except ClientError as exc:
                     entry.update(ok=False, end=None, error=exc.response["Error"]["Code"])
                 except Exception as exc:  # outcome unknown
                     entry.update(ok=False, end=None, error=type(exc).__name__)
             elif roll < 0.55:
-                entry = {"key": key, "kind": "write", "value": None, "start": start}
+                entry = {"key": key, "kind": "write", "value": None, "start": start, "op": "delete"}
                 try:
                     s3.delete_object(Bucket="chaos", Key=key)
                     entry.update(ok=True, end=self.now())
                 except Exception as exc:
                     entry.update(ok=False, end=None, error=type(exc).__name__)
             else:
-                entry = {"key": key, "kind": "read", "start": start}
+                head = roll > 0.9
+                entry = {"key": key, "kind": "read", "start": start, **({"op": "head"} if head else {})}
                 try:
+                    if head:  # HEAD: the value from the metadata; no body to check
+                        got = s3.head_object(Bucket="chaos", Key=key)
+                        entry.update(ok=True, end=self.now(), value=got["Metadata"].get("v"), intact=True)
+                        self.record(entry)
+                        continue
                     got = s3.get_object(Bucket="chaos", Key=key)
                     data = got["Body"].read()
                     value = got["Metadata"].get("v")
                     entry.update(ok=True, end=self.now(), value=value, intact=intact(got, data))
                 except ClientError as exc:
-                    if exc.response["Error"]["Code"] == "NoSuchKey":
+                    if exc.response["Error"]["Code"] in ("NoSuchKey", "404"):
                         entry.update(ok=True, end=self.now(), value=None, intact=True)
                     else:
                         entry.update(ok=False, end=None, error=exc.response["Error"]["Code"])
@@ -110,13 +149,98 @@ class Workload:
             self.record(entry)
 
 
-FAULTS = ("kill_blob", "kill_meta_follower", "kill_meta_leader", "kill_frontend", "pause_blob", "corrupt_chunk",
-          "delete_chunk")
+    def multipart(self, s3, n: int, key: str, rng: random.Random) -> dict[str, Any]:  # noqa: ANN001
+        """A two-part multipart upload (5 MiB + a tail) as one write."""
+        tail = rng.choice([1, 200_000])
+        size = 5 * MIB + tail
+        value = self.new_value(n)
+        body = body_of(value, size)
+        parts = [body[: 5 * MIB], body[5 * MIB :]]
+        self.expect_etag(hashlib.md5(b"".join(hashlib.md5(p).digest() for p in parts)).hexdigest() + "-2", value)
+        entry: dict[str, Any] = {"key": key, "kind": "write", "value": value, "start": self.now(), "size": size,
+                                 "op": "multipart"}
+        try:
+            upload = s3.create_multipart_upload(Bucket="chaos", Key=key, Metadata={"v": value, "n": str(size)})
+            done = []
+            for number, part in enumerate(parts, 1):
+                got = s3.upload_part(Bucket="chaos", Key=key, UploadId=upload["UploadId"], PartNumber=number,
+                                     Body=part)
+                done.append({"PartNumber": number, "ETag": got["ETag"]})
+            s3.complete_multipart_upload(Bucket="chaos", Key=key, UploadId=upload["UploadId"],
+                                         MultipartUpload={"Parts": done})
+            entry.update(ok=True, end=self.now())
+        except Exception as exc:  # the complete may or may not have happened
+            entry.update(ok=False, end=None, error=(getattr(exc, "response", None) or {}).get("Error", {}).get("Code")
+                         or type(exc).__name__)
+        return entry
+
+    def listing(self, s3, key: str) -> dict[str, Any]:  # noqa: ANN001
+        """ListObjectsV2 under the key's name: a read of the key through its ETag."""
+        entry: dict[str, Any] = {"key": key, "kind": "read", "start": self.now(), "op": "list"}
+        try:
+            page = s3.list_objects_v2(Bucket="chaos", Prefix=key)
+        except Exception as exc:
+            entry.update(ok=False, end=None, error=type(exc).__name__)
+            return entry
+        end = self.now()
+        found = [o for o in page.get("Contents", []) if o["Key"] == key]
+        if not found:
+            entry.update(ok=True, end=end, value=None, intact=True)
+            return entry
+        with self.lock:
+            values = sorted(self.etags.get(found[0]["ETag"].strip('"'), ()))
+        if len(values) == 1:
+            entry.update(ok=True, end=end, value=values[0], intact=True)
+        else:  # an ETag several writes share (empty bodies) says nothing; one no write made is an anomaly
+            entry.update(ok=False, end=None, error="ambiguous ETag" if values else "unknown ETag")
+        return entry
+
+
+PROCESS_FAULTS = ("kill_blob", "kill_meta_follower", "kill_meta_leader", "kill_frontend", "pause_blob")
+DISK_FAULTS = ("corrupt_chunk", "truncate_chunk", "delete_chunk")
+FULL_DISK_FAULTS = ("disk_full",)
+PARTITION_FAULTS = ("partition_meta_leader", "partition_meta_follower", "partition_blob", "partition_frontend_blob",
+                    "partition_frontend_meta")
+
+
+def partition(cluster: Cluster, rng: random.Random, fault: str) -> str:
+    """Cut links as ``fault`` says; returns what was cut. ``heal`` undoes it."""
+    metas = [f"raftmeta{i + 1}" for i in range(cluster.metas)]
+    blobs = [f"blobnode{i + 1}" for i in range(cluster.blobs)]
+    fronts = [f"frontend{i + 1}" for i in range(cluster.frontends)]
+    if fault in ("partition_meta_leader", "partition_meta_follower"):
+        leader = cluster.leader()
+        if fault == "partition_meta_leader" and leader:  # a deposed leader that clients still reach
+            cluster.isolate(leader, metas)
+            return f"{leader} | other raftmeta"
+        target = rng.choice([m for m in metas if m != leader])
+        cluster.isolate(target)
+        return f"{target} | everyone"
+    if fault == "partition_blob":
+        target = rng.choice(blobs)
+        cluster.isolate(target)
+        return f"{target} | everyone"
+    front = rng.choice(fronts)
+    if fault == "partition_frontend_blob":
+        target = rng.choice(blobs)
+        cluster.cut(front, target)
+        return f"{front} | {target}"
+    cluster.isolate(front, metas)
+    return f"{front} | raftmeta"
 
 
 def inject(cluster: Cluster, rng: random.Random, fault: str, log: list[dict[str, Any]], t: float) -> None:
     entry: dict[str, Any] = {"t": round(t, 2), "fault": fault}
-    if fault == "kill_blob" or fault == "pause_blob":
+    if fault in PARTITION_FAULTS:
+        entry["target"] = partition(cluster, rng, fault)
+        time.sleep(rng.uniform(1, 5))
+        cluster.heal()
+    elif fault == "disk_full":
+        name = f"blobnode{rng.randrange(cluster.blobs) + 1}"
+        entry["target"], entry["filled_mb"] = name, cluster.fill_disk(name, leave=1024 * 1024) // MIB
+        time.sleep(rng.uniform(1, 4))
+        cluster.free_disk(name)
+    elif fault == "kill_blob" or fault == "pause_blob":
         name = f"blobnode{rng.randrange(cluster.blobs) + 1}"
         if fault == "kill_blob":
             cluster.kill(name)
@@ -149,6 +273,9 @@ def inject(cluster: Cluster, rng: random.Random, fault: str, log: list[dict[str,
             try:
                 if fault == "delete_chunk":
                     path.unlink()
+                elif fault == "truncate_chunk":
+                    with open(path, "r+b") as f:
+                        f.truncate(rng.randrange(0, max(1, path.stat().st_size)))
                 else:
                     raw = bytearray(path.read_bytes())
                     if len(raw) > 64:
@@ -165,12 +292,22 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(args.seed)
     root = tempfile.mkdtemp(prefix="cairn-chaos-")
+    why_not = netns.available()  # partitions and full disks need root (namespaces, tmpfs mounts)
+    use_root = args.partitions == "on" or (args.partitions == "auto" and why_not is None)
+    if use_root and why_not:
+        raise SystemExit(f"cannot inject partitions or full disks: {why_not}")
+    faults_used = PROCESS_FAULTS + DISK_FAULTS + ((FULL_DISK_FAULTS + PARTITION_FAULTS) if use_root else ())
+    if not use_root:
+        print(f"WARNING: no partitions and no full disks in this run ({why_not or '--partitions off'})",
+              file=sys.stderr)
     cluster = Cluster(Path(root), blobs=args.blobs, frontends=2, chunk_size=MIB, gc_grace=2.0, gc_interval=0.5,
                       raftmeta_flags=["--dead-after", "60", "--repair-interval", "1", "--orphan-grace", "30",
                                       "--orphan-interval", "2"],
-                      blobnode_flags=["--scrub-rate", "200", "--scrub-interval", "2"])
+                      blobnode_flags=["--scrub-rate", "200", "--scrub-interval", "2", "--reserve-mb", "8"],
+                      netns=use_root, blob_disk_mb={i: 512 for i in range(args.blobs)} if use_root else {})
     faults: list[dict[str, Any]] = []
-    report: dict[str, Any] = {"seed": args.seed, "duration": args.duration, "faults": faults}
+    report: dict[str, Any] = {"seed": args.seed, "duration": args.duration, "fault_kinds": list(faults_used),
+                              "partitions_and_full_disks": use_root or f"off: {why_not or 'asked'}", "faults": faults}
     with cluster:
         cluster.s3(0).create_bucket(Bucket="chaos")
         work = Workload(cluster, args.seed, args.keys, args.threads)
@@ -180,14 +317,20 @@ def run(args: argparse.Namespace) -> int:
         deadline = time.monotonic() + args.duration
         while time.monotonic() < deadline:
             time.sleep(rng.uniform(0.5, 2.5))
-            inject(cluster, rng, rng.choice(FAULTS), faults, work.now())
+            inject(cluster, rng, rng.choice(faults_used), faults, work.now())
+            print(f"fault {json.dumps(faults[-1])}", file=sys.stderr, flush=True)
         work.stop.set()
         for t in threads:
             t.join(60)
         for name, proc in cluster.procs.items():
             if not proc.alive():
                 cluster.start(name)
-        cluster.wait_healthy(timeout=60)
+        try:
+            cluster.wait_healthy(timeout=60)
+            recovered = True
+        except TimeoutError as exc:  # an anomaly in itself; the checks below say what it cost
+            print(f"cluster not healthy 60 s after the faults stopped: {exc}", file=sys.stderr)
+            recovered = False
         # (1) a final read of every key, recorded as part of the history
         s3 = cluster.s3(0, retries={"max_attempts": 5, "mode": "standard"})
         unreadable = []
@@ -200,7 +343,7 @@ def run(args: argparse.Namespace) -> int:
                 entry = {"key": key, "kind": "read", "start": start, "end": work.now(), "ok": True, "value": value,
                          "intact": intact(got, data), "final": True}
             except Exception as exc:
-                code = getattr(exc, "response", {}).get("Error", {}).get("Code")
+                code = (getattr(exc, "response", None) or {}).get("Error", {}).get("Code")
                 if code == "NoSuchKey":
                     entry = {"key": key, "kind": "read", "start": start, "end": work.now(), "ok": True,
                              "value": None, "intact": True, "final": True}
@@ -219,6 +362,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"linearizability check gave up: {exc}", file=sys.stderr)
             verdicts, not_linearizable, undecided = {}, [], True
         corrupt_reads = [h for h in work.history if h["kind"] == "read" and h.get("ok") and not h.get("intact")]
+        foreign_etags = [h for h in work.history if h.get("error") == "unknown ETag"]
         # (3) full replication again, within a bound
         repl_deadline = time.monotonic() + args.settle
         under: list[str] = []
@@ -234,9 +378,14 @@ def run(args: argparse.Namespace) -> int:
         operations=len(ops), acknowledged_writes=sum(1 for h in ops if h["kind"] == "write" and h.get("ok")),
         failed_or_unknown=sum(1 for h in ops if not h.get("ok")), keys=len(verdicts),
         not_linearizable=not_linearizable, corrupt_reads=len(corrupt_reads), unreadable_keys=unreadable,
+        listings_with_unknown_etag=len(foreign_etags), healthy_after_faults=recovered,
+        harness_errors=work.harness_errors,
+        by_op={op: sum(1 for h in ops if h.get("op", "get" if h["kind"] == "read" else "put") == op)
+               for op in ("put", "multipart", "delete", "get", "head", "list")},
         under_replicated_after_settle=len(under), orphans_after_settle=len(orphans),
     )
-    anomalies = bool(not_linearizable or corrupt_reads or unreadable or under or orphans)
+    anomalies = bool(not_linearizable or corrupt_reads or foreign_etags or unreadable or under or orphans
+                     or not recovered)
     report["verdict"] = "ANOMALIES" if anomalies else ("UNDECIDED" if undecided else "OK")
     (out / "report.json").write_text(json.dumps(report, indent=1))
     print(json.dumps({k: v for k, v in report.items() if k != "faults"}, indent=1))
@@ -257,6 +406,8 @@ def main(argv: list[str]) -> int:
     r.add_argument("--blobs", type=int, default=4)
     r.add_argument("--settle", type=float, default=90, help="seconds allowed to heal after the faults stop")
     r.add_argument("--out", default="chaos-out")
+    r.add_argument("--partitions", choices=("auto", "on", "off"), default="auto",
+                   help="network partitions (namespaces) and full disks (tmpfs); need root. auto: when possible")
     args = p.parse_args(argv)
     return run(args)
 

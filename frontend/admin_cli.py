@@ -42,6 +42,14 @@ def request(args: argparse.Namespace, method: str, path: str, body: dict[str, An
         return 0, f"cannot reach {args.endpoint}: {exc}"
 
 
+def _replace_member(args: argparse.Namespace, q: Any) -> tuple[int, Any]:
+    """One change at a time, the safe order: the cluster grows to N+1, then shrinks."""
+    status, result = request(args, "POST", f"raft/add?raft={q(args.new)}")
+    if not 200 <= status < 300:
+        return status, result
+    return request(args, "POST", f"raft/remove?raft={q(args.old)}")
+
+
 def main(argv: list[str]) -> int:
     access, secret = config.root_credentials()
     p = argparse.ArgumentParser(prog="cairn admin", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -77,6 +85,13 @@ def main(argv: list[str]) -> int:
     uploads.add_argument("--expire-now", action="store_true")
     scrub = sub.add_parser("scrub", help="blob-node scrubbers: counters, or start a pass now")
     scrub.add_argument("--run-now", action="store_true")
+    raft = sub.add_parser("raft", help="raftmeta members (Raft dynamic membership)")
+    raft_sub = raft.add_subparsers(dest="action")
+    raft_sub.add_parser("add", help="add a started raftmeta node as a voting member").add_argument("raft_addr")
+    raft_sub.add_parser("remove", help="remove a member").add_argument("raft_addr")
+    replace = raft_sub.add_parser("replace", help="add NEW, then remove OLD (start NEW first, --peers = members)")
+    replace.add_argument("old")
+    replace.add_argument("new")
     gc = sub.add_parser("gc", help="chunk garbage collection")
     gc.add_argument("--run-now", action="store_true")
     args = p.parse_args(argv)
@@ -101,6 +116,10 @@ def main(argv: list[str]) -> int:
                                            "uploads/expire" if args.expire_now else "uploads"),
         ("scrub", None): lambda: request(args, "POST" if args.run_now else "GET", "scrub"),
         ("gc", None): lambda: request(args, "POST" if args.run_now else "GET", "gc"),
+        ("raft", None): lambda: request(args, "GET", "raft"),
+        ("raft", "add"): lambda: request(args, "POST", f"raft/add?raft={q(args.raft_addr)}"),
+        ("raft", "remove"): lambda: request(args, "POST", f"raft/remove?raft={q(args.raft_addr)}"),
+        ("raft", "replace"): lambda: _replace_member(args, q),
     }
     status, result = calls[(args.command, getattr(args, "action", None))]()
     if result is not None:

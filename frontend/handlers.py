@@ -372,6 +372,8 @@ async def admin(ctx: Context, request: Any, path: str) -> Response:
         except iam.AdminError as exc:
             status, result = exc.status, {"error": exc.code, "message": exc.message}
         return Response(b"" if result is None else json.dumps(result), status=status, content_type="application/json")
+    if parts and parts[0] == "raft":
+        return await raft_admin(ctx, request, parts[1:])
     chores = {("GET", "uploads"): "status", ("POST", "uploads/expire"): "expire_uploads", ("POST", "gc"): "gc",
               ("GET", "gc"): "status", ("GET", "repair"): "status", ("POST", "repair"): "repair",
               ("POST", "orphans"): "orphans"}
@@ -383,6 +385,36 @@ async def admin(ctx: Context, request: Any, path: str) -> Response:
             reply = {"ok": False, "err": "Unavailable", "msg": "no Raft leader answered"}
         return Response(json.dumps(reply), status=200 if reply.get("ok") else 503, content_type="application/json")
     return Response(json.dumps({"error": "unknown admin endpoint"}), status=404, content_type="application/json")
+
+
+async def raft_admin(ctx: Context, request: Any, parts: list[str]) -> Response:
+    """GET raft: the members and each one's view. POST raft/add?raft=H:P, raft/remove?raft=H:P:
+    one membership change (start a new member first, with --peers naming the current ones)."""
+    def answer(status: int, body: dict[str, Any]) -> Response:
+        return Response(json.dumps(body, indent=1), status=status, content_type="application/json")
+
+    try:
+        if request.method == "GET" and not parts:
+            members = (await ctx.meta.call({"op": "members"}, deadline=5))["members"]
+            for member in members:
+                try:
+                    status = await ctx.meta.status(member["rpc"]) if member["rpc"] else {}
+                    member.update(up=bool(status), **{k: status.get(k) for k in (
+                        "is_leader", "term", "commit_index", "last_applied")})
+                except wire.WireError:
+                    member["up"] = False
+            return answer(200, {"members": members})
+        if request.method == "POST" and parts in (["add"], ["remove"]):
+            raft = request.args.get("raft", "")
+            reply = await ctx.meta.call({"op": "membership", "action": parts[0], "raft": raft}, deadline=30)
+            if not reply.get("ok"):
+                status = 400 if reply.get("err") == wire.ERR_BAD_REQUEST else 503
+                return answer(status, {"error": reply.get("err"), "message": reply.get("msg")})
+            await ctx.meta.refresh_members()
+            return answer(200, {"members": reply["members"]})
+    except wire.WireError:
+        return answer(503, {"error": "Unavailable", "message": "no Raft leader answered"})
+    return answer(404, {"error": "unknown admin endpoint"})
 
 
 async def cluster_status(ctx: Context) -> dict[str, Any]:

@@ -48,6 +48,7 @@ class Settings:
     write_quorum: int = 2
     write_timeout: float = 30.0
     buffer_budget: int = 64 * 1024 * 1024  # all chunk buffers of this frontend, reads and writes
+    inline_max: int = 16 * 1024  # a body this small (one chunk) lives in its manifest, replicated by Raft
 
 
 class NodeDirectory:
@@ -178,10 +179,15 @@ class DataPath:
                     async with send:
                         buf: bytearray | None = None  # allocated when bytes arrive for it
                         fill = 0
+                        sent = False
+                        small: memoryview | None = None  # a whole body that may go inline
                         async for piece in pieces:
                             view = memoryview(piece)
                             while view:
                                 if buf is None:
+                                    if small is not None:  # more came after all: a chunk like any other
+                                        await send.send(small)
+                                        small, sent = None, True
                                     await self._take_buffer()
                                     held += 1
                                     left = size_hint - received if size_hint is not None else 0
@@ -192,13 +198,25 @@ class DataPath:
                                 received += take
                                 view = view[take:]
                                 if fill == len(buf):
-                                    await send.send(memoryview(buf))
+                                    if not sent and fill <= self.settings.inline_max:
+                                        small = memoryview(buf)  # decided when the body ends
+                                    else:
+                                        await send.send(memoryview(buf))
+                                        sent = True
                                     buf, fill = None, 0
-                        if buf is not None:
-                            if fill:
-                                await send.send(memoryview(buf)[:fill])
+                        if buf is not None and fill:
+                            if not sent and fill <= self.settings.inline_max:
+                                small = memoryview(buf)[:fill]
                             else:
-                                done_with_buffer()
+                                await send.send(memoryview(buf)[:fill])
+                        elif buf is not None:
+                            done_with_buffer()
+                        if small is not None:
+                            # Small and whole: the bytes go into the manifest, replicated and
+                            # fsynced by Raft with the commit. No blob write, no chunk to GC.
+                            entry = await self._hash_chunk(small, stored, on_chunk)
+                            entry.append(bytes(small))
+                            done_with_buffer()
                 except Exception as exc:  # judged after the nursery: never an ExceptionGroup
                     stored.error = stored.error or exc
                     nursery.cancel_scope.cancel()
@@ -338,7 +356,13 @@ class DataPath:
         """The whole chunk, verified against its SHA-256, from the first good replica.
         ``on_bad(chunk_id, node_id)`` hears of every replica found missing or corrupt
         (not of one merely unreachable): read repair."""
-        chunk_id, size, sha256, node_ids = chunk
+        chunk_id, size, sha256, node_ids = chunk[:4]
+        if len(chunk) > 4:  # inline: the bytes came with the manifest; checked all the same
+            data = bytearray(chunk[4])
+            if len(data) != size or hashlib.sha256(data).hexdigest() != sha256:
+                log.error("inline chunk %s is corrupt: not served", chunk_id)
+                raise S3Error("InternalError", "An inline object failed its checksum.")
+            return data
         if not self.directory.fresh.is_set():
             await self.directory.refresh()
         for node_id in self.directory.read_order(node_ids):

@@ -91,7 +91,8 @@ def build(args: Any) -> CairnApp:
     access, secret = config.root_credentials()
     meta = MetaClient(args.meta, args.secret)
     blobs = BlobClient(args.secret)
-    settings = Settings(chunk_size=args.chunk_size, replicas=args.replicas, write_quorum=args.write_quorum)
+    settings = Settings(chunk_size=args.chunk_size, replicas=args.replicas, write_quorum=args.write_quorum,
+                        inline_max=args.inline_max)
     if not 1 <= settings.write_quorum <= settings.replicas:
         raise SystemExit("--write-quorum must be between 1 and --replicas")
     data = DataPath(meta, blobs, settings)
@@ -117,5 +118,6 @@ async def serve(args: Any) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(app.ctx.data.directory.refresh_loop)
         nursery.start_soon(app.ctx.data.read_repair_loop)
+        nursery.start_soon(app.ctx.meta.follow_members)
         await hypercorn_serve(app, hc)
         nursery.cancel_scope.cancel()

@@ -17,6 +17,7 @@ import trio
 from cairn import wire
 
 log = logging.getLogger("raftmeta.client")
+DOWN_DEADLINE = 3.0  # seconds a call waits while the previous one found every node unreachable
 
 
 class MetaClient:
@@ -27,9 +28,10 @@ class MetaClient:
         self.pool = wire.ConnectionPool(secret)
         self.attempt_timeout = attempt_timeout
         self._preferred = random.randrange(len(self.addrs))
+        self._down = False  # the last call found no node: fail the next ones fast until one answers
 
-    async def _call_once(self, addr: str, request: dict[str, Any]) -> dict[str, Any]:
-        reply, _ = await self.pool.request(addr, request, None, self.attempt_timeout)
+    async def _call_once(self, addr: str, request: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+        reply, _ = await self.pool.request(addr, request, None, timeout or self.attempt_timeout)
         return reply
 
     async def call(self, request: dict[str, Any], deadline: float = 20.0) -> dict[str, Any]:
@@ -40,13 +42,18 @@ class MetaClient:
         """
         last: Exception | None = None
         delay = 0.02
+        if self._down:
+            deadline = min(deadline, DOWN_DEADLINE)
+        give_up = trio.current_time() + deadline
         with trio.move_on_after(deadline):
             while True:
                 for step in range(len(self.addrs)):
                     index = (self._preferred + step) % len(self.addrs)
                     addr = self.addrs[index]
+                    # one node that accepts but never answers must not eat the whole deadline
+                    timeout = min(self.attempt_timeout, max(1.0, (give_up - trio.current_time()) / 2))
                     try:
-                        reply = await self._call_once(addr, request)
+                        reply = await self._call_once(addr, request, timeout)
                     except wire.WireError as exc:
                         last = exc
                         self.pool.discard(addr)
@@ -55,9 +62,11 @@ class MetaClient:
                         last = wire.WireError(wire.ERR_UNAVAILABLE, f"{addr}: {reply.get('msg', '')}")
                         continue
                     self._preferred = index
+                    self._down = False
                     return reply
                 await trio.sleep(delay)
                 delay = min(delay * 2, 0.5)
+        self._down = True
         raise wire.WireError(wire.ERR_UNAVAILABLE, f"no raftmeta node answered: {last}")
 
     async def write(self, cmd: dict[str, Any], deadline: float = 20.0) -> dict[str, Any]:
@@ -72,6 +81,27 @@ class MetaClient:
         if not reply.get("ok"):
             raise wire.WireError(reply.get("err", wire.ERR_INTERNAL), reply.get("msg", ""))
         return reply["results"]
+
+    async def refresh_members(self) -> list[str]:
+        """Learn the RPC addresses of the current Raft members (after a member was added,
+        removed or replaced) and use those from now on. Returns the addresses in use."""
+        reply = await self.call({"op": "members"}, deadline=5.0)
+        rpcs = [m.get("rpc") for m in reply.get("members", [])]
+        if reply.get("ok") and rpcs and all(rpcs) and set(rpcs) != set(self.addrs):
+            log.info("raftmeta members now %s (were %s)", ",".join(rpcs), ",".join(self.addrs))
+            preferred = self.addrs[self._preferred]
+            self.addrs = rpcs
+            self._preferred = rpcs.index(preferred) if preferred in rpcs else 0
+        return self.addrs
+
+    async def follow_members(self, interval: float = 10.0) -> None:
+        """``refresh_members`` forever, every ``interval`` seconds."""
+        while True:
+            await trio.sleep(interval)
+            try:
+                await self.refresh_members()
+            except wire.WireError as exc:
+                log.debug("cannot refresh raftmeta members: %s", exc)
 
     async def status(self, addr: str) -> dict[str, Any]:
         return await self._call_once(addr, {"op": "status"})

@@ -116,7 +116,7 @@ class MetaNode(SyncObj):
             onStateChanged=on_state_change,
             raftMinTimeout=0.4,
             raftMaxTimeout=1.2,
-            leaderFallbackTimeout=5.0,
+            leaderFallbackTimeout=1.5,  # a leader cut off from its majority steps down quickly
             connectionTimeout=3.5,
         )
         original = psyncobj.createJournal

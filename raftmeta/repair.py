@@ -33,7 +33,7 @@ def q_repair_scan(db: sqlite3.Connection, q: dict[str, Any]) -> dict[str, Any]:
         scanned += 1
         cursor = (b, k)
         for c in _unpackb(chunks):
-            if len(alive.intersection(c[3])) < want:
+            if len(c) <= 4 and len(alive.intersection(c[3])) < want:  # inline chunks live in Raft
                 items.append([b, k, version, c[0], c[1], c[2], c[3]])
         if len(items) >= limit:
             break

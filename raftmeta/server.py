@@ -82,9 +82,17 @@ class MetaServer:
             box.append((result, error))
             token.run_sync_soon(done.set)
 
+        was_leader = self.node._isLeader()
         self.node.apply_cmd(msgpack.packb(cmd, use_bin_type=True), callback=callback)
         with trio.move_on_after(timeout):
-            await done.wait()
+            while not box:
+                with trio.move_on_after(0.1):
+                    await done.wait()
+                if not box and was_leader and not self.node._isLeader():
+                    # Stepped down (e.g. partitioned from its majority): the entry's fate is
+                    # decided elsewhere. The client retries on another node with the same rid,
+                    # which applies it once whether or not this entry survives.
+                    return {"ok": False, "err": wire.ERR_UNAVAILABLE, "msg": "lost Raft leadership"}
         if not box:
             return {"ok": False, "err": wire.ERR_UNAVAILABLE, "msg": "commit timed out"}
         result, error = box[0]
@@ -128,6 +136,10 @@ class MetaServer:
 
     async def handle(self, request: dict[str, Any]) -> dict[str, Any]:
         op = request.get("op")
+        linear = op in ("write", "read_many") or (op == "read" and request.get("linear", True))
+        if linear and self.node._getLeader() is None:
+            # electing, or cut off from the majority: send the client to another node now
+            return {"ok": False, "err": wire.ERR_UNAVAILABLE, "msg": "no Raft leader known here"}
         if op == "write":
             cmd = request.get("cmd")
             if not isinstance(cmd, dict):
@@ -156,6 +168,10 @@ class MetaServer:
             return {"ok": True, **self.status()}
         if op == "chore":
             return await self.chore(request.get("name"))
+        if op == "members":
+            return await self.members()
+        if op == "membership":
+            return await self.change_membership(request.get("action"), request.get("raft"))
         return {"ok": False, "err": wire.ERR_BAD_REQUEST, "msg": f"unknown op {op!r}"}
 
     def status(self) -> dict[str, Any]:
@@ -173,6 +189,54 @@ class MetaServer:
             "ready": self.node.isReady(),
             "gc_deleted": self.gc_deleted,
         }
+
+    # ---------------------------------------------------------------- membership
+
+    async def members(self) -> dict[str, Any]:
+        """The voting members this node knows (PySyncObj's view) and their RPC addresses."""
+        raft = sorted([self.node.selfNode.address, *(n.address for n in self.node.otherNodes)])
+        rpc = self.state.query({"q": "member_rpcs"})["rpc"]
+        return {"ok": True, "members": [{"raft": r, "rpc": rpc.get(r)} for r in raft]}
+
+    async def change_membership(self, action: Any, raft: Any) -> dict[str, Any]:
+        """Add or remove one voting member (leader only; PySyncObj allows one change at a
+        time). A new member is started first with ``--peers`` naming the current members."""
+        if action not in ("add", "remove") or not isinstance(raft, str) or ":" not in raft:
+            return {"ok": False, "err": wire.ERR_BAD_REQUEST, "msg": "action add|remove and a raft host:port"}
+        if not self.node._isLeader():
+            return {"ok": False, "err": wire.ERR_UNAVAILABLE, "msg": "not the Raft leader"}
+        if action == "remove" and raft == self.node.selfNode.address:
+            return {"ok": False, "err": wire.ERR_BAD_REQUEST, "msg": "the leader cannot remove itself; "
+                    "remove it through another node after a leader change"}
+        done, box, token = trio.Event(), [], self.token
+
+        def callback(result: Any, error: int) -> None:  # on the Raft thread
+            box.append(error)
+            token.run_sync_soon(done.set)
+
+        change = self.node.addNodeToCluster if action == "add" else self.node.removeNodeFromCluster
+        change(raft, callback=callback)
+        with trio.move_on_after(15):
+            await done.wait()
+        if not box or box[0] != FAIL_REASON.SUCCESS:
+            return {"ok": False, "err": wire.ERR_UNAVAILABLE,
+                    "msg": f"membership change not committed ({box[0] if box else 'timed out'}); "
+                           "is another change still in progress, or the new node not running?"}
+        if action == "remove":
+            await self.propose({"op": "forget_member", "raft": raft})
+        return {"ok": True, **(await self.members())}
+
+    async def announce_rpc(self, rpc: str) -> None:
+        """Record this node's RPC address through Raft whenever it is missing or stale
+        (at start, and after this node joins a cluster)."""
+        me = self.node.selfNode.address
+        while True:
+            try:
+                if self.node._getLeader() is not None and self.state.query({"q": "member_rpcs"})["rpc"].get(me) != rpc:
+                    await self.propose({"op": "member_rpc", "raft": me, "rpc": rpc})
+            except Exception:
+                log.exception("cannot record this node's RPC address")
+            await trio.sleep(2.0)
 
     async def serve_conn(self, stream: trio.SocketStream) -> None:
         async def reply(conn: wire.FramedSocket, request: dict[str, Any]) -> None:
@@ -388,6 +452,7 @@ async def serve(args: Any) -> None:
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(server._barrier_loop)
+            nursery.start_soon(server.announce_rpc, args.advertise_rpc or args.rpc)
             for interval, chore in ((server.gc_interval, server.gc_pass),
                                     (server.expiry["interval"], server.expire_pass),
                                     (server.repair["interval"], server.repair_pass),

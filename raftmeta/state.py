@@ -225,7 +225,7 @@ def _queue_gc(db: sqlite3.Connection, chunks: list[list[Any]], ts: float, keep: 
     references any more goes to the GC queue; a shared one (CopyObject) loses a count."""
     garbage = []
     for c in chunks:
-        if c[0] in keep:
+        if c[0] in keep or len(c) > 4:  # inline bytes go with their row
             continue
         row = db.execute("SELECT refs FROM shared WHERE chunk=?", (c[0],)).fetchone()
         if row is None:
@@ -240,7 +240,8 @@ def _queue_gc(db: sqlite3.Connection, chunks: list[list[Any]], ts: float, keep: 
 def _add_refs(db: sqlite3.Connection, chunks: list[list[Any]]) -> None:
     """One more reference to each chunk. Only shared chunks have a row (refs >= 2)."""
     db.executemany(
-        "INSERT INTO shared VALUES (?, 2) ON CONFLICT (chunk) DO UPDATE SET refs=refs+1", [(c[0],) for c in chunks]
+        "INSERT INTO shared VALUES (?, 2) ON CONFLICT (chunk) DO UPDATE SET refs=refs+1",
+        [(c[0],) for c in chunks if len(c) <= 4],
     )
 
 
@@ -569,9 +570,9 @@ def q_chunk_refs(db: sqlite3.Connection, q: dict[str, Any]) -> dict[str, Any]:
     for GC (tests and audits; O(objects))."""
     ids: list[str] = []
     for (chunks,) in db.execute("SELECT chunks FROM objects"):
-        ids.extend(c[0] for c in _unpackb(chunks))
+        ids.extend(c[0] for c in _unpackb(chunks) if len(c) <= 4)
     for (chunks,) in db.execute("SELECT chunks FROM parts"):
-        ids.extend(c[0] for c in _unpackb(chunks))
+        ids.extend(c[0] for c in _unpackb(chunks) if len(c) <= 4)
     pending = [r[0] for r in db.execute("SELECT chunk FROM gc")]
     return {"referenced": ids, "gc": pending}
 
@@ -590,9 +591,9 @@ QUERIES: dict[str, Callable[[sqlite3.Connection, dict[str, Any]], dict[str, Any]
 
 
 # Multipart uploads and identity keep their commands and queries in their own modules.
-from raftmeta import iam, multipart, repair  # noqa: E402
+from raftmeta import iam, members, multipart, repair  # noqa: E402
 
-for _module in (multipart, iam, repair):
+for _module in (multipart, iam, repair, members):
     SCHEMA += _module.SCHEMA
     COMMANDS.update(_module.COMMANDS)
     QUERIES.update(_module.QUERIES)

@@ -29,25 +29,6 @@ def _wait(cond, timeout: float, what: str) -> None:  # noqa: ANN001
         time.sleep(0.3)
 
 
-def fill(disk: os.PathLike, leave: int) -> int:
-    """Write a filler file until ``leave`` bytes stay free (or ENOSPC): what another
-    tenant of the disk would do. Returns the bytes written."""
-    written = 0
-    block = b"\0" * MIB
-    with open(os.path.join(disk, "filler"), "wb") as f:
-        try:
-            while True:
-                st = os.statvfs(disk)
-                if st.f_bavail * st.f_frsize - len(block) < leave:
-                    break
-                f.write(block)
-                f.flush()
-                written += len(block)
-        except OSError:
-            pass
-    return written
-
-
 def test_full_disk_during_uploads(tmp_path_factory):
     disks = {i: 256 for i in range(4)}  # equal disks, so placement uses the small one like the others
     with Cluster(tmp_path_factory.mktemp("full"), blobs=4, frontends=1, chunk_size=MIB, gc_grace=1, gc_interval=0.5,
@@ -60,7 +41,7 @@ def test_full_disk_during_uploads(tmp_path_factory):
         s3.put_object(Bucket="fill", Key="before", Body=os.urandom(3 * MIB))
         before = s3.get_object(Bucket="fill", Key="before")["Body"].read()
         held_before = len(list((small / "chunks").rglob("*")))
-        assert fill(small, leave=2 * MIB) > 100 * MIB  # the disk fills up under the node's feet
+        assert cluster.fill_disk("blobnode1", leave=2 * MIB) > 100 * MIB  # the disk fills up under the node's feet
         bodies = {f"obj{i}": os.urandom(6 * MIB + i) for i in range(16)}
 
         def put(key: str) -> str:
@@ -81,7 +62,7 @@ def test_full_disk_during_uploads(tmp_path_factory):
         _wait(lambda: not cluster.under_replicated(3), 60, "full replication on the nodes with room")
 
         # the disk gets room again: the node is placed on again
-        os.unlink(small / "filler")
+        cluster.free_disk("blobnode1")
         _wait(lambda: _writable(cluster) == 4, 30, "the node to be writable again")
         for i in range(6):
             s3.put_object(Bucket="fill", Key=f"after{i}", Body=os.urandom(3 * MIB))
