@@ -35,6 +35,9 @@ GC_DELETED = Gauge("cairn_gc_deleted_chunks", "Chunks deleted by the current lea
 UNDER_REPLICATED = Gauge("cairn_under_replicated_chunks", "Seen by the last repair pass", registry=REGISTRY)
 REPAIRED = Gauge("cairn_repaired_chunks", "Chunks re-replicated by the current leader", registry=REGISTRY)
 REPAIR_BYTES = Gauge("cairn_repaired_bytes", "Bytes re-replicated by the current leader", registry=REGISTRY)
+REPAIR_BACKLOG = Gauge("cairn_repair_backlog_bytes", "Bytes of missing replicas the current pass found",
+                       registry=REGISTRY)
+REPAIR_ETA = Gauge("cairn_repair_eta_seconds", "Estimated time to full replication (-1: unknown)", registry=REGISTRY)
 UPLOADS = Gauge("cairn_multipart_uploads", "Incomplete multipart uploads", registry=REGISTRY)
 BUFFERS_FREE = Gauge("cairn_frontend_chunk_buffers_free", "Chunk buffers free in this frontend", registry=REGISTRY)
 
@@ -100,6 +103,9 @@ async def render(ctx: Context) -> bytes:
             UNDER_REPLICATED.set(chores["repair"]["last_under_replicated"])
             REPAIRED.set(chores["repair"]["repaired_total"])
             REPAIR_BYTES.set(chores["repair"]["bytes_total"])
+            REPAIR_BACKLOG.set(chores["repair"]["backlog_bytes"])
+            eta = chores["repair"]["eta_s"]
+            REPAIR_ETA.set(-1 if eta is None else eta)
     except wire.WireError:
         pass
     return generate_latest(REGISTRY)

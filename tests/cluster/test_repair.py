@@ -35,7 +35,8 @@ def _node_dirs(cluster: Cluster) -> dict[str, str]:
 
 
 def test_dead_node_replicas_are_recreated(tmp_path_factory):
-    flags = ["--dead-after", "3", "--repair-interval", "0.5"]
+    # 5 MB/s: slow enough to watch the backlog and ETA while repair runs
+    flags = ["--dead-after", "3", "--repair-interval", "0.5", "--repair-rate", "5"]
     with Cluster(tmp_path_factory.mktemp("repair"), blobs=4, frontends=1, chunk_size=MIB,
                  raftmeta_flags=flags) as cluster:
         s3 = cluster.s3(0)
@@ -49,7 +50,9 @@ def test_dead_node_replicas_are_recreated(tmp_path_factory):
         cluster.kill(victim)
         started = time.monotonic()
         deadline = started + 60
+        progress = []  # what an operator polling the repair endpoint saw
         while time.monotonic() < deadline:
+            progress.append(cluster.admin("GET", "repair")[1].get("repair", {}))
             manifests = _manifests(cluster, list(bodies))
             if all(len(c[3]) == 3 and victim_id not in c[3] for chunks in manifests.values() for c in chunks):
                 break
@@ -66,6 +69,10 @@ def test_dead_node_replicas_are_recreated(tmp_path_factory):
                 assert {dirs[n] for n in nodes} <= on_disk
         for key, body in bodies.items():
             assert s3.get_object(Bucket="heal", Key=key)["Body"].read() == body
+        working = [p for p in progress if p.get("backlog_chunks")]
+        assert working and working[0]["backlog_chunks"] == held, progress
+        assert any(p["eta_s"] is not None and p["rate_bytes_s"] for p in working), working
+        print("repair progress seen:", [(p["backlog_chunks"], p["pass_bytes"], p["eta_s"]) for p in working])
         status, info = cluster.admin("GET", "repair")
         assert status == 200 and info["repair"]["repaired_total"] >= held and victim_id in info["repair"]["dead_nodes"]
         status, overview = cluster.admin("GET", "status")

@@ -265,5 +265,6 @@ def test_metrics_endpoint(cluster, s3, bucket):
     assert 'cairn_s3_requests_total{operation="GetObject",status="404"}' in text
     assert "cairn_raft_is_leader" in text and "cairn_blobnode_disk_used_bytes" in text
     assert "cairn_gc_queued_chunks" in text and "cairn_under_replicated_chunks" in text
+    assert "cairn_repair_backlog_bytes" in text and "cairn_repair_eta_seconds" in text
     leaders = [line for line in text.splitlines() if line.startswith("cairn_raft_is_leader") and line.endswith(" 1.0")]
     assert len(leaders) == 1
