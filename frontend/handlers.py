@@ -232,7 +232,8 @@ async def put_object(ctx: Context, request: Any, bucket: str, key: str, params: 
     headers = {h: request.headers[h] for h in STORED_HEADERS if h in request.headers}
     if body.content_encoding:
         headers["content-encoding"] = body.content_encoding
-    await bucket_exists(ctx, bucket)
+    if body.length is None or body.length > ctx.data.settings.inline_max:
+        await bucket_exists(ctx, bucket)  # fail fast before chunks are written (the commit checks anyway)
     stored, checksum = await body.store(ctx.data)
     etag = await commit_object(
         ctx.meta, ctx.data, bucket, key, stored, cond=cond,

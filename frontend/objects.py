@@ -109,6 +109,9 @@ class NodeDirectory:
         self.failed_at.pop(node_id, None)
 
 
+SMALL_HASH = 64 * 1024  # bytes hashed on the event loop rather than in worker threads
+
+
 @dataclass
 class Stored:
     """What a streamed write produced: the manifest and the whole-object digests."""
@@ -275,11 +278,17 @@ class DataPath:
         def chunk_sha_work() -> None:
             entry[2] = hashlib.sha256(chunk).hexdigest()
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(trio.to_thread.run_sync, md5_work)
-            nursery.start_soon(trio.to_thread.run_sync, object_sha_work)
+        if len(chunk) <= SMALL_HASH:  # a thread hop costs more than hashing this little
+            md5_work()
+            object_sha_work()
             if not first:
-                nursery.start_soon(trio.to_thread.run_sync, chunk_sha_work)
+                chunk_sha_work()
+        else:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(trio.to_thread.run_sync, md5_work)
+                nursery.start_soon(trio.to_thread.run_sync, object_sha_work)
+                if not first:
+                    nursery.start_soon(trio.to_thread.run_sync, chunk_sha_work)
         stored.size += len(chunk)
         return entry
 
@@ -379,7 +388,10 @@ class DataPath:
                 else:
                     self.directory.mark_failed(node_id)
                 continue
-            digest = await trio.to_thread.run_sync(lambda d=data: hashlib.sha256(d).hexdigest())
+            if len(data) <= SMALL_HASH:
+                digest = hashlib.sha256(data).hexdigest()
+            else:
+                digest = await trio.to_thread.run_sync(lambda d=data: hashlib.sha256(d).hexdigest())
             if len(data) != size or digest != sha256:
                 log.error("chunk %s on node %s is corrupt (size %d, sha %s): not served", chunk_id, node_id, len(data), digest)
                 if on_bad is not None:
