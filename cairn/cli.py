@@ -24,6 +24,10 @@ def _logging(level: str, role: str) -> None:
 def run_role(role: str, argv: list[str]) -> int:
     args = config.parse_role(role, argv)
     _logging(args.log_level, role)
+    if role == "frontend" and args.workers > 1 and not args.worker:
+        from frontend.workers import run_workers
+
+        return run_workers(argv, args.workers)
     if role == "raftmeta":
         from raftmeta.server import serve
     elif role == "blobnode":

@@ -70,6 +70,9 @@ def add_frontend(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chunk-size", type=int, default=8 * MIB)
     p.add_argument("--replicas", type=int, default=3, help="copies of each chunk (N)")
     p.add_argument("--write-quorum", type=int, default=2, help="acknowledged copies before a chunk counts (W)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="frontend processes sharing --listen (SO_REUSEPORT); each gets 1/N of the buffer budget")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # set on the processes --workers starts
     p.add_argument("--inline-max", type=int, default=16 * 1024,
                    help="objects up to this size live in their manifest (Raft) instead of blob nodes; 0: never")
     p.add_argument("--region", default="us-east-1")

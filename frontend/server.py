@@ -91,8 +91,9 @@ def build(args: Any) -> CairnApp:
     access, secret = config.root_credentials()
     meta = MetaClient(args.meta, args.secret)
     blobs = BlobClient(args.secret)
+    workers = max(1, getattr(args, "workers", 1))
     settings = Settings(chunk_size=args.chunk_size, replicas=args.replicas, write_quorum=args.write_quorum,
-                        inline_max=args.inline_max)
+                        inline_max=args.inline_max, buffer_budget=Settings.buffer_budget // workers)
     if not 1 <= settings.write_quorum <= settings.replicas:
         raise SystemExit("--write-quorum must be between 1 and --replicas")
     data = DataPath(meta, blobs, settings)
@@ -103,6 +104,7 @@ async def serve(args: Any) -> None:
     app = build(args)
     hc = Config()
     hc.bind = [args.listen]
+    hc.workers = max(1, getattr(args, "workers", 1))  # >1: hypercorn binds with SO_REUSEPORT
     hc.keep_alive_timeout = 75
     hc.accesslog = None
     if getattr(args, "certfile", None):
