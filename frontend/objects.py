@@ -109,6 +109,7 @@ class NodeDirectory:
         self.failed_at.pop(node_id, None)
 
 
+SEND_SLICE = 1024 * 1024  # bytes of a GET handed to the HTTP server at a time
 SMALL_HASH = 64 * 1024  # bytes hashed on the event loop rather than in worker threads
 
 
@@ -492,11 +493,16 @@ class PrefetchingBody(ResponseBody):
     def __aiter__(self) -> AsyncIterator[bytes | bytearray]:
         return self._pieces()
 
-    async def _pieces(self) -> AsyncIterator[bytes | bytearray]:
+    async def _pieces(self) -> AsyncIterator[bytes | bytearray | memoryview]:
         async for piece in self._recv:
             if isinstance(piece, Exception):
                 raise piece
-            yield piece
+            # The server copies what it is given (to bytes, then into h11's buffer): hand it
+            # a slice at a time so those copies stay small however large a chunk is.
+            view = memoryview(piece)
+            for at in range(0, len(view), SEND_SLICE):
+                yield view[at : at + SEND_SLICE]
+            del view, piece
 
     async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> bool | None:
         self._nursery.cancel_scope.cancel()
