@@ -43,7 +43,8 @@ def add_raftmeta(p: argparse.ArgumentParser) -> None:
     p.add_argument("--upload-expiry-interval", type=float, default=60.0)
     p.add_argument("--replicas", type=int, default=3, help="healthy copies of each chunk that repair maintains")
     p.add_argument("--dead-after", type=float, default=600.0,
-                   help="seconds without a heartbeat before a blob node's replicas are re-created elsewhere")
+                   help="seconds without a heartbeat before a blob node's replicas are re-created elsewhere "
+                        "(blob nodes heartbeat every 3 s: keep this well above that)")
     p.add_argument("--repair-interval", type=float, default=10.0)
     p.add_argument("--repair-rate", type=float, default=50.0, help="MB/s that repair copies at, at most")
     p.add_argument("--orphan-grace", type=float, default=21600.0,

@@ -34,6 +34,7 @@ from raftmeta.state import MetaState
 log = logging.getLogger("raftmeta")
 
 PROPOSE_TIMEOUT = 5.0
+REPAIRS_IN_FLIGHT = 4  # chunk copies node to node at once (each its own source and target disks)
 
 
 @dataclass
@@ -58,6 +59,7 @@ class MetaServer:
         self._batch = _Batch()
         self._barrier_wanted = trio.Event()
         self.blobs = BlobClient(secret)
+        self._paced_until = 0.0  # when the repair rate limit lets the next chunk copy start
         self.gc_deleted = 0
         self.expiry: dict[str, Any] = {"ttl": upload_ttl, "interval": expiry_interval, "last_run": None,
                                        "last_aborted": 0, "aborted_total": 0}
@@ -258,53 +260,75 @@ class MetaServer:
         self.repair["dead_nodes"] = sorted(n["node_id"] for n in nodes if n["node_id"] not in reachable)
         self._measure_backlog(list(alive))
         pass_started = time.monotonic()
-        repaired = 0
-        under = 0
+        self._paced_until = max(self._paced_until, pass_started)
+        counts = {"repaired": 0, "under": 0}
+        slots = trio.Semaphore(REPAIRS_IN_FLIGHT)
+
+        async def repair_one(item: list[Any]) -> None:
+            try:
+                if await self._repair_chunk(item, alive, reachable, pass_started):
+                    counts["repaired"] += 1
+            finally:
+                slots.release()
+
         cursor = ["", ""]
-        while repaired < budget:
-            scan = self.state.query({"q": "repair_scan", "alive": list(alive), "want": self.repair["replicas"],
-                                     "after": cursor, "limit": 100})
-            if not scan.get("ok"):
-                break
-            for bucket, key, version, chunk, size, sha256, replicas in scan["items"]:
-                under += 1
-                healthy = [n for n in replicas if n in alive]
-                sources = healthy + [n for n in replicas if n in reachable and n not in alive]  # + draining
-                if not sources:
-                    log.error("chunk %s of %s/%s has no live replica", chunk, bucket, key)
-                    continue
-                spares = sorted((n for n in alive.values() if n["node_id"] not in healthy
-                                 and n["capacity"] - n["used"] >= size),  # a full disk takes no repairs
-                                key=lambda n: n["capacity"] - n["used"], reverse=True)
-                added = []
-                for target in spares[: self.repair["replicas"] - len(healthy)]:
-                    try:
-                        started = time.monotonic()
-                        await self.blobs.pull(target["addr"], chunk, sha256, reachable[sources[0]]["addr"])
-                        added.append(target["node_id"])
-                        self.repair["bytes_total"] += size
-                        self._progress(size, time.monotonic() - pass_started)
-                        # the rate limit: client traffic keeps the disks and the network first
-                        await trio.sleep(max(0.0, size / (self.repair["rate_mb_s"] * 1e6) - (time.monotonic() - started)))
-                    except (wire.WireError, OSError) as exc:
-                        log.warning("repair of chunk %s onto %s failed: %s", chunk, target["node_id"], exc)
-                keep = healthy + added
-                if len(keep) < self.repair["replicas"]:  # a draining copy leaves only once replaced
-                    keep += [n for n in sources if n not in keep]
-                if set(keep) != set(replicas):
-                    result = await self.propose({"op": "set_replicas", "bucket": bucket, "key": key,
-                                                 "version": version, "chunk": chunk, "nodes": keep})
-                    if result.get("ok") and added:
-                        repaired += 1
-            if scan["done"]:
-                break
-            cursor = scan["next"]
+        async with trio.open_nursery() as nursery:
+            while counts["repaired"] < budget:
+                scan = self.state.query({"q": "repair_scan", "alive": list(alive), "want": self.repair["replicas"],
+                                         "after": cursor, "limit": 100})
+                if not scan.get("ok"):
+                    break
+                for item in scan["items"]:
+                    counts["under"] += 1
+                    await slots.acquire()
+                    nursery.start_soon(repair_one, item)
+                if scan["done"]:
+                    break
+                cursor = scan["next"]
+        repaired, under = counts["repaired"], counts["under"]
         self.repair.update(last_run=time.time(), repaired_total=self.repair["repaired_total"] + repaired)
         if not repaired and not under:
             self.repair.update(backlog_chunks=0, backlog_bytes=0, eta_s=0.0)
         if repaired:
             log.info("repair: %d chunks re-replicated (%d under-replicated seen)", repaired, under)
         return repaired
+
+    async def _repair_chunk(self, item: list[Any], alive: dict[str, Any], reachable: dict[str, Any],
+                            pass_started: float) -> bool:
+        """Copy one under-replicated chunk onto spare nodes and record the new replica
+        set; True if a replica was added and recorded."""
+        bucket, key, version, chunk, size, sha256, replicas = item
+        healthy = [n for n in replicas if n in alive]
+        sources = healthy + [n for n in replicas if n in reachable and n not in alive]  # + draining
+        if not sources:
+            log.error("chunk %s of %s/%s has no live replica", chunk, bucket, key)
+            return False
+        spares = sorted((n for n in alive.values() if n["node_id"] not in healthy
+                         and n["capacity"] - n["used"] >= size),  # a full disk takes no repairs
+                        key=lambda n: n["capacity"] - n["used"], reverse=True)
+        added = []
+        for target in spares[: self.repair["replicas"] - len(healthy)]:
+            # the rate limit, shared by the pulls in flight: client traffic keeps the disks first
+            now = time.monotonic()
+            start_at = self._paced_until
+            self._paced_until = max(now, start_at) + size / (self.repair["rate_mb_s"] * 1e6)
+            await trio.sleep(max(0.0, start_at - now))
+            try:
+                await self.blobs.pull(target["addr"], chunk, sha256, reachable[sources[0]]["addr"])
+            except (wire.WireError, OSError) as exc:
+                log.warning("repair of chunk %s onto %s failed: %s", chunk, target["node_id"], exc)
+                continue
+            added.append(target["node_id"])
+            self.repair["bytes_total"] += size
+            self._progress(size, time.monotonic() - pass_started)
+        keep = healthy + added
+        if len(keep) < self.repair["replicas"]:  # a draining copy leaves only once replaced
+            keep += [n for n in sources if n not in keep]
+        if set(keep) == set(replicas):
+            return False
+        result = await self.propose({"op": "set_replicas", "bucket": bucket, "key": key,
+                                     "version": version, "chunk": chunk, "nodes": keep})
+        return bool(result.get("ok") and added)
 
     def _measure_backlog(self, alive: list[str]) -> None:
         """Count what is under-replicated now (chunks, and bytes of missing replicas), the

@@ -36,7 +36,7 @@ def _node_dirs(cluster: Cluster) -> dict[str, str]:
 
 def test_dead_node_replicas_are_recreated(tmp_path_factory):
     # 5 MB/s: slow enough to watch the backlog and ETA while repair runs
-    flags = ["--dead-after", "3", "--repair-interval", "0.5", "--repair-rate", "5"]
+    flags = ["--dead-after", "7", "--repair-interval", "0.5", "--repair-rate", "5"]  # heartbeats every 3 s
     with Cluster(tmp_path_factory.mktemp("repair"), blobs=4, frontends=1, chunk_size=MIB,
                  raftmeta_flags=flags) as cluster:
         s3 = cluster.s3(0)
@@ -59,7 +59,7 @@ def test_dead_node_replicas_are_recreated(tmp_path_factory):
             time.sleep(0.5)
         else:
             pytest.fail("replicas on the dead node were not re-created")
-        print(f"{held} replicas re-created {time.monotonic() - started:.1f}s after SIGKILL (declared dead 3 s after its last heartbeat)")
+        print(f"{held} replicas re-created {time.monotonic() - started:.1f}s after SIGKILL (declared dead 7 s after its last heartbeat)")
         # every recorded replica is really on that node's disk, and the data reads back whole
         dirs = _node_dirs(cluster)
         files = cluster.chunk_files()
