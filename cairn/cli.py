@@ -85,6 +85,7 @@ commands:
   frontend   run one S3 frontend
   admin      operator commands against a frontend (users, keys, grants, nodes, repair, uploads, gc)
   chaos      a seeded chaos run against a fresh local cluster, with a verdict
+  bench      Cairn and its peers side by side (see BENCHMARKS.md)
 Run `cairn COMMAND --help` for a command's options."""
 
 
@@ -100,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
         from chaos.run import main as chaos_main
 
         return chaos_main(rest)
+    if command == "bench":
+        from bench.__main__ import main as bench_main
+
+        return bench_main(rest)
     if command == "admin":
         from frontend.admin_cli import main as admin_main
 
