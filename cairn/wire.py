@@ -228,7 +228,7 @@ async def client_handshake(conn: FramedSocket, secret: str) -> None:
 class ConnectionPool:
     """Idle authenticated connections per address; one request at a time per connection."""
 
-    def __init__(self, secret: str, max_idle: int = 16, connect_timeout: float = 3.0) -> None:
+    def __init__(self, secret: str, max_idle: int = 256, connect_timeout: float = 3.0) -> None:
         self.secret = secret
         self.max_idle = max_idle
         self.connect_timeout = connect_timeout

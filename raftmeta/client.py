@@ -65,7 +65,7 @@ class MetaClient:
                     self._down = False
                     return reply
                 await trio.sleep(delay)
-                delay = min(delay * 2, 0.5)
+                delay = min(delay * 2, 0.1)  # a new leader is usually there within a second: look often
         self._down = True
         raise wire.WireError(wire.ERR_UNAVAILABLE, f"no raftmeta node answered: {last}")
 

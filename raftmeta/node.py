@@ -8,6 +8,11 @@ What PySyncObj 0.3.17 does not do, and this module adds:
   with its backup API (``_serialize`` / ``_deserialize``).
 - safety: the Raft port always requires the cluster secret (PySyncObj pickles its TCP
   messages; without ``password`` an open port would be remote code execution).
+- pipelining: on every successful ack it set the follower's next index back to just
+  past the acked entry, so the leader sent again every entry still in flight. Under 64
+  concurrent writes that retransmission cut commits to a third (and logged
+  "truncating already-applied" for each duplicate). A successful ack now only moves the
+  next index forward; a failed one (``reset``) still moves it back, as Raft requires.
 - speed: it zlib-compresses every message at level 3, which took 30% of the leader's
   Raft thread under small-object writes (their bytes ride in the entries and do not
   compress). Messages are now stored uncompressed (level 0, still valid zlib, so nodes
@@ -159,6 +164,18 @@ class MetaNode(SyncObj):
             send(node, message)
 
         transport.send = durable_send
+
+    def _SyncObj__onMessageReceived(self, node: Any, message: dict[str, Any]) -> None:  # noqa: N802
+        """PySyncObj's handler, but a successful ack never moves a follower's next index
+        back over entries already sent (see the module docstring)."""
+        ahead = None
+        if message.get("type") == "next_node_idx" and message.get("success") and not message.get("reset"):
+            ahead = self._SyncObj__raftNextIndex.get(node)
+        super()._SyncObj__onMessageReceived(node, message)
+        if ahead is not None and self._isLeader():
+            next_index = self._SyncObj__raftNextIndex
+            if node in next_index and next_index[node] < ahead:
+                next_index[node] = ahead
 
     def _onTick(self, timeToWait: float = 0.0) -> None:  # noqa: N802,N803 (PySyncObj's names)
         # The leader counts its own log toward the commit at the start of a tick: every
