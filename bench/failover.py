@@ -1,7 +1,7 @@
 """Cairn only: how long a failure costs.
 
 - Leader failover: SIGKILL the Raft leader, then PUT a small object until one succeeds.
-- Re-replication: on a 4-blob-node cluster whose raftmeta declares a node dead after 5 s
+- Re-replication: on a 4-blob-node cluster whose raftmeta declares a node dead after 8 s
   and repairs every second, write the "1 GiB" data set, SIGKILL one blob node and wait
   until no chunk has fewer than 3 replicas on the surviving nodes.
 """
