@@ -258,10 +258,10 @@ class MetaServer:
         reachable = {n["node_id"]: n for n in nodes if now - n["heartbeat"] < self.repair["dead_after"]}
         alive = {i: n for i, n in reachable.items() if n["state"] == "active"}  # where replicas count
         self.repair["dead_nodes"] = sorted(n["node_id"] for n in nodes if n["node_id"] not in reachable)
-        self._measure_backlog(list(alive))
+        todo = self._measure_backlog(list(alive), budget)
         pass_started = time.monotonic()
         self._paced_until = max(self._paced_until, pass_started)
-        counts = {"repaired": 0, "under": 0}
+        counts = {"repaired": 0}
         slots = trio.Semaphore(REPAIRS_IN_FLIGHT)
 
         async def repair_one(item: list[Any]) -> None:
@@ -271,24 +271,12 @@ class MetaServer:
             finally:
                 slots.release()
 
-        cursor = ["", ""]
         async with trio.open_nursery() as nursery:
-            while counts["repaired"] < budget:
-                scan = self.state.query({"q": "repair_scan", "alive": list(alive), "want": self.repair["replicas"],
-                                         "after": cursor, "limit": 100})
-                if not scan.get("ok"):
-                    break
-                for item in scan["items"]:
-                    counts["under"] += 1
-                    await slots.acquire()
-                    nursery.start_soon(repair_one, item)
-                if scan["done"]:
-                    break
-                cursor = scan["next"]
-        repaired, under = counts["repaired"], counts["under"]
+            for item in todo:
+                await slots.acquire()
+                nursery.start_soon(repair_one, item)
+        repaired, under = counts["repaired"], self.repair["backlog_chunks"]
         self.repair.update(last_run=time.time(), repaired_total=self.repair["repaired_total"] + repaired)
-        if not repaired and not under:
-            self.repair.update(backlog_chunks=0, backlog_bytes=0, eta_s=0.0)
         if repaired:
             log.info("repair: %d chunks re-replicated (%d under-replicated seen)", repaired, under)
         return repaired
@@ -330,26 +318,31 @@ class MetaServer:
                                      "version": version, "chunk": chunk, "nodes": keep})
         return bool(result.get("ok") and added)
 
-    def _measure_backlog(self, alive: list[str]) -> None:
-        """Count what is under-replicated now (chunks, and bytes of missing replicas), the
-        denominator of the progress and ETA an operator sees."""
+    def _measure_backlog(self, alive: list[str], budget: int) -> list[list[Any]]:
+        """One scan of the manifests: count what is under-replicated now (chunks, and bytes
+        of missing replicas: the denominator of the progress and ETA an operator sees) and
+        return the first ``budget`` of those chunks, the work of this pass."""
         want = self.repair["replicas"]
         chunks = missing = 0
+        todo: list[list[Any]] = []
         cursor: list[str] = ["", ""]
         while True:
             scan = self.state.query({"q": "repair_scan", "alive": alive, "want": want, "after": cursor,
                                      "limit": 1000})
             if not scan.get("ok"):
                 break
-            for *_where, size, _sha, replicas in scan["items"]:
+            for item in scan["items"]:
                 chunks += 1
-                missing += size * max(1, want - len([n for n in replicas if n in alive]))
+                missing += item[4] * max(1, want - len([n for n in item[6] if n in alive]))
+                if len(todo) < budget:
+                    todo.append(item)
             if scan["done"]:
                 break
             cursor = scan["next"]
         self.repair.update(backlog_chunks=chunks, backlog_bytes=missing, pass_bytes=0, last_under_replicated=chunks,
                            pass_started=time.time() if chunks else None, rate_bytes_s=None,
                            eta_s=0.0 if not chunks else None)
+        return todo
 
     def _progress(self, size: int, elapsed: float) -> None:
         done = self.repair["pass_bytes"] = self.repair["pass_bytes"] + size
