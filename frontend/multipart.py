@@ -157,7 +157,7 @@ async def _copy_into(ctx: Context, request: Any, stored: Stored, algorithm: str 
 
     async def pieces():  # noqa: ANN202
         if last >= first:
-            async for piece in ctx.data.stream(src["chunks"], first, last, budgeted=False):
+            async for piece in ctx.data.stream(src["chunks"], first, last):
                 yield piece
 
     try:

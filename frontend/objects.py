@@ -18,7 +18,7 @@ import hashlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,7 +38,7 @@ NODES_WAIT = 5.0  # how long a write waits for enough live blob nodes before fai
 NODE_BACKOFF = 5.0  # seconds a node that failed an operation is tried last
 READ_TIMEOUT = 5.0
 REPLICATIONS_IN_FLIGHT = 2
-BUFFER_WAIT = 30.0  # seconds a request waits for a chunk buffer before SlowDown  # one replica's time to return a chunk before the next is tried
+BUFFER_WAIT = 30.0  # seconds a request waits for a chunk buffer before SlowDown
 
 
 @dataclass
@@ -146,7 +146,7 @@ class DataPath:
         self.buffer_count = max(3, settings.buffer_budget // settings.chunk_size)
         self.buffers = trio.Semaphore(self.buffer_count)
 
-    async def _take_buffer(self) -> None:
+    async def take_buffer(self) -> None:
         """One chunk buffer from the frontend's budget; past BUFFER_WAIT, SlowDown."""
         with trio.move_on_after(BUFFER_WAIT):
             await self.buffers.acquire()
@@ -192,7 +192,7 @@ class DataPath:
                                     if small is not None:  # more came after all: a chunk like any other
                                         await send.send(small)
                                         small, sent = None, True
-                                    await self._take_buffer()
+                                    await self.take_buffer()
                                     held += 1
                                     left = size_hint - received if size_hint is not None else 0
                                     buf = bytearray(min(size, left) if left > 0 else size)
@@ -255,6 +255,9 @@ class DataPath:
                 entry = await self._hash_chunk(chunk, stored, on_chunk)
                 await slots.acquire()
                 replications.start_soon(replicate, entry, chunk)
+                # The task owns the chunk now: a reference kept here while waiting for the
+                # next one would outlive its budget permit (16 uploads held 16 such buffers).
+                del chunk, entry
 
     async def _hash_chunk(
         self, chunk: memoryview, stored: Stored, on_chunk: Callable[[memoryview], None] | None,
@@ -403,12 +406,13 @@ class DataPath:
         raise S3Error("ServiceUnavailable", "No intact replica of a chunk of this object is reachable. Please retry.")
 
     async def stream(
-        self, chunks: list[list[Any]], start: int, end: int, *, budgeted: bool = True,
+        self, chunks: list[list[Any]], start: int, end: int, *,
+        before_chunk: Callable[[int], Awaitable[None]] | None = None,
         on_bad: Callable[[str, str], None] | None = None,
     ) -> AsyncIterator[bytes | bytearray]:
-        """Bytes [start, end] (inclusive) of the object made of ``chunks``. With
-        ``budgeted``, each chunk in hand counts against the frontend's buffer budget
-        (a copy into a new upload passes False: it holds a write buffer already)."""
+        """Bytes [start, end] (inclusive) of the object made of ``chunks``, a chunk at a
+        time. ``before_chunk(size)`` runs before each chunk is read (the GET body takes
+        a buffer from the budget there; a copy into a new upload holds a write buffer)."""
         offset = 0
         for chunk in chunks:
             size = chunk[1]
@@ -418,16 +422,12 @@ class DataPath:
                 continue
             if lo > end:
                 break
-            if budgeted:
-                await self._take_buffer()
-            try:
-                data = await self.read_chunk(chunk, on_bad)
-                a, b = max(start, lo) - lo, min(end, hi) - lo + 1
-                yield data if (a, b) == (0, size) else bytes(memoryview(data)[a:b])
-                del data
-            finally:
-                if budgeted:
-                    self.buffers.release()
+            if before_chunk is not None:
+                await before_chunk(size)
+            data = await self.read_chunk(chunk, on_bad)
+            a, b = max(start, lo) - lo, min(end, hi) - lo + 1
+            yield data if (a, b) == (0, size) else bytes(memoryview(data)[a:b])
+            del data
 
     def report_bad(self, bucket: str, key: str, version: int, chunk_id: str, node_id: str) -> None:
         """Queue a replica that a read found missing or corrupt (never blocks a GET)."""
@@ -472,21 +472,46 @@ class PrefetchingBody(ResponseBody):
         self.data, self.chunks, self.start, self.end, self.on_bad = data, chunks, start, end, on_bad
 
     async def __aenter__(self) -> PrefetchingBody:
+        self._held = 0  # budget permits this response holds: the chunk being sent, the next
+        self._unsent = False  # the producer holds a permit for a chunk not handed over yet
         self._nursery_manager = trio.open_nursery()
         self._nursery = await self._nursery_manager.__aenter__()
-        send, self._recv = trio.open_memory_channel[Any](1)
+        # Unbuffered: the next chunk waits in the producer's hands, so one response holds at
+        # most two chunks, both counted in the frontend's buffer budget until fully sent.
+        send, self._recv = trio.open_memory_channel[Any](0)
         self._nursery.start_soon(self._produce, send)
         return self
 
+    async def _before_chunk(self, size: int) -> None:
+        if size > SMALL_HASH:  # a few KiB per connection need no permit
+            await self.data.take_buffer()
+            self._held += 1
+            self._unsent = True
+
+    def _give_back(self) -> None:
+        self._held -= 1
+        self.data.buffers.release()
+
     async def _produce(self, send: trio.MemorySendChannel[Any]) -> None:
-        pieces = self.data.stream(self.chunks, self.start, self.end, on_bad=self.on_bad)
+        pieces = self.data.stream(self.chunks, self.start, self.end, before_chunk=self._before_chunk,
+                                  on_bad=self.on_bad)
         async with send:
             try:
                 async for piece in pieces:
-                    await send.send(piece)
+                    budgeted, self._unsent = self._unsent, False
+                    try:
+                        await send.send((piece, budgeted))
+                    except BaseException:
+                        if budgeted:
+                            self._give_back()
+                        raise
+                    del piece
             except Exception as exc:  # handed to the sender, which fails the response
-                await send.send(exc)
-            finally:  # a client gone mid-GET: close the reader now, returning its buffer
+                await send.send((exc, False))
+            finally:  # a client gone mid-GET: close the reader now
+                if self._unsent:
+                    self._unsent = False
+                    self._give_back()
                 with trio.CancelScope(shield=True):
                     await pieces.aclose()
 
@@ -494,16 +519,25 @@ class PrefetchingBody(ResponseBody):
         return self._pieces()
 
     async def _pieces(self) -> AsyncIterator[bytes | bytearray | memoryview]:
-        async for piece in self._recv:
+        async for piece, budgeted in self._recv:
             if isinstance(piece, Exception):
                 raise piece
-            # The server copies what it is given (to bytes, then into h11's buffer): hand it
-            # a slice at a time so those copies stay small however large a chunk is.
+            # The server copies what it is given to bytes: hand it bytes, a slice at a time,
+            # so that copy is the only one, stays small however large a chunk is, and nothing
+            # downstream keeps the chunk alive (Quart holds the last piece it was given until
+            # the next one comes). When the last slice's send returns, the bytes are in the
+            # kernel and the permit goes back.
             view = memoryview(piece)
             for at in range(0, len(view), SEND_SLICE):
-                yield view[at : at + SEND_SLICE]
+                yield bytes(view[at : at + SEND_SLICE])
             del view, piece
+            if budgeted:
+                self._give_back()
 
     async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> bool | None:
         self._nursery.cancel_scope.cancel()
-        return await self._nursery_manager.__aexit__(exc_type, exc, tb)
+        try:
+            return await self._nursery_manager.__aexit__(exc_type, exc, tb)
+        finally:
+            while self._held > 0:  # a chunk the client never took all of
+                self._give_back()

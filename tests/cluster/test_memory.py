@@ -1,5 +1,6 @@
-"""A 2 GiB PUT and GET, and a 1 GiB multipart upload with 10 parts in flight, through one
-frontend keep that frontend's RSS under 200 MiB."""
+"""A 2 GiB PUT and GET, a 1 GiB multipart upload with 10 parts in flight, and 16
+concurrent 64 MiB PUTs then GETs, through one frontend keep that frontend's RSS under
+200 MiB."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import hashlib
 import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import psutil
 import pytest
@@ -80,4 +82,28 @@ def test_two_gib_put_and_get_in_flat_memory(tmp_path_factory):
               f"frontend RSS peak {sampler.peak / 2**20:.0f} MiB")
         assert sampler.peak < LIMIT
         assert s3.head_object(Bucket="big", Key="one-gib")["ContentLength"] == 1024**3
-    src.unlink()
+        src.unlink()
+
+        # 16 streams at once, each 64 MiB: the frontend-wide chunk budget, not the number of
+        # streams, bounds memory (each stream alone would hold two or three 8 MiB chunks)
+        streams, size = 16, 64 * 1024**2
+        s3 = cluster.s3(0, read_timeout=300, max_pool_connections=streams)
+        pattern = os.urandom(size)
+        bodies = [i.to_bytes(8, "big") + pattern[8:] for i in range(streams)]
+        for phase in ("PUT", "GET"):
+            sampler = Sampler(cluster.procs["frontend1"].pid)
+            sampler.start()
+            t = time.monotonic()
+            with ThreadPoolExecutor(streams) as pool:
+                if phase == "PUT":
+                    list(pool.map(lambda i: s3.put_object(Bucket="big", Key=f"s{i}", Body=bodies[i]), range(streams)))
+                else:
+                    got = list(pool.map(lambda i: hashlib.sha256(s3.get_object(Bucket="big", Key=f"s{i}")["Body"].read()).digest(),
+                                        range(streams)))
+                    assert got == [hashlib.sha256(b).digest() for b in bodies]
+            took = time.monotonic() - t
+            sampler.stop.set()
+            sampler.join()
+            print(f"{streams} concurrent 64 MiB {phase}s: {streams * size / took / 1e6:.0f} MB/s; "
+                  f"frontend RSS peak {sampler.peak / 2**20:.0f} MiB")
+            assert sampler.peak < LIMIT, phase
