@@ -47,6 +47,20 @@ async def meta_call(call: Any) -> dict[str, Any]:
     return reply
 
 
+async def meta_call_many(ctx: Context, queries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Several linearizable reads behind one Raft barrier; the first failed one raises."""
+    try:
+        results = await ctx.meta.read_many(queries)
+    except wire.WireError as exc:
+        if exc.code != wire.ERR_UNAVAILABLE:
+            raise_reply({"err": exc.code, "msg": exc.msg})
+        raise S3Error("ServiceUnavailable", "The metadata service is unavailable. Please retry.") from None
+    for reply in results:
+        if not reply.get("ok"):
+            raise_reply(reply)
+    return results
+
+
 def raise_reply(reply: dict[str, Any]) -> None:
     code = reply.get("err", "InternalError")
     if code == wire.ERR_UNAVAILABLE:

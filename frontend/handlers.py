@@ -23,6 +23,7 @@ from frontend.context import (
     Context,
     empty_response,
     meta_call,
+    meta_call_many,
     user_metadata,
     xml_response,
 )
@@ -207,15 +208,12 @@ async def list_objects(ctx: Context, bucket: str, params: dict[str, str]) -> Res
     else:
         p["marker"] = params.get("marker", "")
         after = p["marker"]
-    bucket_info = await meta_call(ctx.meta.read({"q": "bucket", "bucket": bucket}))
+    # The bucket's owner and the page, behind one Raft barrier.
+    bucket_info, page = await meta_call_many(ctx, [{"q": "bucket", "bucket": bucket}, {
+        "q": "list", "bucket": bucket, "prefix": p["prefix"], "delimiter": p["delimiter"],
+        "after": after, "max_keys": p["max_keys"],
+    }])
     p["owner"] = bucket_info["owner"]
-    if p["max_keys"] == 0:
-        page = {"contents": [], "prefixes": [], "truncated": False, "last": ""}
-    else:
-        page = await meta_call(ctx.meta.read({
-            "q": "list", "bucket": bucket, "prefix": p["prefix"], "delimiter": p["delimiter"],
-            "after": after, "max_keys": p["max_keys"],
-        }))
     if page["truncated"]:
         p["next_token"] = _token(page["last"])
     return xml_response(s3xml.list_objects(page, p, v2))

