@@ -84,7 +84,9 @@ class MetaClient:
 
     async def refresh_members(self) -> list[str]:
         """Learn the RPC addresses of the current Raft members (after a member was added,
-        removed or replaced) and use those from now on. Returns the addresses in use."""
+        removed or replaced) and use those from now on, the leader first: it answers
+        reads from its lease and takes writes without a forwarding hop. Returns the
+        addresses in use."""
         reply = await self.call({"op": "members"}, deadline=5.0)
         rpcs = [m.get("rpc") for m in reply.get("members", [])]
         if reply.get("ok") and rpcs and all(rpcs) and set(rpcs) != set(self.addrs):
@@ -92,12 +94,17 @@ class MetaClient:
             preferred = self.addrs[self._preferred]
             self.addrs = rpcs
             self._preferred = rpcs.index(preferred) if preferred in rpcs else 0
+        leader = reply.get("leader_rpc")
+        if leader in self.addrs:
+            self._preferred = self.addrs.index(leader)
         return self.addrs
 
-    async def follow_members(self, interval: float = 10.0) -> None:
-        """``refresh_members`` forever, every ``interval`` seconds."""
+    async def follow_members(self, interval: float = 3.0, first: float = 1.0) -> None:
+        """``refresh_members`` forever: after ``first`` seconds, then every ``interval``."""
+        delay = first
         while True:
-            await trio.sleep(interval)
+            await trio.sleep(delay)
+            delay = interval
             try:
                 await self.refresh_members()
             except wire.WireError as exc:

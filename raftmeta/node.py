@@ -13,6 +13,12 @@ What PySyncObj 0.3.17 does not do, and this module adds:
   concurrent writes that retransmission cut commits to a third (and logged
   "truncating already-applied" for each duplicate). A successful ack now only moves the
   next index forward; a failed one (``reset``) still moves it back, as Raft requires.
+- leader leases (Raft thesis 6.4.1): a follower that heard from its leader less than
+  ``raftMinTimeout`` ago ignores vote requests (thesis 4.2.3), so no other leader can be
+  elected in that window. The leader stamps each AppendEntries with its monotonic clock
+  and followers echo the stamp in their ack; while a majority has acked a stamp younger
+  than ``LEASE_FRACTION`` of that window, the leader serves linearizable reads from its
+  own state (``lease_read_index``) without a Raft round.
 - speed: it zlib-compresses every message at level 3, which took 30% of the leader's
   Raft thread under small-object writes (their bytes ride in the entries and do not
   compress). Messages are now stored uncompressed (level 0, still valid zlib, so nodes
@@ -25,6 +31,7 @@ import logging
 import os
 import pickle
 import sqlite3
+import time
 import zlib
 from collections.abc import Callable
 from typing import Any
@@ -38,6 +45,12 @@ from pysyncobj import SyncObj, SyncObjConf, replicated
 from raftmeta.state import MetaState
 
 log = logging.getLogger("raftmeta")
+
+RAFT_MIN_TIMEOUT = 0.4  # seconds without a leader before a follower may stand for election
+RAFT_MAX_TIMEOUT = 1.2
+# A lease lasts this share of RAFT_MIN_TIMEOUT from the stamp a majority acked: the rest
+# is margin for clock rate differences between hosts.
+LEASE_FRACTION = 0.75
 
 class _StoredZlib:
     """``zlib`` for PySyncObj's TCP connections: compress without compressing."""
@@ -127,6 +140,12 @@ class MetaNode(SyncObj):
         self.state = state
         self._journal: DurableJournal | None = None
         self._sync_journal = sync_journal
+        # Set before PySyncObj starts its thread, which calls the handlers below.
+        # follower: when an AppendEntries of the current term last came. Starting "now": a
+        # restarted node may have acked a lease just before it died, so it keeps quiet first.
+        self._heard_leader = time.monotonic()
+        self._echo: tuple[int, float] | None = None  # follower: stamp of the one being handled
+        self._lease_acks: dict[Any, tuple[int, float]] = {}  # leader: node -> newest acked stamp
         conf = SyncObjConf(
             password=secret,
             appendEntriesUseBatch=False,
@@ -138,8 +157,8 @@ class MetaNode(SyncObj):
             logCompactionMinTime=600,
             dynamicMembershipChange=True,
             onStateChanged=on_state_change,
-            raftMinTimeout=0.4,
-            raftMaxTimeout=1.2,
+            raftMinTimeout=RAFT_MIN_TIMEOUT,
+            raftMaxTimeout=RAFT_MAX_TIMEOUT,
             leaderFallbackTimeout=1.5,  # a leader cut off from its majority steps down quickly
             connectionTimeout=3.5,
         )
@@ -158,24 +177,75 @@ class MetaNode(SyncObj):
         send = transport.send
 
         def durable_send(node: Any, message: dict[str, Any]) -> None:
-            # A follower's ack of appended entries must not go out before they are durable.
-            if message.get("type") == "next_node_idx" and message.get("success") and self._sync_journal:
-                self._journal.sync()
+            kind = message.get("type")
+            if kind == "append_entries":
+                message["sent"] = time.monotonic()  # echoed back: the lease counts from here
+            elif kind == "next_node_idx":
+                if self._echo is not None:
+                    message["lease"] = self._echo
+                # A follower's ack of appended entries must not go out before they are durable.
+                if message.get("success") and self._sync_journal:
+                    self._journal.sync()
             send(node, message)
 
         transport.send = durable_send
 
     def _SyncObj__onMessageReceived(self, node: Any, message: dict[str, Any]) -> None:  # noqa: N802
-        """PySyncObj's handler, but a successful ack never moves a follower's next index
-        back over entries already sent (see the module docstring)."""
+        """PySyncObj's handler, plus leader leases, and a successful ack never moves a
+        follower's next index back over entries already sent (see the module docstring)."""
+        kind = message.get("type")
+        if kind == "request_vote" and self._leader_heard_recently():
+            return  # neither vote nor take up the term: the leader we hear from may hold a lease
+        if kind == "append_entries":
+            term = message.get("term", -1)
+            if term >= self._SyncObj__raftCurrentTerm:
+                self._heard_leader = time.monotonic()
+            sent = message.get("sent")
+            self._echo = (term, sent) if isinstance(sent, float) else None
+            try:
+                super()._SyncObj__onMessageReceived(node, message)
+            finally:
+                self._echo = None
+            return
         ahead = None
-        if message.get("type") == "next_node_idx" and message.get("success") and not message.get("reset"):
-            ahead = self._SyncObj__raftNextIndex.get(node)
+        if kind == "next_node_idx":
+            stamp = message.get("lease")
+            if stamp is not None and stamp[0] == self._SyncObj__raftCurrentTerm and self._isLeader():
+                held = self._lease_acks.get(node)
+                if held is None or held[0] != stamp[0] or held[1] < stamp[1]:
+                    self._lease_acks[node] = (stamp[0], stamp[1])
+            if message.get("success") and not message.get("reset"):
+                ahead = self._SyncObj__raftNextIndex.get(node)
         super()._SyncObj__onMessageReceived(node, message)
         if ahead is not None and self._isLeader():
             next_index = self._SyncObj__raftNextIndex
             if node in next_index and next_index[node] < ahead:
                 next_index[node] = ahead
+
+    def _leader_heard_recently(self) -> bool:
+        return not self._isLeader() and time.monotonic() - self._heard_leader < RAFT_MIN_TIMEOUT
+
+    def lease_read_index(self) -> int | None:
+        """While this node is the leader and holds a lease: its commit index, which every
+        write acknowledged so far is at or below. Once applied here, a read of the local
+        state is linearizable. None when a read needs a Raft barrier instead. Called from
+        any thread (each value read is a single attribute read under the GIL)."""
+        if not self._isLeader():
+            return None
+        term = self._SyncObj__raftCurrentTerm
+        others = self._SyncObj__otherNodes
+        need = (len(others) + 1) // 2  # follower acks that make a majority with this node
+        if need:
+            stamps = sorted((sent for node, (t, sent) in list(self._lease_acks.items()) if t == term and node in others),
+                            reverse=True)
+            if len(stamps) < need or time.monotonic() >= stamps[need - 1] + LEASE_FRACTION * RAFT_MIN_TIMEOUT:
+                return None
+        commit = self._SyncObj__raftCommitIndex
+        # a new leader knows what was committed before it once its own first entry is
+        noop = self._SyncObj__noopIDx
+        if noop is None or commit < noop or not self._isLeader():
+            return None
+        return commit
 
     def _onTick(self, timeToWait: float = 0.0) -> None:  # noqa: N802,N803 (PySyncObj's names)
         # The leader counts its own log toward the commit at the start of a tick: every

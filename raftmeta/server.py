@@ -58,6 +58,7 @@ class MetaServer:
         self.token = trio.lowlevel.current_trio_token()
         self._batch = _Batch()
         self._barrier_wanted = trio.Event()
+        self.reads = {"lease": 0, "barrier": 0}  # how linearizable reads were served
         self.blobs = BlobClient(secret)
         self._paced_until = 0.0  # when the repair rate limit lets the next chunk copy start
         self.gc_deleted = 0
@@ -101,6 +102,20 @@ class MetaServer:
         if error != FAIL_REASON.SUCCESS:
             return {"ok": False, "err": wire.ERR_UNAVAILABLE, "msg": f"raft: {error}"}
         return result
+
+    async def linearize(self) -> dict[str, Any]:
+        """Wait until this replica's state holds every write acknowledged before the call:
+        on a leader with a lease, up to its commit index (no Raft round); else a barrier."""
+        index = self.node.lease_read_index()
+        if index is None:
+            self.reads["barrier"] += 1
+            return await self.barrier()
+        self.reads["lease"] += 1
+        with trio.move_on_after(PROPOSE_TIMEOUT):
+            while self.node.raftLastApplied < index:
+                await trio.sleep(0.0005)
+            return {"ok": True, "index": index}
+        return {"ok": False, "err": wire.ERR_UNAVAILABLE, "msg": "replica lagging"}
 
     async def barrier(self) -> dict[str, Any]:
         """Wait until this replica has applied everything committed before the call."""
@@ -154,7 +169,7 @@ class MetaServer:
             if not isinstance(q, dict):
                 return {"ok": False, "err": wire.ERR_BAD_REQUEST, "msg": "q missing"}
             if request.get("linear", True):
-                barrier = await self.barrier()
+                barrier = await self.linearize()
                 if not barrier.get("ok"):
                     return barrier
             return self.state.query(q)
@@ -162,7 +177,7 @@ class MetaServer:
             queries = request.get("qs")
             if not isinstance(queries, list) or not all(isinstance(q, dict) for q in queries):
                 return {"ok": False, "err": wire.ERR_BAD_REQUEST, "msg": "qs must be a list of queries"}
-            barrier = await self.barrier()
+            barrier = await self.linearize()
             if not barrier.get("ok"):
                 return barrier
             return {"ok": True, "results": [self.state.query(q) for q in queries]}
@@ -190,6 +205,8 @@ class MetaServer:
             "log_size": self.node._getRaftLogSize(),
             "ready": self.node.isReady(),
             "gc_deleted": self.gc_deleted,
+            "lease": self.node.lease_read_index() is not None,
+            "reads": dict(self.reads),
         }
 
     # ---------------------------------------------------------------- membership
@@ -198,7 +215,9 @@ class MetaServer:
         """The voting members this node knows (PySyncObj's view) and their RPC addresses."""
         raft = sorted([self.node.selfNode.address, *(n.address for n in self.node.otherNodes)])
         rpc = self.state.query({"q": "member_rpcs"})["rpc"]
-        return {"ok": True, "members": [{"raft": r, "rpc": rpc.get(r)} for r in raft]}
+        leader = self.node._getLeader()
+        return {"ok": True, "members": [{"raft": r, "rpc": rpc.get(r)} for r in raft],
+                "leader_rpc": rpc.get(leader.address) if leader is not None else None}
 
     async def change_membership(self, action: Any, raft: Any) -> dict[str, Any]:
         """Add or remove one voting member (leader only; PySyncObj allows one change at a

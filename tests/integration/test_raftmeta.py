@@ -401,6 +401,51 @@ async def test_leader_failover(tmp_path: Path) -> None:
             assert not cluster.crashes()
 
 
+async def test_leader_lease_reads(tmp_path: Path) -> None:
+    """The leader answers linearizable reads from its lease, a follower through a barrier;
+    a follower that hears from its leader ignores vote requests (which is what makes the
+    lease safe); and a leader whose followers are gone loses its lease within the lease
+    time, so it can no longer answer a read from its own state."""
+    with trio.fail_after(60):
+        async with open_cluster(tmp_path) as cluster:
+            leader = await cluster.wait_leader()
+            follower = next(r for r in cluster.replicas if r is not leader)
+            via_leader, via_follower = cluster.client(leader), cluster.client(follower)
+            await must(via_leader.write({"op": "create_bucket", "bucket": "l", "owner": "o", "ts": time.time()}))
+            await wait_until(lambda: leader.node.lease_read_index() is not None, 5, "the leader's lease")
+            before = dict(leader.server.reads)
+            for i in range(20):
+                await must(via_follower.write({"op": "put_object", "bucket": "l", "key": f"k{i}", "obj": obj(i),
+                                               "ts": time.time()}))
+                got = await must(via_leader.read({"q": "object", "bucket": "l", "key": f"k{i}"}))
+                assert got["obj"]["size"] == i  # written through another node, seen at once
+            assert leader.server.reads["lease"] - before["lease"] == 20
+            assert leader.server.reads["barrier"] == before["barrier"]
+            follower_barriers = follower.server.reads["barrier"]
+            await must(via_follower.read({"q": "object", "bucket": "l", "key": "k0"}))
+            assert follower.server.reads["barrier"] == follower_barriers + 1
+
+            # a vote request at a higher term, while the leader is heard: ignored entirely
+            term = follower.node.raftCurrentTerm
+            other = next(iter(follower.node.otherNodes))
+            follower.node._SyncObj__onMessageReceived(other, {
+                "type": "request_vote", "term": term + 5, "last_log_index": 1 << 40, "last_log_term": term + 5})
+            assert follower.node.raftCurrentTerm == term
+            assert follower.node._getLeader() is not None
+
+            for r in cluster.replicas:
+                if r is not leader:
+                    await r.stop()
+            t0 = time.monotonic()
+            await wait_until(lambda: leader.node.lease_read_index() is None, 2, "the lease to expire")
+            lost = time.monotonic() - t0
+            print(f"\nlease lost {lost:.2f}s after the followers stopped")
+            assert lost < 0.5
+            with pytest.raises(wire.WireError):  # no majority: a barrier cannot commit
+                await via_leader.read({"q": "object", "bucket": "l", "key": "k0"}, deadline=3)
+            assert not cluster.crashes()
+
+
 @pytest.mark.parametrize("who", ["follower", "leader"])
 async def test_restarted_replica_catches_up(tmp_path: Path, who: str) -> None:
     with trio.fail_after(60):
