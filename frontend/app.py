@@ -97,6 +97,11 @@ class CairnApp(QuartTrio):
         self.register_error_handler(S3Error, self._s3_error)
         self.register_error_handler(Exception, self._internal_error)
 
+    def create_url_adapter(self, request: Any) -> Any:
+        # S3 routes come from the raw path (``route``): no werkzeug URL map to match, and
+        # no NotFound raised and stored on every request.
+        return None if request is not None else super().create_url_adapter(request)
+
     async def dispatch_request(self, request_context: Any = None) -> Any:
         from quart import request
 

@@ -29,7 +29,7 @@ from frontend.context import (
 )
 from frontend.errors import S3Error
 from frontend.names import check_bucket_name, check_key
-from frontend.objects import PrefetchingBody
+from frontend.objects import SMALL_BODY, PrefetchingBody
 from frontend.upload import UploadBody, commit_object
 
 log = logging.getLogger("frontend")
@@ -324,8 +324,15 @@ async def get_object(ctx: Context, request: Any, bucket: str, key: str, params: 
         def on_bad(chunk_id: str, node_id: str) -> None:
             ctx.data.report_bad(bucket, key, obj["version"], chunk_id, node_id)
 
-        response = Response(PrefetchingBody(ctx.data, obj["chunks"], first, last, on_bad), status=status,
-                            headers=headers)
+        chunks = obj["chunks"]
+        if len(chunks) == 1 and size <= SMALL_BODY:
+            # Small: read and verify it before answering (an unreadable object gets a 503,
+            # not a cut connection) and send it at once, without a prefetching task.
+            data = await ctx.data.read_chunk(chunks[0], on_bad)
+            response = Response(bytes(memoryview(data)[first : last + 1]), status=status, headers=headers)
+        else:
+            response = Response(PrefetchingBody(ctx.data, chunks, first, last, on_bad), status=status,
+                                headers=headers)
     response.headers["Content-Length"] = str(length)
     return response
 

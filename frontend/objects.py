@@ -109,6 +109,7 @@ class NodeDirectory:
         self.failed_at.pop(node_id, None)
 
 
+SMALL_BODY = 64 * 1024  # a one-chunk object up to this size is answered from memory in one piece
 SEND_SLICE = 1024 * 1024  # bytes of a GET handed to the HTTP server at a time
 SMALL_HASH = 64 * 1024  # bytes hashed on the event loop rather than in worker threads
 
