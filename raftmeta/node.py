@@ -57,6 +57,7 @@ RAFT_MAX_TIMEOUT = 1.2
 # is margin for clock rate differences between hosts.
 LEASE_FRACTION = 0.75
 
+
 class _SignedFrames:
     """PySyncObj's message protection with its Fernet encryptor's interface, minus the
     encryption: each frame is ``timestamp (8) | data | HMAC-SHA256 (32)`` under a key
