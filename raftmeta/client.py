@@ -95,7 +95,11 @@ class MetaClient:
             self.addrs = rpcs
             self._preferred = rpcs.index(preferred) if preferred in rpcs else 0
         leader = reply.get("leader_rpc")
-        if leader in self.addrs:
+        if leader in self.addrs and leader != self.addrs[self._preferred]:
+            try:  # a leader this client cannot reach (a partial partition) is not preferred
+                await self._call_once(leader, {"op": "status"}, timeout=1.0)
+            except wire.WireError:
+                return self.addrs
             self._preferred = self.addrs.index(leader)
         return self.addrs
 
