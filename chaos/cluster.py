@@ -268,8 +268,14 @@ class Cluster:
             self.net.destroy()
 
     def __enter__(self) -> Cluster:
-        self.start()
-        self.wait_healthy()
+        # __exit__ does not run when __enter__ raises: a cluster that never came up is
+        # stopped here, or its processes would outlive the test that started them.
+        try:
+            self.start()
+            self.wait_healthy(require_all=True)
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -286,10 +292,15 @@ class Cluster:
         except (OSError, ValueError):
             return None
 
-    def wait_healthy(self, timeout: float = 60.0, blobnodes: int | None = None) -> None:
+    def wait_healthy(self, timeout: float = 60.0, blobnodes: int | None = None, require_all: bool = False) -> None:
+        """Until every live frontend reports raftmeta and enough writable blob nodes. With
+        ``require_all``, a process that exits meanwhile fails the wait at once."""
         want = self.blobs if blobnodes is None else blobnodes
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            dead = [p.name for p in self.procs.values() if require_all and not p.alive()]
+            if dead:
+                raise RuntimeError(f"{', '.join(dead)} exited while the cluster started\n" + self.tail_logs())
             states = [self.health(i) for i in range(self.frontends) if self.procs[f"frontend{i + 1}"].alive()]
             if states and all(s and s.get("raftmeta") and s.get("blobnodes_writable", 0) >= want for s in states):
                 return
