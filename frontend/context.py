@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from quart import Response
 
@@ -51,17 +51,15 @@ async def meta_call_many(ctx: Context, queries: list[dict[str, Any]]) -> list[di
     """Several linearizable reads behind one Raft barrier; the first failed one raises."""
     try:
         results = await ctx.meta.read_many(queries)
-    except wire.WireError as exc:
-        if exc.code != wire.ERR_UNAVAILABLE:
-            raise_reply({"err": exc.code, "msg": exc.msg})
-        raise S3Error("ServiceUnavailable", "The metadata service is unavailable. Please retry.") from None
+    except wire.WireError as exc:  # unavailable -> ServiceUnavailable, like every other code
+        raise_reply({"err": exc.code, "msg": exc.msg})
     for reply in results:
         if not reply.get("ok"):
             raise_reply(reply)
     return results
 
 
-def raise_reply(reply: dict[str, Any]) -> None:
+def raise_reply(reply: dict[str, Any]) -> NoReturn:
     code = reply.get("err", "InternalError")
     if code == wire.ERR_UNAVAILABLE:
         raise S3Error("ServiceUnavailable", "The metadata service is unavailable. Please retry.")

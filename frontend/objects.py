@@ -484,7 +484,7 @@ class PrefetchingBody(ResponseBody):
         return self
 
     async def _before_chunk(self, size: int) -> None:
-        if size > SMALL_HASH:  # a few KiB per connection need no permit
+        if size > SMALL_BODY:  # a small chunk per connection needs no permit (as in get_object)
             await self.data.take_buffer()
             self._held += 1
             self._unsent = True

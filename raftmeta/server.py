@@ -111,11 +111,7 @@ class MetaServer:
             self.reads["barrier"] += 1
             return await self.barrier()
         self.reads["lease"] += 1
-        with trio.move_on_after(PROPOSE_TIMEOUT):
-            while self.node.raftLastApplied < index:
-                await trio.sleep(0.0005)
-            return {"ok": True, "index": index}
-        return {"ok": False, "err": wire.ERR_UNAVAILABLE, "msg": "replica lagging"}
+        return await self._applied_here(index)
 
     async def barrier(self) -> dict[str, Any]:
         """Wait until this replica has applied everything committed before the call."""
@@ -125,11 +121,14 @@ class MetaServer:
         result = batch.result or {"ok": False, "err": wire.ERR_UNAVAILABLE}
         if not result.get("ok"):
             return result
-        index = result["index"]
+        return await self._applied_here(result["index"])
+
+    async def _applied_here(self, index: int) -> dict[str, Any]:
+        """Once this replica has applied entry ``index``: ok, or unavailable after PROPOSE_TIMEOUT."""
         with trio.move_on_after(PROPOSE_TIMEOUT):
-            while self.state.last_applied < index:
+            while self.node.raftLastApplied < index:
                 await trio.sleep(0.0005)
-            return result
+            return {"ok": True, "index": index}
         return {"ok": False, "err": wire.ERR_UNAVAILABLE, "msg": "replica lagging"}
 
     async def every(self, interval: float, chore: Callable[[], Awaitable[int]]) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -107,3 +108,5 @@ def test_two_gib_put_and_get_in_flat_memory(tmp_path_factory):
             print(f"{streams} concurrent 64 MiB {phase}s: {streams * size / took / 1e6:.0f} MB/s; "
                   f"frontend RSS peak {sampler.peak / 2**20:.0f} MiB")
             assert sampler.peak < LIMIT, phase
+    # ~13 GiB of replicas: pytest keeps its last temp dirs, so repeated runs would fill the disk
+    shutil.rmtree(root, ignore_errors=True)
