@@ -11,7 +11,7 @@ import trio
 
 from blobnode.client import BlobClient
 from blobnode.scrub import Scrubber
-from blobnode.store import ChunkStore, StoreError
+from blobnode.store import HEADER_SIZE, ChunkStore, StoreError
 from cairn import wire
 from raftmeta.client import MetaClient
 
@@ -54,8 +54,13 @@ class BlobServer:
                 if n > MAX_CHUNK:
                     await conn.skip_payload(n)
                     raise StoreError(wire.ERR_BAD_REQUEST, "chunk too large")
-                data = await conn.recv_payload(n)
-                created = await self._disk(self.store.put, h["id"], h["sha256"], data)
+                buf = self.store.buffers.take(n)  # the payload lands where O_DIRECT writes it from
+                try:
+                    with memoryview(buf) as view:
+                        await conn.recv_payload_into(view[HEADER_SIZE : HEADER_SIZE + n])
+                    created = await self._disk(self.store.put_buffer, h["id"], h["sha256"], buf, n)
+                finally:
+                    self.store.buffers.give(buf)
                 await conn.send({"ok": True, "created": created})
             elif op == "get":
                 size, sha, data = await self._disk(self.store.read, h["id"], h.get("off", 0), h.get("len"))

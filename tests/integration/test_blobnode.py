@@ -467,6 +467,23 @@ async def test_on_disk_layout(tmp_path: Path) -> None:
         nursery.cancel_scope.cancel()
 
 
+@pytest.mark.parametrize("direct", [True, False], ids=["o_direct", "buffered"])
+def test_direct_and_buffered_writes_make_the_same_files(tmp_path: Path, direct: bool) -> None:
+    """O_DIRECT writes are padded to the block size and cut back: each file is exactly
+    header + payload, whatever the size, and a pooled buffer reused for a smaller chunk
+    leaves nothing of the bigger one behind."""
+    store = ChunkStore(str(tmp_path))
+    store.direct = store.direct and direct
+    for size in (3 * MiB, 0, 1, 4095, 4096, 4097, 12345, MiB + 1):
+        cid, data = new_id(), os.urandom(size)
+        assert store.put(cid, sha(data), data) is True
+        raw = Path(store.path(cid)).read_bytes()
+        assert len(raw) == HEADER_SIZE + size and raw[HEADER_SIZE:] == data
+        assert bytes(store.read(cid)[2]) == data and store.verify(cid) == (True, size)
+    assert store.direct == (direct and ChunkStore(str(tmp_path)).direct)
+    assert tmp_files(tmp_path) == []
+
+
 async def test_unknown_op_and_oversized_put(tmp_path: Path) -> None:
     async with trio.open_nursery() as nursery:
         served = await start_blob(nursery, tmp_path)
