@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from cairn import wire
@@ -14,11 +15,11 @@ class BlobClient:
 
     async def _call(
         self, addr: str, header: dict[str, Any], payload: bytes | bytearray | memoryview | None = None,
-        *, want_payload: bool = False, timeout: float | None = None,
-    ) -> tuple[dict[str, Any], bytearray | None]:
+        *, want_payload: bool = False, timeout: float | None = None, **receive: Any,
+    ) -> tuple[dict[str, Any], bytearray | memoryview | None]:
         if payload is not None:
             header = {**header, "n": len(payload)}
-        reply, data = await self.pool.request(addr, header, payload, timeout or self.timeout)
+        reply, data = await self.pool.request(addr, header, payload, timeout or self.timeout, **receive)
         if data is None and want_payload:
             data = bytearray()
         if not reply.get("ok"):
@@ -31,11 +32,13 @@ class BlobClient:
 
     async def get(
         self, addr: str, chunk_id: str, offset: int = 0, length: int | None = None, *, timeout: float | None = None,
-    ) -> tuple[dict[str, Any], bytearray]:
+        into: Callable[[int], memoryview] | None = None, progress: Callable[[int], None] | None = None,
+    ) -> tuple[dict[str, Any], bytearray | memoryview]:
+        """The chunk's bytes (``into`` and ``progress``: see ``ConnectionPool.request``)."""
         header: dict[str, Any] = {"op": "get", "id": chunk_id, "off": offset}
         if length is not None:
             header["len"] = length
-        reply, data = await self._call(addr, header, want_payload=True, timeout=timeout)
+        reply, data = await self._call(addr, header, want_payload=True, timeout=timeout, into=into, progress=progress)
         assert data is not None
         return reply, data
 

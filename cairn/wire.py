@@ -120,8 +120,9 @@ class FramedSocket:
             raise WireError(ERR_BAD_REQUEST, "header is not a map")
         return header
 
-    async def recv_payload_into(self, view: memoryview) -> None:
-        """Fill ``view`` completely with the payload bytes that follow the header."""
+    async def recv_payload_into(self, view: memoryview, progress: Callable[[int], None] | None = None) -> None:
+        """Fill ``view`` completely with the payload bytes that follow the header;
+        ``progress(n)`` hears each time the first n bytes are in."""
         have = min(len(self._buf), len(view))
         if have:
             view[:have] = self._buf[:have]
@@ -132,6 +133,8 @@ class FramedSocket:
             if not got:
                 raise WireError(ERR_UNAVAILABLE, "connection closed mid-payload")
             pos += got
+            if progress is not None:
+                progress(pos)
 
     async def recv_payload(self, n: int) -> bytearray:
         buf = bytearray(n)
@@ -236,8 +239,12 @@ class ConnectionPool:
 
     async def request(
         self, addr: str, header: dict[str, Any], payload: bytes | bytearray | memoryview | None, timeout: float,
-    ) -> tuple[dict[str, Any], bytearray | None]:
+        *, into: Callable[[int], memoryview] | None = None, progress: Callable[[int], None] | None = None,
+    ) -> tuple[dict[str, Any], bytearray | memoryview | None]:
         """Send one request and read its reply (and the reply's payload, if any).
+
+        ``into(n)`` may supply the memoryview of n bytes the reply's payload is received
+        into (else it lands in a new bytearray), and ``progress`` then hears how much is in.
 
         An idle pooled connection may have been closed by a peer that restarted: if it
         fails before any reply arrives, the request is sent once more on a new one.
@@ -255,7 +262,12 @@ class ConnectionPool:
                         raise WireError(ERR_UNAVAILABLE, f"{addr} closed the connection")
                     replied = True
                     n = int(reply.get("n", 0) or 0)
-                    data = await conn.recv_payload(n) if n else None
+                    data: bytearray | memoryview | None = None
+                    if n and into is not None:
+                        data = into(n)
+                        await conn.recv_payload_into(data, progress)
+                    elif n:
+                        data = await conn.recv_payload(n)
                 ok = True
                 return reply, data
             except trio.TooSlowError:

@@ -856,3 +856,43 @@ def test_full_disk_refuses_cleanly(tmp_path: Path) -> None:
         assert store.count == 1 and bytes(store.read(kept)[2]) == data
     finally:
         subprocess.run(["umount", str(disk)], check=False)
+
+
+# ------------------------------------------------------------------------ the frontend's read path
+
+
+class CountingSha:
+    def __init__(self) -> None:
+        self.inner, self.updates = hashlib.sha256(), 0
+
+    def update(self, data: memoryview) -> None:
+        self.updates += 1
+        self.inner.update(data)
+
+    def hexdigest(self) -> str:
+        return self.inner.hexdigest()
+
+
+@pytest.mark.parametrize("size", [3 * MiB + 7, 100_000], ids=["3MiB+7", "100kB"])
+async def test_frontend_hashes_a_chunk_while_receiving_it(tmp_path: Path, size: int) -> None:
+    """The frontend's fetch receives a chunk into a reused buffer and hashes it behind the
+    receipt: the digest is the chunk's, however the bytes were split, and a buffer with
+    stale bytes of a bigger chunk is no problem."""
+    from frontend.objects import HASH_STEP, _HashBehind
+
+    async with trio.open_nursery() as nursery:
+        served = await start_blob(nursery, tmp_path)
+        client = BlobClient(SECRET)
+        cid, data = new_id(), os.urandom(size)
+        await client.put(served.addr, cid, sha(data), data)
+        stale = bytearray(os.urandom(4 * MiB))
+        behind = _HashBehind(stale)
+        behind.sha = counting = CountingSha()
+        async with trio.open_nursery() as inner:
+            inner.start_soon(behind.run)
+            _reply, got = await client.get(served.addr, cid, into=behind.into, progress=behind.progress)
+            behind.finish()
+        assert got.obj is stale and bytes(got) == data
+        assert behind.sha.hexdigest() == sha(data)
+        assert counting.updates >= (2 if size > 2 * HASH_STEP else 1)
+        nursery.cancel_scope.cancel()
