@@ -305,6 +305,25 @@ class ChunkStore:
         finally:
             os.close(fd)
 
+    def open_range(self, chunk_id: str, offset: int = 0, length: int | None = None) -> tuple[int, int, str, int, int]:
+        """For sending bytes [offset, offset+length) of a chunk straight from the file:
+        (open fd, chunk size, stored sha256, file offset, length). The caller closes the
+        fd. A file shorter than its header says is refused here, before anything is sent."""
+        try:
+            fd = os.open(self.path(chunk_id), os.O_RDONLY)
+        except FileNotFoundError:
+            raise StoreError("NotFound", chunk_id) from None
+        try:
+            size, sha = self._parse_header(os.pread(fd, HEADER_SIZE, 0))
+            offset = max(0, min(offset, size))
+            length = size - offset if length is None else max(0, min(length, size - offset))
+            if os.fstat(fd).st_size < HEADER_SIZE + offset + length:
+                raise StoreError("ChecksumMismatch", "chunk file truncated")
+            return fd, size, sha.hex(), HEADER_SIZE + offset, length
+        except BaseException:
+            os.close(fd)
+            raise
+
     def verify(self, chunk_id: str) -> tuple[bool, int]:
         """Re-read a chunk and check it against its header: (intact, bytes read)."""
         try:
