@@ -32,13 +32,13 @@ class BlobClient:
 
     async def get(
         self, addr: str, chunk_id: str, offset: int = 0, length: int | None = None, *, timeout: float | None = None,
-        into: Callable[[int], memoryview] | None = None, progress: Callable[[int], None] | None = None,
+        into: Callable[[int], memoryview] | None = None, consume: Callable[[memoryview], None] | None = None,
     ) -> tuple[dict[str, Any], bytearray | memoryview]:
-        """The chunk's bytes (``into`` and ``progress``: see ``ConnectionPool.request``)."""
+        """The chunk's bytes (``into`` and ``consume``: see ``ConnectionPool.request``)."""
         header: dict[str, Any] = {"op": "get", "id": chunk_id, "off": offset}
         if length is not None:
             header["len"] = length
-        reply, data = await self._call(addr, header, want_payload=True, timeout=timeout, into=into, progress=progress)
+        reply, data = await self._call(addr, header, want_payload=True, timeout=timeout, into=into, consume=consume)
         assert data is not None
         return reply, data
 

@@ -30,7 +30,9 @@ from __future__ import annotations
 import hmac
 import logging
 import os
+import select
 import struct
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -68,6 +70,40 @@ def pack(header: dict[str, Any]) -> bytes:
 
 def unpack(body: bytes | bytearray | memoryview) -> dict[str, Any]:
     return msgpack.unpackb(body, raw=False)
+
+
+CONSUME_STEP = 1024 * 1024
+
+
+def _recv_exactly(fd: int, view: memoryview, pos: int, consume: Callable[[memoryview], None],
+                  seconds: float) -> None:
+    """Blocking half of ``recv_payload_in_thread``: fill view[pos:] from the non-blocking
+    socket ``fd`` (nothing else uses it meanwhile), consuming view[:pos] and all the rest."""
+    deadline = time.monotonic() + seconds
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    done = 0
+    while pos < len(view):
+        try:
+            got = os.readv(fd, [view[pos:]])
+        except BlockingIOError:
+            if done < pos:  # nothing to read yet: consume what is here meanwhile
+                consume(view[done:pos])
+                done = pos
+                continue
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("payload not received in time") from None
+            poller.poll(left * 1000)
+            continue
+        if not got:
+            raise WireError(ERR_UNAVAILABLE, "connection closed mid-payload")
+        pos += got
+        if pos - done >= CONSUME_STEP:
+            consume(view[done:pos])
+            done = pos
+    if done < pos:
+        consume(view[done:pos])
 
 
 class FramedSocket:
@@ -120,21 +156,32 @@ class FramedSocket:
             raise WireError(ERR_BAD_REQUEST, "header is not a map")
         return header
 
-    async def recv_payload_into(self, view: memoryview, progress: Callable[[int], None] | None = None) -> None:
-        """Fill ``view`` completely with the payload bytes that follow the header;
-        ``progress(n)`` hears each time the first n bytes are in."""
+    def _take_buffered(self, view: memoryview) -> int:
         have = min(len(self._buf), len(view))
         if have:
             view[:have] = self._buf[:have]
             del self._buf[:have]
-        pos = have
+        return have
+
+    async def recv_payload_into(self, view: memoryview) -> None:
+        """Fill ``view`` completely with the payload bytes that follow the header."""
+        pos = self._take_buffered(view)
         while pos < len(view):
             got = await self.sock.recv_into(view[pos:])
             if not got:
                 raise WireError(ERR_UNAVAILABLE, "connection closed mid-payload")
             pos += got
-            if progress is not None:
-                progress(pos)
+
+    async def recv_payload_in_thread(self, view: memoryview, consume: Callable[[memoryview], None]) -> None:
+        """``recv_payload_into`` done by a worker thread, which also hands the bytes to
+        ``consume`` in order as they land (in steps of CONSUME_STEP, and whenever the
+        socket has nothing ready). The event loop meanwhile serves everything else:
+        for a large payload the copy out of the kernel and e.g. its hashing leave the
+        loop's thread. The thread stops at the scope's deadline."""
+        pos = self._take_buffered(view)
+        deadline = trio.current_effective_deadline()
+        seconds = deadline - trio.current_time() if deadline != float("inf") else 3600.0
+        await trio.to_thread.run_sync(_recv_exactly, self.sock.fileno(), view, pos, consume, max(0.0, seconds))
 
     async def recv_payload(self, n: int) -> bytearray:
         buf = bytearray(n)
@@ -239,12 +286,13 @@ class ConnectionPool:
 
     async def request(
         self, addr: str, header: dict[str, Any], payload: bytes | bytearray | memoryview | None, timeout: float,
-        *, into: Callable[[int], memoryview] | None = None, progress: Callable[[int], None] | None = None,
+        *, into: Callable[[int], memoryview] | None = None, consume: Callable[[memoryview], None] | None = None,
     ) -> tuple[dict[str, Any], bytearray | memoryview | None]:
         """Send one request and read its reply (and the reply's payload, if any).
 
         ``into(n)`` may supply the memoryview of n bytes the reply's payload is received
-        into (else it lands in a new bytearray), and ``progress`` then hears how much is in.
+        into (else it lands in a new bytearray); with ``consume`` too, it is received by a
+        worker thread that hands it to ``consume`` as it lands (``recv_payload_in_thread``).
 
         An idle pooled connection may have been closed by a peer that restarted: if it
         fails before any reply arrives, the request is sent once more on a new one.
@@ -265,7 +313,10 @@ class ConnectionPool:
                     data: bytearray | memoryview | None = None
                     if n and into is not None:
                         data = into(n)
-                        await conn.recv_payload_into(data, progress)
+                        if consume is not None:
+                            await conn.recv_payload_in_thread(data, consume)
+                        else:
+                            await conn.recv_payload_into(data)
                     elif n:
                         data = await conn.recv_payload(n)
                 ok = True

@@ -115,47 +115,7 @@ SMALL_BODY = 64 * 1024  # a one-chunk object up to this size is answered from me
 # heap reuses memory (single-stream 64 MiB GET ~420 -> ~520 MB/s on this machine).
 SEND_SLICE = 256 * 1024
 SMALL_HASH = 64 * 1024  # bytes hashed on the event loop rather than in worker threads
-HASH_STEP = 1024 * 1024  # a chunk being received is hashed behind it in steps of this many bytes
 SPARE_BUFFERS = 2  # idle chunk buffers a frontend keeps for reuse (one stream cycles through two)
-
-
-class _HashBehind:
-    """The SHA-256 of a buffer while it fills: a worker thread hashes what has arrived
-    while the rest is still being received, so verifying a chunk adds little to reading it."""
-
-    def __init__(self, buffer: bytearray | None) -> None:
-        self.sha = hashlib.sha256()
-        self._buffer = buffer
-        self.view = memoryview(b"")
-        self.filled = self.hashed = 0
-        self._wake = trio.Event()
-        self._done = False
-
-    def into(self, n: int) -> memoryview:
-        buf = self._buffer if self._buffer is not None and len(self._buffer) >= n else bytearray(n)
-        self.view = memoryview(buf)[:n]
-        return self.view
-
-    def progress(self, filled: int) -> None:
-        self.filled = filled
-        if filled - self.hashed >= HASH_STEP:
-            self._wake.set()
-
-    def finish(self) -> None:
-        """Everything is in (or the read failed): hash the rest, then stop."""
-        self._done = True
-        self._wake.set()
-
-    async def run(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake = trio.Event()
-            while self.filled > self.hashed:
-                upto = self.filled
-                await trio.to_thread.run_sync(self.sha.update, self.view[self.hashed : upto])
-                self.hashed = upto
-            if self._done:
-                return
 
 
 @dataclass
@@ -469,27 +429,21 @@ class DataPath:
     async def _fetch(
         self, addr: str, chunk_id: str, size: int, buffer: bytearray | None,
     ) -> tuple[bytearray | memoryview, str]:
-        """One replica's bytes and their SHA-256 (hex), hashed as they arrive."""
+        """One replica's bytes and their SHA-256 (hex). A chunk over SMALL_BODY is received
+        by a worker thread that hashes it as it lands, into ``buffer`` if that is big
+        enough: the event loop only sends, and the hash adds little to the receipt."""
         if size <= SMALL_BODY:
             _reply, data = await self.blobs.get(addr, chunk_id, timeout=READ_TIMEOUT)
             if len(data) <= SMALL_HASH:
                 return data, hashlib.sha256(data).hexdigest()
             return data, await trio.to_thread.run_sync(lambda: hashlib.sha256(data).hexdigest())
-        behind = _HashBehind(buffer)
-        failed: wire.WireError | None = None
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(behind.run)
-            try:
-                _reply, data = await self.blobs.get(addr, chunk_id, timeout=READ_TIMEOUT, into=behind.into,
-                                                    progress=behind.progress)
-            except wire.WireError as exc:  # raised after the nursery: never an ExceptionGroup
-                failed = exc
-                nursery.cancel_scope.cancel()
-            finally:
-                behind.finish()
-        if failed is not None:
-            raise failed
-        return data, behind.sha.hexdigest()
+
+        def into(n: int) -> memoryview:
+            return memoryview(buffer if buffer is not None and len(buffer) >= n else bytearray(n))[:n]
+
+        sha = hashlib.sha256()
+        _reply, data = await self.blobs.get(addr, chunk_id, timeout=READ_TIMEOUT, into=into, consume=sha.update)
+        return data, sha.hexdigest()
 
     async def stream(
         self, chunks: list[list[Any]], start: int, end: int, *,

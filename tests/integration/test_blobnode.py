@@ -861,38 +861,53 @@ def test_full_disk_refuses_cleanly(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------ the frontend's read path
 
 
-class CountingSha:
-    def __init__(self) -> None:
-        self.inner, self.updates = hashlib.sha256(), 0
-
-    def update(self, data: memoryview) -> None:
-        self.updates += 1
-        self.inner.update(data)
-
-    def hexdigest(self) -> str:
-        return self.inner.hexdigest()
-
-
 @pytest.mark.parametrize("size", [3 * MiB + 7, 100_000], ids=["3MiB+7", "100kB"])
-async def test_frontend_hashes_a_chunk_while_receiving_it(tmp_path: Path, size: int) -> None:
-    """The frontend's fetch receives a chunk into a reused buffer and hashes it behind the
-    receipt: the digest is the chunk's, however the bytes were split, and a buffer with
-    stale bytes of a bigger chunk is no problem."""
-    from frontend.objects import HASH_STEP, _HashBehind
-
+async def test_payload_received_and_consumed_in_a_worker_thread(tmp_path: Path, size: int) -> None:
+    """A reply payload received by a worker thread (the frontend's chunk reads): it lands
+    in the caller's buffer, stale bytes of a bigger chunk there are no problem, and the
+    consumer sees every byte once, in order, in steps while it arrives."""
     async with trio.open_nursery() as nursery:
         served = await start_blob(nursery, tmp_path)
         client = BlobClient(SECRET)
         cid, data = new_id(), os.urandom(size)
         await client.put(served.addr, cid, sha(data), data)
         stale = bytearray(os.urandom(4 * MiB))
-        behind = _HashBehind(stale)
-        behind.sha = counting = CountingSha()
-        async with trio.open_nursery() as inner:
-            inner.start_soon(behind.run)
-            _reply, got = await client.get(served.addr, cid, into=behind.into, progress=behind.progress)
-            behind.finish()
+        steps: list[int] = []
+        hasher = hashlib.sha256()
+        loop_thread = threading.get_ident()
+
+        def consume(view: memoryview) -> None:
+            assert threading.get_ident() != loop_thread
+            steps.append(len(view))
+            hasher.update(view)
+
+        _reply, got = await client.get(served.addr, cid, into=lambda n: memoryview(stale)[:n], consume=consume)
         assert got.obj is stale and bytes(got) == data
-        assert behind.sha.hexdigest() == sha(data)
-        assert counting.updates >= (2 if size > 2 * HASH_STEP else 1)
+        assert hasher.hexdigest() == sha(data) and sum(steps) == size
+        assert len(steps) >= (2 if size > 2 * wire.CONSUME_STEP else 1)
+        nursery.cancel_scope.cancel()
+
+
+async def test_threaded_receive_gives_up_at_the_deadline_and_on_a_cut() -> None:
+    """A server that stops sending mid-payload: the worker thread gives up at the
+    caller's deadline; one that closes mid-payload: at once. Either is a WireError."""
+
+    async def handle(conn: wire.FramedSocket, header: dict) -> None:
+        await conn.send({"ok": True, "n": 2 * MiB}, os.urandom(MiB))  # half of what it announced
+        if header["id"] == "stall":
+            await trio.sleep(30)
+        else:
+            conn.sock.shutdown(trio.socket.SHUT_RDWR)
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(partial(trio.serve_tcp, host="127.0.0.1"),
+                                        lambda stream: wire.serve_connection(stream, SECRET, handle), 0)
+        addr = f"127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+        client = BlobClient(SECRET)
+        for chunk_id, most in (("stall", 3.0), ("cut", 1.0)):
+            started = trio.current_time()
+            with pytest.raises(wire.WireError):
+                await client.get(addr, chunk_id, timeout=1.0, into=lambda n: memoryview(bytearray(n)),
+                                 consume=lambda view: None)
+            assert trio.current_time() - started < most
         nursery.cancel_scope.cancel()
