@@ -91,7 +91,7 @@ class BlobServer:
                 await conn.send({"ok": True, "created": created})
             elif op == "get":
                 fd, size, sha, at, length = await self._disk(self.store.open_range, h["id"], h.get("off", 0),
-                                                             h.get("len"))
+                                                             h.get("len"), True)
                 try:
                     if length <= SENDFILE_MIN:  # small: one send of header and bytes
                         data = await self._disk(os.pread, fd, length, at)
