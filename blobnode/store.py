@@ -299,14 +299,10 @@ class ChunkStore:
         finally:
             os.close(fd)
 
-    def open_range(self, chunk_id: str, offset: int = 0, length: int | None = None,
-                   willneed: bool = False) -> tuple[int, int, str, int, int]:
-        """For sending bytes [offset, offset+length) of a chunk straight from the file:
-        (open fd, chunk size, stored sha256, file offset, length). The caller closes the
-        fd. A file that ends before the range does is refused here, before anything is sent.
-        ``willneed`` starts reading the whole range from the disk at once: chunks are
-        written with O_DIRECT, so a first read is cold, and one deep read beats sendfile's
-        page-by-page readahead (a 64 MiB GET right after its PUT: ~400 -> ~650 MB/s)."""
+    def open_range(self, chunk_id: str, offset: int = 0, length: int | None = None) -> tuple[int, int, str, int, int]:
+        """For reading bytes [offset, offset+length) of a chunk: (open fd, chunk size,
+        stored sha256, file offset, length). The caller closes the fd. A file that ends
+        before the range does is refused here, before anything is sent."""
         try:
             fd = os.open(self.path(chunk_id), os.O_RDONLY)
         except FileNotFoundError:
@@ -317,8 +313,6 @@ class ChunkStore:
             length = size - offset if length is None else max(0, min(length, size - offset))
             if os.fstat(fd).st_size < HEADER_SIZE + offset + length:
                 raise StoreError("ChecksumMismatch", "chunk file truncated")
-            if willneed and length:
-                os.posix_fadvise(fd, HEADER_SIZE + offset, length, os.POSIX_FADV_WILLNEED)
             return fd, size, sha.hex(), HEADER_SIZE + offset, length
         except BaseException:
             os.close(fd)
