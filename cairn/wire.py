@@ -41,8 +41,23 @@ import trio
 
 log = logging.getLogger("cairn.wire")
 
-MAX_HEADER = 1 << 20
+MAX_HEADER = 1 << 20  # a request's msgpack header, at most (commands become Raft entries: see raftmeta.node)
+# A reply's header, at most: a manifest read back can be large (an object of 10,000
+# parts has over 10,000 chunk entries, ~1.2 MB) and comes from a peer that proved the
+# secret, in answer to this side's own request.
+MAX_REPLY_HEADER = 64 << 20
 _LEN = struct.Struct(">I")
+
+# Until a peer has proven the cluster secret it may send one small frame: the client's
+# ``{"proof": <32-byte HMAC>}`` packs into 41 bytes (the server's hello into 25, its
+# replies into under 60). A handshake frame's header is refused above this, before any of
+# it is read, and unpacked under msgpack's own limits, so an unauthenticated peer can
+# make the event loop build a handful of small objects, not a million.
+HANDSHAKE_MAX_HEADER = 512
+HANDSHAKE_LIMITS: dict[str, int] = {
+    "max_str_len": 128, "max_bin_len": 64, "max_array_len": 4, "max_map_len": 4, "max_ext_len": 0,
+}
+HANDSHAKE_TIMEOUT = 3.0  # seconds for the whole server side of a handshake
 
 # Internal error codes (S3 error codes such as NoSuchBucket also cross the wire as-is).
 ERR_BAD_REQUEST = "BadRequest"
@@ -131,26 +146,37 @@ class FramedSocket:
             sent = await self.sock.send(view)
             view = view[sent:]
 
-    async def _fill(self, n: int) -> None:
+    async def _fill(self, n: int, exact: bool = False) -> None:
+        """Buffer at least n bytes; with ``exact``, never read past the n-th."""
         while len(self._buf) < n:
-            data = await self.sock.recv(max(65536, n - len(self._buf)))
+            want = n - len(self._buf)
+            data = await self.sock.recv(want if exact else max(65536, want))
             if not data:
                 raise WireError(ERR_UNAVAILABLE, "connection closed")
             self._buf += data
 
-    async def recv_header(self) -> dict[str, Any] | None:
-        """Next frame's header, or None on a clean end of stream before any byte."""
+    async def recv_header(self, *, handshake: bool = False, limit: int = MAX_HEADER) -> dict[str, Any] | None:
+        """Next frame's header, or None on a clean end of stream before any byte.
+
+        A ``handshake`` frame comes from a peer that has not proven the secret yet: it is
+        read without reading ahead, its header is refused above HANDSHAKE_MAX_HEADER
+        before any byte past the length prefix is read, and it is unpacked under
+        HANDSHAKE_LIMITS. Raises WireError (or ValueError, for undecodable msgpack)."""
         if not self._buf:
-            data = await self.sock.recv(65536)
+            data = await self.sock.recv(4 if handshake else 65536)
             if not data:
                 return None
             self._buf += data
-        await self._fill(4)
+        await self._fill(4, exact=handshake)
         (size,) = _LEN.unpack_from(self._buf)
-        if size > MAX_HEADER:
+        if size > (HANDSHAKE_MAX_HEADER if handshake else limit):
             raise WireError(ERR_BAD_REQUEST, "header too large")
-        await self._fill(4 + size)
-        header = unpack(memoryview(self._buf)[4 : 4 + size])
+        await self._fill(4 + size, exact=handshake)
+        body = memoryview(self._buf)[4 : 4 + size]
+        try:
+            header = msgpack.unpackb(body, raw=False, **HANDSHAKE_LIMITS) if handshake else unpack(body)
+        finally:
+            body.release()  # else the bytearray cannot be resized below
         del self._buf[: 4 + size]
         if not isinstance(header, dict):
             raise WireError(ERR_BAD_REQUEST, "header is not a map")
@@ -232,15 +258,22 @@ def auth_proof(secret: str, nonce: bytes, role: str) -> bytes:
 
 
 async def server_handshake(conn: FramedSocket, secret: str) -> bool:
-    """Challenge a new client: it must prove it holds the cluster secret."""
+    """Challenge a new client: it must prove it holds the cluster secret, in one small
+    frame (see HANDSHAKE_MAX_HEADER) and within HANDSHAKE_TIMEOUT of connecting. Any
+    other first frame (too large, undecodable, not a map, no 32-byte ``proof``, a wrong
+    proof) is refused with ERR_AUTH; a peer too slow to finish is dropped."""
     nonce = os.urandom(16)
-    await conn.send({"hello": nonce})
-    with trio.move_on_after(5):
-        header = await conn.recv_header()
-        if header and hmac.compare_digest(header.get("proof", b""), auth_proof(secret, nonce, "client")):
+    with trio.move_on_after(HANDSHAKE_TIMEOUT):
+        await conn.send({"hello": nonce})
+        try:
+            header = await conn.recv_header(handshake=True)
+        except (WireError, ValueError, TypeError):  # msgpack's errors are ValueErrors
+            header = None
+        proof = header.get("proof") if header is not None else None
+        if isinstance(proof, bytes) and hmac.compare_digest(proof, auth_proof(secret, nonce, "client")):
             await conn.send({"ok": True})
             return True
-    await conn.send({"ok": False, "err": ERR_AUTH, "msg": "cluster secret required"})
+        await conn.send({"ok": False, "err": ERR_AUTH, "msg": "cluster secret required"})
     return False
 
 
@@ -266,11 +299,18 @@ async def serve_connection(
 
 
 async def client_handshake(conn: FramedSocket, secret: str) -> None:
-    header = await conn.recv_header()
-    if not header or "hello" not in header:
+    try:
+        header = await conn.recv_header(handshake=True)
+    except ValueError:
+        header = None
+    nonce = header.get("hello") if header else None
+    if not isinstance(nonce, bytes):
         raise WireError(ERR_UNAVAILABLE, "no handshake from server")
-    await conn.send({"proof": auth_proof(secret, header["hello"], "client")})
-    reply = await conn.recv_header()
+    await conn.send({"proof": auth_proof(secret, nonce, "client")})
+    try:
+        reply = await conn.recv_header(handshake=True)
+    except ValueError:
+        reply = None
     if not reply or not reply.get("ok"):
         raise WireError(ERR_AUTH, "server rejected the cluster secret")
 
@@ -305,7 +345,7 @@ class ConnectionPool:
             try:
                 with trio.fail_after(timeout):
                     await conn.send(header, payload)
-                    reply = await conn.recv_header()
+                    reply = await conn.recv_header(limit=MAX_REPLY_HEADER)
                     if reply is None:
                         raise WireError(ERR_UNAVAILABLE, f"{addr} closed the connection")
                     replied = True

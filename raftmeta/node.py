@@ -25,6 +25,14 @@ What PySyncObj 0.3.17 does not do, and this module adds:
   Raft thread under small-object writes (their bytes ride in the entries and do not
   compress). Messages are now stored uncompressed (level 0, still valid zlib, so nodes
   of either kind read each other's messages).
+- bounded frames: it buffers whatever length a frame's 4-byte prefix declares (up to
+  2 GiB) and only then checks the frame's signature, so anyone who could reach the port
+  could stall the Raft thread (and force an election) with one large frame. Each frame's
+  declared length is now checked as soon as its prefix arrives (``_read_capped``):
+  above ``RAFT_MAX_FRAME``, or above ``RAFT_MAX_UNVERIFIED_FRAME`` before the peer has
+  sent a validly signed frame, the connection is closed before the frame is read. An
+  incoming connection that has sent no valid frame ``RAFT_UNVERIFIED_TIMEOUT`` after it
+  was accepted is closed too (``_drop_unverified_peers``).
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ import os
 import pickle
 import random
 import sqlite3
+import struct
 import time
 import zlib
 from collections.abc import Callable
@@ -48,6 +57,7 @@ import pysyncobj.syncobj as psyncobj
 import pysyncobj.tcp_connection as ptcp
 from pysyncobj import SyncObj, SyncObjConf, replicated
 
+from cairn.wire import MAX_HEADER
 from raftmeta.state import MetaState
 
 log = logging.getLogger("raftmeta")
@@ -57,6 +67,36 @@ RAFT_MAX_TIMEOUT = 1.2
 # A lease lasts this share of RAFT_MIN_TIMEOUT from the stamp a majority acked: the rest
 # is margin for clock rate differences between hosts.
 LEASE_FRACTION = 0.75
+
+# PySyncObj's logCompactionBatchSize (its default, set explicitly because RAFT_MAX_FRAME
+# below depends on it): a snapshot goes to a follower in parts of this size.
+RAFT_BATCH_BYTES = 1 << 16
+# PySyncObj's appendEntriesBatchSizeBytes: larger than any entry, on purpose. An entry at
+# least this large is sent in pieces ("transmission"), and 0.3.17 gets that wrong: it
+# marks the piece that reaches the *raw* entry's length as the last one, though the
+# pickled entry it cuts is longer, so a follower can unpickle a truncated entry, fail
+# its tick, and ask for the same entry again, forever (a 10,000-part Complete did this).
+# Entries are under 2 MiB (below), so with 3 MiB no entry is ever sent in pieces.
+RAFT_APPEND_BATCH_BYTES = 3 << 20
+# The largest frame a node of this cluster sends (PySyncObj 0.3.17 with MetaNode's conf):
+# - AppendEntries: ``__getEntries`` takes entries until their bytes reach
+#   RAFT_APPEND_BATCH_BYTES, so a batch is under 3 MiB plus its last entry. An entry is
+#   one pickled ``apply_cmd`` call: a msgpack command that came in an RPC frame header
+#   (at most MAX_HEADER, 1 MiB; re-packed, its float32s could grow 5 -> 9 bytes: under
+#   2 MiB) or that a MetaServer chore built (gc_done of up to 2000 seqs: tens of KiB).
+# - apply_command (a follower forwards a proposal to its leader): one such command.
+# - a snapshot goes in parts of logCompactionBatchSize (RAFT_BATCH_BYTES), one a frame.
+# - votes, acks, the key exchange: well under 1 KiB. Framing (pickle, zlib's stored
+#   blocks, the per-connection key, timestamp and HMAC) adds under 1 KiB.
+# So no legitimate frame reaches 5.1 MiB; 16 MiB leaves margin, and is the most that even a
+# peer holding the secret can make a node buffer for one frame.
+RAFT_MAX_FRAME = 16 * MAX_HEADER
+# Before a peer's first validly signed frame, the only frame it sends is its random
+# connection key: about 100 bytes, signed.
+RAFT_MAX_UNVERIFIED_FRAME = 1024
+# An accepted connection with no validly signed frame after this long is closed
+# (PySyncObj's own connectionTimeout does not apply to a peer that never sends a byte).
+RAFT_UNVERIFIED_TIMEOUT = 3.0
 
 
 class _SignedFrames:
@@ -103,6 +143,34 @@ class _StoredZlib:
 
 
 ptcp.zlib = _StoredZlib()
+
+_FRAME_PREFIX = struct.Struct("i")  # PySyncObj's length prefix: native byte order, signed
+_read_some = ptcp.TcpConnection._TcpConnection__processRead
+
+
+def _read_capped(self: ptcp.TcpConnection) -> None:
+    """``TcpConnection.__tryReadBuffer`` (read until the socket has nothing more), checking
+    each frame's declared length as soon as its prefix arrives, so that a frame too large
+    for any legitimate peer closes the connection before its body is buffered (at most
+    one receive, recvBufferSize bytes, past the prefix). A peer that has not yet sent a
+    validly signed frame (``sendRandKey`` is set from its first one) may send no more than
+    RAFT_MAX_UNVERIFIED_FRAME: a legitimate peer sends nothing else before our reply."""
+    pos = 0  # parsing consumes only whole frames: the buffer starts at a frame's prefix
+    while _read_some(self):
+        buf = self._TcpConnection__readBuffer
+        while pos + _FRAME_PREFIX.size <= len(buf):
+            (size,) = _FRAME_PREFIX.unpack_from(buf, pos)
+            cap = RAFT_MAX_FRAME if self.sendRandKey else RAFT_MAX_UNVERIFIED_FRAME
+            if not 0 <= size <= cap:
+                log.warning("closing a Raft connection: a frame of %d bytes declared (at most %d%s)", size, cap,
+                            "" if self.sendRandKey else " before a signed frame")
+                self.disconnect()
+                return
+            pos += _FRAME_PREFIX.size + size
+    self._TcpConnection__lastReadTime = ptcp.monotonicTime()
+
+
+ptcp.TcpConnection._TcpConnection__tryReadBuffer = _read_capped
 
 # PySyncObj logs this CRITICAL line on every pipelined ack in non-batch mode although the
 # state stays identical (measured); it would drown real warnings.
@@ -188,6 +256,8 @@ class MetaNode(SyncObj):
         conf = SyncObjConf(
             password=secret,
             appendEntriesUseBatch=False,
+            appendEntriesBatchSizeBytes=RAFT_APPEND_BATCH_BYTES,
+            logCompactionBatchSize=RAFT_BATCH_BYTES,
             journalFile=os.path.join(data_dir, "raft.journal"),
             fullDumpFile=os.path.join(data_dir, "raft.snapshot"),
             serializer=self._serialize,
@@ -234,6 +304,23 @@ class MetaNode(SyncObj):
             send(node, message)
 
         transport.send = durable_send
+        self._unverified_since: dict[ptcp.TcpConnection, float] = {}  # Raft thread only
+        self.addOnTickCallback(self._drop_unverified_peers)
+
+    def _drop_unverified_peers(self) -> None:
+        """Tick callback: close each incoming connection that has not sent a validly signed
+        frame within RAFT_UNVERIFIED_TIMEOUT of its first tick (ticks come every 50 ms)."""
+        pending = self._SyncObj__transport._unknownConnections
+        since = self._unverified_since
+        now = time.monotonic()
+        for conn in list(pending):
+            if conn.sendRandKey:
+                since.pop(conn, None)
+            elif now - since.setdefault(conn, now) > RAFT_UNVERIFIED_TIMEOUT:
+                del since[conn]
+                conn.disconnect()  # removes it from ``pending`` too
+        for conn in [c for c in since if c not in pending]:
+            del since[conn]
 
     def _SyncObj__onMessageReceived(self, node: Any, message: dict[str, Any]) -> None:  # noqa: N802
         """PySyncObj's handler, plus leader leases, and a successful ack never moves a
