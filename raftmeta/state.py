@@ -7,8 +7,12 @@ Invariants enforced here:
 - idempotent replay: the applied Raft index is stored in the same transaction as the
   change, and an entry at or below it is skipped (PySyncObj replays its journal on start);
 - a retried client command (same ``rid``) applies once and gets the first result back;
-- ``apply`` never raises (an exception inside a PySyncObj apply stalls the node
-  forever): failures roll back and come back as ``{"ok": False, "err": code}``;
+- ``apply`` never raises (PySyncObj retries a replicated method that raised on every
+  tick, forever): a command's own failure or a malformed command rolls back and comes
+  back as ``{"ok": False, "err": code}``; an environmental failure (disk full, I/O
+  error, out of memory) rolls back and stops the process (``fail_stop``), so this
+  replica never skips an entry the others applied. It applies the entry on restart,
+  when PySyncObj replays its journal;
 - deterministic: time comes from the command (``ts``), never from the replica's clock;
 - chunks that no object references any more go to the ``gc`` queue in the same
   transaction that dropped the reference, and nowhere else.
@@ -16,7 +20,9 @@ Invariants enforced here:
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -59,6 +65,42 @@ CREATE TABLE IF NOT EXISTS nodes (
 
 REQUEST_MEMORY = 200_000  # a retried rid is recognised for this many log entries
 
+# An entry that fails with one of these is *invalid*: the failure is a deterministic
+# function of the command and the replicated state, so every replica fails it the same
+# way, and answering ``{"ok": False, "err": "Internal"}`` and moving on keeps them equal.
+# - KeyError, TypeError, ValueError (UnicodeEncodeError among them: a lone surrogate),
+#   IndexError, AttributeError, OverflowError: a malformed command dict (a missing
+#   field, a wrong type, a manifest entry too short, an int SQLite cannot store);
+# - sqlite3.IntegrityError: a constraint the command itself breaks (NOT NULL from a
+#   None field, a duplicate upload id). No command catches it or relies on it to detect
+#   a conflict (they check first and raise ``Failed``), and the same command on the same
+#   state breaks the same constraint on every replica;
+# - sqlite3.ProgrammingError, sqlite3.InterfaceError: a field of a type SQLite cannot
+#   bind (a dict as a rid).
+# Everything else (sqlite3.OperationalError: "database or disk is full", "disk I/O
+# error", "database is locked"; sqlite3.DatabaseError: a corrupt file; MemoryError;
+# OSError; a bug) may happen on one replica only, and skipping the entry there would
+# make it diverge: ``apply`` fails stop instead.
+INVALID_COMMAND_ERRORS: tuple[type[Exception], ...] = (
+    KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError,
+    sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError,
+)
+
+FAIL_STOP_EXIT_CODE = 75  # "the metadata replica could not apply a committed entry"
+
+
+def fail_stop(index: int, exc: BaseException) -> None:
+    """Terminate the process at once: this replica could not apply entry ``index`` for a
+    reason of its own (``exc``). Not an exception: PySyncObj would retry the entry every
+    tick. Not ``sys.exit``: that is an exception too, on the Raft thread. On restart the
+    journal replays from the last snapshot and the entry is applied then."""
+    log.critical("cannot apply committed entry %d: %r; stopping (exit code %d) rather than skip it",
+                 index, exc, FAIL_STOP_EXIT_CODE)
+    for handler in [*logging.getLogger().handlers, *log.handlers]:
+        with contextlib.suppress(Exception):  # exiting anyway
+            handler.flush()
+    os._exit(FAIL_STOP_EXIT_CODE)
+
 
 def _packb(value: Any) -> bytes:
     return msgpack.packb(value, use_bin_type=True)
@@ -77,6 +119,10 @@ class Failed(Exception):
         self.msg = msg
 
 
+def _op(cmd: Any) -> Any:
+    return cmd.get("op") if isinstance(cmd, dict) else None
+
+
 def successor(prefix: str) -> str | None:
     """The smallest string greater than every string that starts with ``prefix``
     (None: no upper bound). Skips the surrogate range, which SQLite cannot store."""
@@ -91,8 +137,11 @@ def successor(prefix: str) -> str | None:
 class MetaState:
     """One replica's SQLite metadata. ``apply`` runs on the Raft thread, ``query`` anywhere."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, fail_stop: Callable[[int, BaseException], None] | None = None) -> None:
         self.path = path
+        # Called when an entry cannot be applied on this replica. None: the module's
+        # ``fail_stop``, which never returns (tests pass a recorder, or monkeypatch it).
+        self.fail_stop = fail_stop
         self.db = self._open(path)
         self.db.executescript(SCHEMA)
         columns = {row[1] for row in self.db.execute("PRAGMA table_info(nodes)")}
@@ -141,52 +190,83 @@ class MetaState:
     # ------------------------------------------------------------------ writes
 
     def apply(self, index: int, cmd: dict[str, Any]) -> dict[str, Any]:
-        """Apply one committed entry. Never raises."""
+        """Apply one committed entry. Never raises; stops the process (``fail_stop``)
+        rather than skip an entry for a reason of this replica's own."""
         try:
-            if index <= self.last_applied:
-                return {"ok": False, "err": "Replayed"}
-            op = cmd.get("op")
-            if op == "barrier":  # changes nothing; readers wait for its index
+            return self._apply(index, cmd)
+        except INVALID_COMMAND_ERRORS as exc:  # the same on every replica: answer and go on
+            if self._rollback(index, exc):
+                log.exception("apply of entry %d failed: %r", index, _op(cmd))
                 self.last_applied = index
-                return {"ok": True, "index": index}
-            handler = COMMANDS.get(op)
-            db = self.db
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                rid = cmd.get("rid")
-                if rid is not None:
-                    row = db.execute("SELECT result FROM requests WHERE rid=?", (rid,)).fetchone()
-                    if row is not None:
-                        result = _unpackb(row[0])
-                        result["retried"] = True
-                        self._set_applied(index)
-                        db.execute("COMMIT")
-                        return result
-                if handler is None:
-                    result = {"ok": False, "err": "BadRequest", "msg": f"unknown command {op!r}"}
-                else:
-                    db.execute("SAVEPOINT cmd")
-                    try:
-                        result = handler(db, {**cmd, "index": index}) or {}
-                        result.setdefault("ok", True)
-                        db.execute("RELEASE cmd")
-                    except Failed as exc:
-                        db.execute("ROLLBACK TO cmd")
-                        db.execute("RELEASE cmd")
-                        result = {"ok": False, "err": exc.code, "msg": exc.msg}
-                if rid is not None:
-                    db.execute("INSERT INTO requests VALUES (?,?,?)", (rid, index, _packb(result)))
-                    self._prune_requests(index)
-                self._set_applied(index)
-                db.execute("COMMIT")
-                return result
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-        except Exception as exc:  # never let an exception escape into PySyncObj
-            log.exception("apply of entry %d failed: %r", index, cmd.get("op"))
+                return {"ok": False, "err": "Internal", "msg": repr(exc)}
+        except Exception as exc:  # environmental: this replica only
+            if self._rollback(index, exc):
+                self._stop(index, exc)
+        except BaseException:  # KeyboardInterrupt, SystemExit: leave no transaction open
+            with contextlib.suppress(Exception):
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK")
+            raise
+        # Only reached when the stop hook returned (a test's): the entry is not applied.
+        return {"ok": False, "err": "Internal", "msg": "entry not applied on this replica"}
+
+    def _stop(self, index: int, exc: BaseException) -> None:
+        (self.fail_stop or fail_stop)(index, exc)
+
+    def _rollback(self, index: int, exc: BaseException) -> bool:
+        """Undo a failed entry's transaction (SQLite may have rolled it back already: a
+        disk-full error can end it). False, after ``fail_stop``, if that failed too."""
+        try:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            return True
+        except Exception as rollback_exc:
+            log.error("rollback of entry %d failed: %r (after %r)", index, rollback_exc, exc)
+            self._stop(index, exc)
+            return False
+
+    def _apply(self, index: int, cmd: dict[str, Any]) -> dict[str, Any]:
+        if index <= self.last_applied:
+            return {"ok": False, "err": "Replayed"}
+        op = cmd.get("op")
+        if op == "barrier":  # changes nothing; readers wait for its index
             self.last_applied = index
-            return {"ok": False, "err": "Internal", "msg": repr(exc)}
+            return {"ok": True, "index": index}
+        handler = COMMANDS.get(op)
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        rid = cmd.get("rid")
+        if rid is not None:
+            row = db.execute("SELECT result FROM requests WHERE rid=?", (rid,)).fetchone()
+            if row is not None:
+                result = _unpackb(row[0])
+                result["retried"] = True
+                self._commit(index)
+                return result
+        if handler is None:
+            result = {"ok": False, "err": "BadRequest", "msg": f"unknown command {op!r}"}
+        else:
+            db.execute("SAVEPOINT cmd")
+            try:
+                result = handler(db, {**cmd, "index": index}) or {}
+                result.setdefault("ok", True)
+                db.execute("RELEASE cmd")
+            except Failed as exc:
+                db.execute("ROLLBACK TO cmd")
+                db.execute("RELEASE cmd")
+                result = {"ok": False, "err": exc.code, "msg": exc.msg}
+        if rid is not None:
+            db.execute("INSERT INTO requests VALUES (?,?,?)", (rid, index, _packb(result)))
+            self._prune_requests(index)
+        self._commit(index)
+        return result
+
+    def _commit(self, index: int) -> None:
+        """Record ``index`` as applied and commit, in the entry's transaction; the
+        in-memory index moves only once the commit succeeded."""
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES ('applied', ?)", (index,))
+        self.db.execute("COMMIT")
+        self.last_applied = index
 
     def _prune_requests(self, index: int) -> None:
         # Deterministic on every replica: the last prune point is part of the state.
@@ -194,10 +274,6 @@ class MetaState:
         if index - (int(row[0]) if row else 0) >= 1000:
             self.db.execute("DELETE FROM requests WHERE idx < ?", (index - REQUEST_MEMORY,))
             self.db.execute("INSERT OR REPLACE INTO meta VALUES ('pruned', ?)", (index,))
-
-    def _set_applied(self, index: int) -> None:
-        self.db.execute("INSERT OR REPLACE INTO meta VALUES ('applied', ?)", (index,))
-        self.last_applied = index
 
     # ------------------------------------------------------------------ reads
 
