@@ -7,6 +7,12 @@ cope, and everything else keeps running.  Only a requested stop (SIGINT /
 SIGTERM to the supervisor, or cancellation of :func:`supervise`) stops all
 processes.
 
+A process that exits without being asked to (any exit status, 0 included) is
+restarted after a delay that doubles on each quick exit (0.5 s, 1 s, 2 s, ...
+up to 30 s) and starts over once the process has stayed up for 60 s (see
+:class:`RestartPolicy`; ``restart=None`` turns restarting off).  Nothing is
+restarted once a stop has been requested.
+
 Each Procfile entry runs as ``/bin/sh -c "exec <command>"`` in its own session
 (and therefore its own process group), so:
 
@@ -15,6 +21,13 @@ Each Procfile entry runs as ``/bin/sh -c "exec <command>"`` in its own session
 * a Ctrl-C at the terminal reaches only the supervisor (the children are not in
   the terminal's foreground process group); the supervisor then stops each
   group in an orderly way: SIGTERM, wait up to ``stop_timeout``, SIGKILL.
+
+A command whose first word is ``cairn`` runs as ``<this interpreter> -m
+cairn.cli``, so the cluster starts from any shell, whether or not the venv's
+``bin`` directory is on ``PATH``.
+
+On Linux every child also dies with the supervisor, even when the supervisor
+is SIGKILLed and cannot stop them (see :func:`_launch_argv`).
 
 Signals are only ever sent to the process groups of our own children whose
 leader has not yet been reaped.  While the leader is unreaped its PID (and
@@ -27,10 +40,12 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -40,7 +55,15 @@ from typing import Any, Protocol, TextIO
 import trio
 from honcho.environ import parse_procfile
 
-__all__ = ["ProcessSpec", "load_procfile", "run", "supervise"]
+__all__ = [
+    "DEFAULT_RESTART",
+    "ProcessSpec",
+    "RestartPolicy",
+    "load_procfile",
+    "resolve_command",
+    "run",
+    "supervise",
+]
 
 SYSTEM_NAME = "system"
 # How long to wait, after a child exits, for the rest of its output to arrive
@@ -51,16 +74,77 @@ _KILL_WAIT = 5.0
 # Longest line we buffer before relaying it anyway.
 _MAX_LINE = 64 * 1024
 _READ_SIZE = 16 * 1024
+# Poll interval for reaping where pidfd_open is unavailable (not Linux >= 5.3).
+_POLL_INTERVAL = 0.05
 # honcho's colour cycle (ANSI SGR codes): cyan, yellow, green, magenta, red,
 # blue, then the bold variants.
 _COLOURS = ("36", "33", "32", "35", "31", "34")
 _COLOURS += tuple(f"{c};1" for c in _COLOURS)
+
+# What a child receives when the supervisor dies without stopping it (e.g. it
+# was SIGKILLed).  SIGTERM rather than SIGKILL: every Cairn role dies at once on
+# it (none catches it), and a role that manages processes of its own
+# (``frontend --workers N``) gets to stop them, which it could not on SIGKILL.
+# The price: a Procfile command that ignores SIGTERM would outlive us.
+_PARENT_DEATH_SIGNAL = signal.SIGTERM
+_USE_PDEATHSIG = sys.platform.startswith("linux")
+# Run by ``sys.executable -I -S -c`` between fork and the real command:
+#   argv: PARENT_PID LC_CTYPE_OR_DASH SIGNUM PROGRAM ARGS...
+# 1. prctl(PR_SET_PDEATHSIG): the kernel signals us when our parent dies;
+#    the setting survives execve (/bin/sh, then the command itself).
+# 2. If the parent died before the prctl, no signal will ever come: getppid()
+#    no longer names it (we were reparented), so give up without running.
+# 3. Undo Python's own startup change to the environment (PEP 538 locale
+#    coercion sets LC_CTYPE under a C locale), so the command gets exactly the
+#    environment the supervisor was given.
+_PDEATHSIG_WRAPPER = """\
+import os, sys
+parent, lc_ctype, signum, argv = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4:]
+try:
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(1, ctypes.c_ulong(signum), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0)) != 0:
+        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+except Exception as exc:
+    print(f"cairn supervisor: PR_SET_PDEATHSIG failed ({exc}); this process may outlive the supervisor",
+          file=sys.stderr, flush=True)
+if os.getppid() != parent:
+    os._exit(1)
+if lc_ctype == "-":
+    os.environ.pop("LC_CTYPE", None)
+else:
+    os.environ["LC_CTYPE"] = lc_ctype[1:]
+os.execv(argv[0], argv)
+"""
+_CAIRN_COMMAND = re.compile(r"cairn(?=\s|$)")
 
 
 class TaskStatusLike(Protocol):
     """The ``task_status`` passed by ``nursery.start`` (no public type in trio 0.22)."""
 
     def started(self, value: Any = None) -> None: ...
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    """When to restart a process that exited without being asked to.
+
+    The first restart waits ``initial_delay`` seconds; each further one twice
+    as long as the one before, up to ``max_delay``.  A process that had stayed
+    up for ``reset_after`` seconds before exiting starts over at
+    ``initial_delay``.
+    """
+
+    initial_delay: float = 0.5
+    max_delay: float = 30.0
+    reset_after: float = 60.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.initial_delay <= self.max_delay:
+            raise ValueError("need 0 < initial_delay <= max_delay")
+
+
+DEFAULT_RESTART = RestartPolicy()
 
 
 @dataclass
@@ -107,6 +191,45 @@ def _shell_status(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
+def resolve_command(command: str) -> str:
+    """``command`` with a leading ``cairn`` word replaced by this interpreter.
+
+    ``cairn raftmeta ...`` becomes ``/path/to/python -m cairn.cli raftmeta ...``:
+    the children run the same Cairn as the supervisor, found without ``PATH``
+    (``/venv/bin/cairn up`` works from a shell where the venv is not active).
+    Any other command is returned unchanged.
+    """
+    if sys.executable and _CAIRN_COMMAND.match(command):
+        return f"{shlex.quote(sys.executable)} -m cairn.cli{command[len('cairn'):]}"
+    return command
+
+
+def _launch_argv(command: str, env: Mapping[str, str], parent_pid: int) -> list[str]:
+    """The argv that runs one Procfile ``command`` as a child of ``parent_pid``.
+
+    On Linux the shell is started through :data:`_PDEATHSIG_WRAPPER`, which
+    arranges for the child to receive :data:`_PARENT_DEATH_SIGNAL` if the
+    supervisor dies.  A wrapper rather than ``preexec_fn``: ``preexec_fn`` runs
+    Python code between fork and exec, which is unsafe when the parent has
+    other threads (trio's worker threads, or the caller's); the wrapper is an
+    ordinary program, so the fork stays a plain fork+exec.
+
+    The parent-death signal fires when the *thread* that forked the child
+    exits, not the process.  trio's ``open_process`` forks in a worker thread
+    that exits after 10 s idle, which would kill every child 10 s after its
+    start; so :meth:`_Supervisor.spawn` forks with ``subprocess.Popen`` on the
+    thread running trio, which lives as long as the supervisor does.
+    """
+    shell = ["/bin/sh", "-c", f"exec {resolve_command(command)}"]
+    if not _USE_PDEATHSIG or not sys.executable:
+        return shell
+    lc_ctype = "=" + env["LC_CTYPE"] if "LC_CTYPE" in env else "-"
+    return [
+        sys.executable, "-I", "-S", "-c", _PDEATHSIG_WRAPPER,
+        str(parent_pid), lc_ctype, str(int(_PARENT_DEATH_SIGNAL)), *shell,
+    ]  # fmt: skip
+
+
 class _Printer:
     """honcho-style output: ``HH:MM:SS name | line``, names padded."""
 
@@ -134,14 +257,39 @@ class _Printer:
 
 
 @dataclass(eq=False)
-class _Child:
+class _Role:
+    """One Procfile entry over its whole life: the processes run for it in turn."""
+
     spec: ProcessSpec
     label: str
     colour: str
-    proc: trio.Process
+    restarts: int = 0  # restarts so far
+    delay: float = 0.0  # the last restart delay; 0 after a long enough run
+
+    def next_delay(self, uptime: float, policy: RestartPolicy) -> float:
+        """Count a restart and return how long to wait before it."""
+        if uptime >= policy.reset_after or self.delay == 0.0:
+            self.delay = policy.initial_delay
+        else:
+            self.delay = min(self.delay * 2, policy.max_delay)
+        self.restarts += 1
+        return self.delay
+
+
+@dataclass(eq=False)
+class _Child:
+    role: _Role
+    proc: subprocess.Popen[bytes]
+    stdout: trio.lowlevel.FdStream
+    started_at: float
+    reaped: trio.Event = field(default_factory=trio.Event)
     output_done: trio.Event = field(default_factory=trio.Event)
     exited: trio.Event = field(default_factory=trio.Event)
     returncode: int | None = None
+
+    @property
+    def spec(self) -> ProcessSpec:
+        return self.role.spec
 
     @property
     def pid(self) -> int:
@@ -162,6 +310,29 @@ class _Child:
             return False
         return True
 
+    async def reap(self) -> int:
+        """Wait for the child to exit and reap it (on this thread); its status."""
+        pidfd = None
+        if hasattr(os, "pidfd_open"):
+            try:
+                pidfd = os.pidfd_open(self.proc.pid)
+            except OSError:  # kernel older than 5.3, or seccomp: poll instead
+                pidfd = None
+        try:
+            while True:
+                returncode = self.proc.poll()
+                if returncode is not None:
+                    break
+                if pidfd is not None:
+                    await trio.lowlevel.wait_readable(pidfd)
+                else:
+                    await trio.sleep(_POLL_INTERVAL)
+        finally:
+            if pidfd is not None:
+                os.close(pidfd)
+        self.reaped.set()
+        return returncode
+
 
 class _Supervisor:
     def __init__(
@@ -171,54 +342,94 @@ class _Supervisor:
         cwd: str | None,
         stop_timeout: float,
         out: TextIO,
+        restart: RestartPolicy | None,
     ) -> None:
-        self.specs = specs
         self.env = dict(env)
         self.cwd = cwd
         self.stop_timeout = stop_timeout
-        labels = [f"{s.name}.1" for s in specs]
-        self.printer = _Printer(out, max([len(SYSTEM_NAME), *map(len, labels)]))
+        self.restart = restart
+        self.roles = [
+            _Role(spec, f"{spec.name}.1", _COLOURS[index % len(_COLOURS)])
+            for index, spec in enumerate(specs)
+        ]
+        width = max([len(SYSTEM_NAME), *(len(r.label) for r in self.roles)])
+        self.printer = _Printer(out, width)
+        # The processes whose exit has not been dealt with yet (one per role at
+        # most while restarting; every one that ran when not restarting).
         self.children: list[_Child] = []
-        self.stop = trio.Event()  # set on requested stop or when all exited
+        # Set on a requested stop, when shutdown begins, or (restart=None) when
+        # every child has exited.
+        self.stop = trio.Event()
         self.kill_now = trio.Event()  # a second signal: skip the grace period
         self.requested_signal: int | None = None
         self.stopping = False
-        self._bg_scopes: list[trio.CancelScope] = []
+        self._bg_scopes: set[trio.CancelScope] = set()
+        self._nursery: trio.Nursery | None = None
 
     # -- spawning ------------------------------------------------------------
 
-    async def spawn(self, spec: ProcessSpec, index: int) -> _Child:
-        proc = await trio.lowlevel.open_process(
-            ["/bin/sh", "-c", f"exec {spec.command}"],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            env=self.env,
-            cwd=self.cwd,
-        )
-        child = _Child(spec, f"{spec.name}.1", _COLOURS[index % len(_COLOURS)], proc)
+    def spawn(self, role: _Role) -> _Child:
+        """Start one process for ``role`` and its relay and watcher tasks.
+
+        Synchronous on purpose: the fork must happen on this (trio's) thread,
+        see :func:`_launch_argv`; and with no checkpoint between a caller's
+        "are we stopping?" check and the fork, shutdown cannot miss a child.
+        """
+        assert self._nursery is not None
+        read_fd, write_fd = os.pipe()
+        try:
+            proc = subprocess.Popen(
+                _launch_argv(role.spec.command, self.env, os.getpid()),
+                stdin=subprocess.DEVNULL,
+                stdout=write_fd,
+                stderr=subprocess.STDOUT,
+                # Own session, hence own process group: a Ctrl-C at the
+                # terminal reaches only us, and we stop the roles in order (and
+                # can signal each role's whole group).  Dying with the
+                # supervisor does not need a shared group: the parent-death
+                # signal covers that.
+                start_new_session=True,
+                env=self.env,
+                cwd=self.cwd,
+            )
+        except BaseException:
+            os.close(read_fd)
+            raise
+        finally:
+            os.close(write_fd)
+        stdout = trio.lowlevel.FdStream(read_fd)
+        child = _Child(role, proc, stdout, trio.current_time())
         self.children.append(child)
-        self.printer.system(f"{spec.name} started (pid={proc.pid})")
+        self._start_background(self.relay, child)
+        self._start_background(self.watch, child)
         return child
 
     # -- background tasks ----------------------------------------------------
 
-    async def shielded(self, fn: Any, *args: Any) -> None:
+    def _start_background(self, fn: Callable[[_Child], Awaitable[None]], child: _Child) -> None:
         """Run a background task that survives outer cancellation.
 
         Relays and watchers must keep running while we stop the children
         (so their last words and exit statuses get reported) even when the
         stop was caused by cancelling :func:`supervise`.  They are cancelled
-        explicitly once shutdown is complete.
+        explicitly once shutdown is complete.  The scope is registered before
+        the task starts, so shutdown can cancel a task that has not run yet.
         """
-        with trio.CancelScope(shield=True) as scope:
-            self._bg_scopes.append(scope)
-            await fn(*args)
+        assert self._nursery is not None
+        scope = trio.CancelScope(shield=True)
+        self._bg_scopes.add(scope)
+
+        async def shielded() -> None:
+            try:
+                with scope:
+                    await fn(child)
+            finally:
+                self._bg_scopes.discard(scope)
+
+        self._nursery.start_soon(shielded)
 
     async def relay(self, child: _Child) -> None:
-        stream = child.proc.stdout
-        assert stream is not None
+        stream = child.stdout
         buf = b""
         try:
             while True:
@@ -244,29 +455,63 @@ class _Supervisor:
 
     def _emit(self, child: _Child, raw: bytes) -> None:
         text = raw.decode("utf-8", "replace").rstrip("\r")
-        self.printer.line(child.label, text, child.colour)
+        self.printer.line(child.role.label, text, child.role.colour)
 
     async def watch(self, child: _Child) -> None:
-        returncode = await child.proc.wait()
+        returncode = await child.reap()
+        uptime = trio.current_time() - child.started_at
         # Let the relay catch up so the exit notice follows the last lines.
         with trio.move_on_after(_DRAIN_GRACE):
             await child.output_done.wait()
         child.returncode = returncode
         child.exited.set()
+        name = child.spec.name
         status = describe_status(returncode)
         live = self._live()
         if self.stopping:
-            self.printer.system(f"{child.spec.name} stopped ({status})")
+            self.printer.system(f"{name} stopped ({status})")
+        elif self.stop.is_set():  # stop requested, shutdown not begun yet
+            self.printer.system(f"{name} exited ({status})")
+        elif self.restart is not None:
+            delay = child.role.next_delay(uptime, self.restart)
+            self.printer.system(
+                f"{name} exited ({status}); restarting in {delay:.1f} s "
+                f"(restart {child.role.restarts})"
+            )
+            self.children.remove(child)
+            assert self._nursery is not None
+            self._nursery.start_soon(self.restart_later, child.role, delay)
         elif live:
             self.printer.system(
-                f"{child.spec.name} exited ({status}); the other processes keep running"
+                f"{name} exited ({status}); the other processes keep running"
             )
         else:
-            self.printer.system(
-                f"{child.spec.name} exited ({status}); no processes left"
-            )
-        if not live:
+            self.printer.system(f"{name} exited ({status}); no processes left")
+        if self.restart is None and not live:
             self.stop.set()
+
+    async def restart_later(self, role: _Role, delay: float) -> None:
+        """Start ``role`` again after ``delay`` seconds, unless stopping by then."""
+        assert self.restart is not None
+        while True:
+            with trio.move_on_after(delay):
+                await self.stop.wait()
+            # No checkpoint from this check to the fork (spawn is synchronous).
+            if self.stop.is_set() or self.stopping:
+                return
+            try:
+                child = self.spawn(role)
+            except OSError as exc:  # e.g. EAGAIN from fork: try again later
+                delay = role.next_delay(0.0, self.restart)
+                self.printer.system(
+                    f"could not restart {role.spec.name} ({exc}); "
+                    f"retrying in {delay:.1f} s (restart {role.restarts})"
+                )
+                continue
+            self.printer.system(
+                f"{role.spec.name} restarted (pid={child.pid}, restart {role.restarts})"
+            )
+            return
 
     async def listen_for_signals(self, signals: AsyncIterator[int]) -> None:
         async for signum in signals:
@@ -287,13 +532,13 @@ class _Supervisor:
         return [c for c in self.children if c.proc.returncode is None]
 
     async def _wait_all_reaped(self, children: list[_Child]) -> None:
-        async with trio.open_nursery() as nursery:
-            for child in children:
-                nursery.start_soon(child.proc.wait)
+        for child in children:
+            await child.reaped.wait()
 
     async def shutdown(self) -> None:
         """SIGTERM every live group, wait, SIGKILL stragglers. Call shielded."""
         self.stopping = True
+        self.stop.set()  # pending restarts give up
         live = self._live()
         if live:
             for child in live:
@@ -322,7 +567,7 @@ class _Supervisor:
                 await self._wait_all_reaped(stragglers)
         # Let watchers report the exits and relays drain what is left.
         with trio.move_on_after(_DRAIN_GRACE * 2):
-            for child in self.children:
+            for child in list(self.children):
                 await child.exited.wait()
         unreaped = self._live()
         if unreaped:
@@ -330,7 +575,7 @@ class _Supervisor:
             self.printer.system(f"could not stop: {names}")
         elif live:
             self.printer.system("all processes stopped")
-        for scope in self._bg_scopes:
+        for scope in list(self._bg_scopes):
             scope.cancel()
 
     def exit_status(self) -> int:
@@ -359,25 +604,30 @@ async def supervise(
     stop_timeout: float = 10.0,
     out: TextIO = sys.stdout,
     handle_signals: bool = True,
+    restart: RestartPolicy | None = DEFAULT_RESTART,
     task_status: TaskStatusLike = trio.TASK_STATUS_IGNORED,
 ) -> int:
     """Run every process in ``specs`` until stopped; return an exit status.
 
     ``env`` is the *complete* environment of the children (pass
     ``{**os.environ, ...}`` to inherit ours); ``$VAR`` references in the
-    commands are expanded from it by ``/bin/sh``.
+    commands are expanded from it by ``/bin/sh``.  A command whose first word
+    is ``cairn`` runs as ``sys.executable -m cairn.cli`` (:func:`resolve_command`).
 
     Output of each child (stdout and stderr merged) is relayed line by line to
     ``out`` as ``HH:MM:SS name.1 | line``, coloured when ``out`` is a TTY.
     ``task_status.started()`` is called with ``{name: pid}`` once every process
     has been spawned.
 
-    A child that exits is reported and not restarted; the others keep running.
+    A child that exits on its own (whatever its status) is reported and, with
+    a ``restart`` policy, started again after the policy's backoff delay; the
+    others keep running.  Nothing is restarted once a stop has been requested.
     Returns:
 
     * ``0`` after a requested stop (SIGINT/SIGTERM, when ``handle_signals``);
-    * once every child has exited on its own: ``0`` if all exited with code 0,
-      else the first failing child's status (128+N for a signal N).
+    * with ``restart=None``, once every child has exited on its own: ``0`` if
+      all exited with code 0, else the first failing child's status (128+N for
+      a signal N).  (With a policy, children never all stay down.)
 
     On cancellation the children are stopped the same way (SIGTERM to each
     live process group, up to ``stop_timeout`` seconds, then SIGKILL) before
@@ -387,18 +637,20 @@ async def supervise(
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
         raise ValueError("process names must be unique")
-    sup = _Supervisor(list(specs), env, cwd, stop_timeout, out)
+    sup = _Supervisor(list(specs), env, cwd, stop_timeout, out, restart)
     with _maybe_signal_receiver(handle_signals) as signals:
         async with trio.open_nursery() as nursery:
+            sup._nursery = nursery
             try:
                 if signals is not None:
                     nursery.start_soon(sup.listen_for_signals, signals)
-                for index, spec in enumerate(specs):
-                    child = await sup.spawn(spec, index)
-                    nursery.start_soon(sup.shielded, sup.relay, child)
-                    nursery.start_soon(sup.shielded, sup.watch, child)
-                task_status.started({c.spec.name: c.pid for c in sup.children})
-                if sup.children:
+                pids = {}
+                for role in sup.roles:
+                    child = sup.spawn(role)
+                    pids[role.spec.name] = child.pid
+                    sup.printer.system(f"{role.spec.name} started (pid={child.pid})")
+                task_status.started(pids)
+                if sup.roles:
                     await sup.stop.wait()
             finally:
                 with trio.CancelScope(shield=True):

@@ -147,14 +147,22 @@ def test_cairn_up_survives_a_killed_node_and_restarts(tmp_path):
         assert len(children) == 8
         victim = next(c for c in children if "blobnode" in " ".join(c.cmdline()))
         victim.kill()
-        time.sleep(1)
-        assert len([c for c in psutil.Process(up.pid).children() if c.is_running()]) == 7
         s3.put_object(Bucket="up-bucket", Key="with-a-node-down", Body=b"ok")
+        # the supervisor restarts it (after a short backoff): eight children again, one new
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            now = [c for c in psutil.Process(up.pid).children() if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+            if len(now) == 8 and victim.pid not in {c.pid for c in now}:
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError("the killed blob node was not restarted")
+        restarted = [c for c in now if c.pid not in {old.pid for old in children}]
         out = _stop_up(up)
         assert up.returncode == 0
         assert "Access key:   cairnroot" in out and "Secret key:" in out
-        assert "exited (killed by SIGKILL)" in out
-        for child in children:
+        assert "exited (killed by SIGKILL)" in out and "restarting in" in out
+        for child in children + restarted:
             assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
     finally:
         if up.poll() is None:

@@ -1,7 +1,8 @@
 """Tests for cairn.supervisor (the ``cairn up`` process supervisor).
 
 Every process signalled here was started by the test itself (through
-``supervise``); pids come from ``task_status.started``.
+``supervise``, or a supervisor subprocess the test started); pids come from
+``task_status.started`` or the supervisor's own "started (pid=N)" lines.
 """
 
 from __future__ import annotations
@@ -9,7 +10,11 @@ from __future__ import annotations
 import io
 import os
 import re
+import select
+import shlex
+import shutil
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -20,7 +25,15 @@ from typing import Any
 import pytest
 import trio
 
-from cairn.supervisor import ProcessSpec, load_procfile, run, supervise
+from cairn.supervisor import (
+    ProcessSpec,
+    RestartPolicy,
+    _launch_argv,
+    load_procfile,
+    resolve_command,
+    run,
+    supervise,
+)
 
 PY = sys.executable
 
@@ -114,6 +127,56 @@ def dead_or_zombie(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
 
 
+def restart_lines(out: io.StringIO, name: str) -> list[tuple[str, float, int]]:
+    """``(status, delay, restart number)`` of each "NAME exited ...; restarting" line."""
+    pattern = re.compile(
+        rf"\| {re.escape(name)} exited \((.+?)\); restarting in ([\d.]+) s \(restart (\d+)\)$"
+    )
+    found = (pattern.search(line) for line in out.getvalue().splitlines())
+    return [(m.group(1), float(m.group(2)), int(m.group(3))) for m in found if m]
+
+
+def restarted_pids(out: io.StringIO, name: str) -> list[int]:
+    """PIDs from the "NAME restarted (pid=N, restart K)" lines, in order."""
+    pattern = re.compile(rf"\| {re.escape(name)} restarted \(pid=(\d+), restart \d+\)$")
+    found = (pattern.search(line) for line in out.getvalue().splitlines())
+    return [int(m.group(1)) for m in found if m]
+
+
+class Output:
+    """Collects a subprocess's stdout without ever blocking past a deadline."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdout is not None
+        self.fd = proc.stdout.fileno()
+        self.text = ""
+
+    def wait_for(self, predicate: Callable[[str], bool], timeout: float = 10.0) -> str:
+        deadline = time.monotonic() + timeout
+        while not predicate(self.text):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"timed out; output so far:\n{self.text}")
+            if select.select([self.fd], [], [], left)[0]:
+                data = os.read(self.fd, 65536)
+                if not data:
+                    raise AssertionError(f"output ended; it was:\n{self.text}")
+                self.text += data.decode("utf-8", "replace")
+        return self.text
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except (FileNotFoundError, ProcessLookupError):
+        return ""
+
+
+linux_only = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG and /proc are Linux-only"
+)
+
+
 class TTYStringIO(io.StringIO):
     def isatty(self) -> bool:
         return True
@@ -170,6 +233,7 @@ async def test_relay_env_expansion_and_exit_when_all_done(
             cwd=str(tmp_path),
             out=out,
             handle_signals=False,
+            restart=None,  # run to completion: nothing restarted
         )
     assert rc == 3  # the failing child's code; every child exited on its own
     text = out.getvalue()
@@ -197,7 +261,7 @@ async def test_relay_env_expansion_and_exit_when_all_done(
 
 
 @pytest.mark.trio
-async def test_sigkill_of_one_child_leaves_the_others_running(
+async def test_without_restart_a_killed_child_stays_dead_and_the_others_run(
     tmp_path: Path, child: str
 ) -> None:
     specs = procfile(
@@ -207,7 +271,7 @@ async def test_sigkill_of_one_child_leaves_the_others_running(
     out = io.StringIO()
     async with trio.open_nursery() as nursery:
         pids = await nursery.start(
-            partial(supervise, specs, env(), out=out, handle_signals=False)
+            partial(supervise, specs, env(), out=out, handle_signals=False, restart=None)
         )
         assert set(pids) == {"a", "blobnode2", "c"}
         await wait_until(lambda: all(lines_of(out, f"{n}.1") for n in pids))
@@ -288,6 +352,7 @@ async def test_cancellation_stops_all_including_sigterm_ignorers(
     assert "graceful got SIGTERM" in lines_of(out, "graceful.1")
     assert "graceful stopped (code 0)" in text
     assert "all processes stopped" in text
+    assert "restart" not in text  # children stopped by us are not restarted
     assert all(group_gone(pid) for pid in pids.values() if pid != pids["parent"])
     # The whole process group is signalled, not just the leader.
     assert dead_or_zombie(grandchild)
@@ -347,7 +412,7 @@ async def test_second_signal_skips_the_grace_period(tmp_path: Path, child: str) 
 def test_run_wrapper_and_colour_on_tty(tmp_path: Path, child: str) -> None:
     specs = procfile(tmp_path, f"a: {child} exit 0 hi\nb: {child} exit 0 there\n")
     out = TTYStringIO()
-    assert run(specs, env(), out=out) == 0
+    assert run(specs, env(), out=out, restart=None) == 0
     text = out.getvalue()
     assert "\033[0m\033[36m" in text  # first process cyan, like honcho
     assert "\033[0m\033[33m" in text  # second yellow
@@ -369,3 +434,259 @@ def test_duplicate_names_and_empty_spec_list() -> None:
     out = io.StringIO()
     assert run([], {}, out=out, handle_signals=False) == 0
     assert out.getvalue() == ""
+
+
+# -- restarting ----------------------------------------------------------------
+
+
+@pytest.mark.trio
+async def test_a_child_that_exits_is_restarted_with_growing_delays(
+    tmp_path: Path, child: str
+) -> None:
+    specs = procfile(
+        tmp_path,
+        f"crashy: {child} exit 1 oops\nclean: {child} exit 0 done\nsteady: {child} loop s\n",
+    )
+    policy = RestartPolicy(initial_delay=0.1, max_delay=0.4, reset_after=60)
+    out = io.StringIO()
+    async with trio.open_nursery() as nursery:
+        start = time.monotonic()
+        pids = await nursery.start(
+            partial(supervise, specs, env(), out=out, handle_signals=False, restart=policy)
+        )
+        await wait_until(lambda: len(restarted_pids(out, "crashy")) >= 4, timeout=8)
+        elapsed = time.monotonic() - start
+        await wait_until(lambda: len(restart_lines(out, "crashy")) >= 5, timeout=3)
+        # Every exit, whatever its status, is announced with the delay and the
+        # restart count; the delay doubles up to max_delay.
+        crashy = restart_lines(out, "crashy")
+        assert crashy[:5] == [
+            ("code 1", 0.1, 1),
+            ("code 1", 0.2, 2),
+            ("code 1", 0.4, 3),
+            ("code 1", 0.4, 4),
+            ("code 1", 0.4, 5),
+        ], out.getvalue()
+        assert "crashy exited (code 1); restarting in 0.1 s (restart 1)" in out.getvalue()
+        assert restart_lines(out, "clean")[0] == ("code 0", 0.1, 1)  # exit 0 too
+        # The delays really were waited: 0.1 + 0.2 + 0.4 + 0.4 before restart 4.
+        assert elapsed >= 1.1
+        # Each run's output is relayed, under the same label.
+        assert lines_of(out, "crashy.1").count("oops") >= 4
+        pids_seen = restarted_pids(out, "crashy")
+        assert len(set(pids_seen)) == len(pids_seen) and pids["crashy"] not in pids_seen
+        # The steady process was never touched.
+        assert "steady exited" not in out.getvalue() and "sending SIG" not in out.getvalue()
+        assert not group_gone(pids["steady"])
+        nursery.cancel_scope.cancel()
+    assert out.getvalue().count("steady started") == 1
+    assert group_gone(pids["steady"])
+
+
+@pytest.mark.trio
+async def test_backoff_starts_over_once_a_child_stayed_up(tmp_path: Path, child: str) -> None:
+    specs = procfile(tmp_path, f"frontend1: {child} loop f\nother: {child} loop o\n")
+    policy = RestartPolicy(initial_delay=0.1, max_delay=10, reset_after=0.5)
+    out = io.StringIO()
+    async with trio.open_nursery() as nursery:
+        pids = await nursery.start(
+            partial(supervise, specs, env(), out=out, handle_signals=False, restart=policy)
+        )
+        await wait_until(lambda: bool(lines_of(out, "frontend1.1")))
+        os.kill(pids["frontend1"], signal.SIGKILL)  # killed from outside: restarted
+        await wait_until(lambda: len(restarted_pids(out, "frontend1")) == 1)
+        os.kill(restarted_pids(out, "frontend1")[0], signal.SIGKILL)  # at once again
+        await wait_until(lambda: len(restarted_pids(out, "frontend1")) == 2)
+        await trio.sleep(0.7)  # longer than reset_after
+        os.kill(restarted_pids(out, "frontend1")[1], signal.SIGKILL)
+        await wait_until(lambda: len(restarted_pids(out, "frontend1")) == 3)
+        assert restart_lines(out, "frontend1") == [
+            ("killed by SIGKILL", 0.1, 1),
+            ("killed by SIGKILL", 0.2, 2),  # a quick exit: the delay doubles
+            ("killed by SIGKILL", 0.1, 3),  # after a long enough run: back to the start
+        ]
+        latest = restarted_pids(out, "frontend1")[-1]
+        await wait_until(lambda: not dead_or_zombie(latest) and "loop f" in cmdline(latest))
+        assert "other exited" not in out.getvalue()
+        nursery.cancel_scope.cancel()
+    assert group_gone(latest) and group_gone(pids["other"])
+
+
+@pytest.mark.trio
+async def test_nothing_is_restarted_once_stopping(tmp_path: Path, child: str) -> None:
+    specs = procfile(tmp_path, f"crashy: {child} exit 1 oops\nb: {child} graceful\n")
+    policy = RestartPolicy(initial_delay=5.0, max_delay=30, reset_after=60)
+    out = io.StringIO()
+    result: list[int] = []
+
+    async def sup(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        result.append(
+            await supervise(specs, env(), out=out, restart=policy, task_status=task_status)
+        )
+
+    with trio.fail_after(4):  # the pending 5 s restart delay is not waited out
+        async with trio.open_nursery() as nursery:
+            pids = await nursery.start(sup)
+            await wait_until(
+                lambda: (
+                    restart_lines(out, "crashy") == [("code 1", 5.0, 1)]
+                    and "graceful ready" in lines_of(out, "b.1")
+                )
+            )
+            os.kill(os.getpid(), signal.SIGTERM)
+    assert result == [0]
+    text = out.getvalue()
+    assert "crashy restarted" not in text and text.count("crashy started") == 1
+    # b was stopped by us: reported as stopped, not restarted.
+    assert "b stopped (code 0)" in text and "b exited" not in text
+    assert text.count("restarting in") == 1 and "b restarted" not in text
+    assert all(group_gone(pid) for pid in pids.values())
+
+
+def test_restart_policy_is_validated() -> None:
+    with pytest.raises(ValueError):
+        RestartPolicy(initial_delay=0)
+    with pytest.raises(ValueError):
+        RestartPolicy(initial_delay=2, max_delay=1)
+
+
+# -- dying with the supervisor -------------------------------------------------
+
+SUPERVISOR = """
+import os, sys
+from cairn.supervisor import load_procfile, run
+sys.exit(run(load_procfile(sys.argv[1]), dict(os.environ)))
+"""
+
+
+@linux_only
+def test_a_sigkilled_supervisor_takes_its_children_along(tmp_path: Path, child: str) -> None:
+    sleep = shutil.which("sleep") or "/bin/sleep"
+    marker = f"{tmp_path}/child.py"
+    (tmp_path / "Procfile").write_text(
+        f"plain: {sleep} 30\npy: {child} sleep\nticker: {child} loop t\n"
+    )
+    expect = {"plain": f"{sleep} 30", "py": marker, "ticker": marker}
+    sup = subprocess.Popen(
+        [PY, "-c", SUPERVISOR, str(tmp_path / "Procfile")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    pids: dict[str, int] = {}
+    try:
+        text = Output(sup).wait_for(lambda t: "ticker.1 " in t and t.count(" started (pid=") == 3)
+        pids = {m[1]: int(m[2]) for m in re.finditer(r"\| (\S+) started \(pid=(\d+)\)", text)}
+        assert set(pids) == set(expect)
+        # Wait until every child runs its real program (past the wrapper).
+        deadline = time.monotonic() + 5
+        while not all(expect[name] in cmdline(pid) for name, pid in pids.items()):
+            assert time.monotonic() < deadline, {pid: cmdline(pid) for pid in pids.values()}
+            time.sleep(0.02)
+
+        sup.kill()  # SIGKILL: the supervisor gets no chance to stop anything
+        sup.wait(timeout=5)
+        deadline = time.monotonic() + 3
+        while not all(dead_or_zombie(pid) for pid in pids.values()):
+            assert time.monotonic() < deadline, "children outlived the supervisor"
+            time.sleep(0.02)
+    finally:
+        if sup.poll() is None:
+            sup.kill()
+            sup.wait()
+        for name, pid in pids.items():  # only our own, still running its program
+            if not dead_or_zombie(pid) and expect[name] in cmdline(pid):
+                os.killpg(pid, signal.SIGKILL)
+
+
+@linux_only
+def test_the_wrapper_does_not_run_the_command_if_its_parent_is_already_gone(
+    tmp_path: Path,
+) -> None:
+    marker = tmp_path / "ran"
+    command = f"touch {shlex.quote(str(marker))}"
+    # The wrapper's parent is this process; tell it to expect another one, as
+    # if we had died (and it had been reparented) before its prctl ran.
+    done = subprocess.run(_launch_argv(command, env(), 1), env=env(), timeout=10)
+    assert done.returncode != 0 and not marker.exists()
+    done = subprocess.run(_launch_argv(command, env(), os.getpid()), env=env(), timeout=10)
+    assert done.returncode == 0 and marker.exists()
+
+
+@linux_only
+@pytest.mark.trio
+async def test_children_outlive_idle_worker_threads(
+    tmp_path: Path, child: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The parent-death signal fires when the *thread* that forked a child
+    exits.  Forking from a trio worker thread (trio's open_process does) would
+    kill each child once that thread idles out, 10 s later; make that quick."""
+    from trio._core import _thread_cache
+
+    assert hasattr(_thread_cache, "IDLE_TIMEOUT")  # private: update if trio moves it
+    monkeypatch.setattr(_thread_cache, "IDLE_TIMEOUT", 0.05)
+    specs = procfile(tmp_path, f"a: {child} loop a\n")
+    out = io.StringIO()
+    async with trio.open_nursery() as nursery:
+        pids = await nursery.start(
+            partial(supervise, specs, env(), out=out, handle_signals=False, restart=None)
+        )
+        await trio.to_thread.run_sync(lambda: None)  # a worker thread, then idle
+        await trio.sleep(0.6)
+        assert "a exited" not in out.getvalue() and not dead_or_zombie(pids["a"])
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.trio
+async def test_children_get_exactly_the_given_environment(tmp_path: Path) -> None:
+    """Python's locale coercion in the wrapper must not leak LC_CTYPE."""
+    printenv = shutil.which("env") or "/usr/bin/env"
+    for given, expected in [({}, None), ({"LC_CTYPE": "C"}, "C")]:
+        out = io.StringIO()
+        specs = [ProcessSpec("e", printenv)]
+        children_env = {"PATH": "/usr/bin:/bin", "FOO": "bar", **given}
+        with trio.fail_after(5):
+            await supervise(specs, children_env, out=out, handle_signals=False, restart=None)
+        lines = lines_of(out, "e.1")
+        assert "FOO=bar" in lines
+        lc = [line.split("=", 1)[1] for line in lines if line.startswith("LC_CTYPE=")]
+        assert lc == ([] if expected is None else [expected]), lines
+
+
+# -- finding cairn -------------------------------------------------------------
+
+
+def test_resolve_command_runs_cairn_with_this_interpreter() -> None:
+    here = shlex.quote(sys.executable)
+    assert resolve_command("cairn raftmeta --data-dir $CAIRN_DATA/r1") == (
+        f"{here} -m cairn.cli raftmeta --data-dir $CAIRN_DATA/r1"
+    )
+    assert resolve_command("cairn") == f"{here} -m cairn.cli"
+    assert resolve_command("cairnish --x") == "cairnish --x"
+    assert resolve_command("echo cairn up") == "echo cairn up"
+
+
+def test_cairn_up_runs_cairn_children_without_the_venv_on_path(tmp_path: Path) -> None:
+    script = Path(sys.executable).parent / "cairn"
+    if not script.is_file():
+        pytest.skip("the cairn console script is not installed next to this interpreter")
+    path = "/usr/bin:/bin"
+    if shutil.which("cairn", path=path):
+        pytest.skip("a cairn on the system PATH would hide the problem")
+    (tmp_path / "Procfile").write_text("help: cairn --help\n")
+    up = subprocess.Popen(
+        [str(script), "up", "--procfile", "Procfile", "--data-dir", "data"],
+        env={"PATH": path},  # like a fresh shell: the venv is not active
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        Output(up).wait_for(lambda t: "help.1 | usage: cairn COMMAND" in t)
+        up.send_signal(signal.SIGINT)
+        assert up.wait(timeout=10) == 0
+    finally:
+        if up.poll() is None:
+            os.killpg(up.pid, signal.SIGKILL)
+            up.wait()
