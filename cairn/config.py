@@ -50,6 +50,8 @@ def add_raftmeta(p: argparse.ArgumentParser) -> None:
     p.add_argument("--orphan-grace", type=float, default=21600.0,
                    help="seconds before a chunk file no manifest references is deleted (must exceed the longest upload)")
     p.add_argument("--orphan-interval", type=float, default=600.0)
+    p.add_argument("--min-part-size", type=int, default=5 * MIB,
+                   help="smallest multipart part but the last (S3: 5 MiB; lower it only for tests)")
     p.add_argument("--unsafe-no-journal-sync", action="store_true",
                    help="do not sync the Raft journal (loses acknowledged writes on power loss; benchmarks only)")
 
@@ -79,6 +81,14 @@ def add_frontend(p: argparse.ArgumentParser) -> None:
     p.add_argument("--region", default="us-east-1")
     p.add_argument("--domain", type=addr_list, default=[],
                    help="domains for virtual-hosted-style requests (BUCKET.DOMAIN), comma separated")
+    p.add_argument("--header-timeout", type=float, default=20.0,
+                   help="seconds a request's headers may take to arrive, from their first byte")
+    p.add_argument("--body-timeout", type=float, default=20.0,
+                   help="seconds a request body may go without a byte before RequestTimeout")
+    p.add_argument("--send-timeout", type=float, default=60.0,
+                   help="seconds a client may take to accept a piece of a response before it is cut off")
+    p.add_argument("--form-timeout", type=float, default=30.0,
+                   help="seconds a browser form upload's fields (read before its signature is checked) may take")
     p.add_argument("--certfile", help="serve S3 over TLS with this certificate (PEM)")
     p.add_argument("--keyfile", help="the certificate's private key (PEM)")
 

@@ -9,7 +9,7 @@ from xml.sax.saxutils import escape
 from quart import Response
 
 from frontend import s3xml
-from frontend.context import Context, empty_response, meta_call, xml_response
+from frontend.context import Context, empty_response, meta_call, read_body, xml_response
 from frontend.errors import S3Error
 
 CANNED = ("private", "public-read", "authenticated-read")
@@ -51,10 +51,7 @@ async def get_bucket_acl(ctx: Context, bucket: str) -> Response:
 
 
 async def put_bucket_acl(ctx: Context, request: Any, bucket: str) -> Response:
-    body = await request.get_data(cache=False) if (request.content_length or 0) <= s3xml.MAX_XML_BODY else None
-    if body is None:
-        raise S3Error("MalformedXML")
-    root = s3xml.parse(body)
+    root = s3xml.parse(await read_body(request, s3xml.MAX_XML_BODY))
     if root is None:
         canned = canned_acl(request)
     else:  # an AccessControlPolicy: accepted when it says what a canned ACL says

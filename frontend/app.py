@@ -7,11 +7,15 @@ Quart is used for its ASGI plumbing, with three of its defaults replaced:
 - routing: S3 paths are not URL routes ('//' and '..' are legal in keys, and Werkzeug
   would merge or redirect them). ``dispatch_request`` parses the raw path itself;
 - timeouts: RESPONSE_TIMEOUT would cut a long download short behind a 200; it is off,
-  and so are MAX_CONTENT_LENGTH and BODY_TIMEOUT (S3 limits are enforced by handlers).
+  and so are MAX_CONTENT_LENGTH and BODY_TIMEOUT. Instead a body that goes ``Limits.body_idle``
+  seconds without a byte fails with RequestTimeout, and every whole-body read has a
+  per-operation limit that holds for chunked bodies too (``context.read_body``);
+  connection-level limits are in ``frontend.http_edge``.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import time
@@ -24,8 +28,10 @@ from quart_trio import QuartTrio
 from quart_trio.asgi import TrioASGIHTTPConnection
 from quart_trio.wrappers.request import TrioBody, TrioRequest
 
+from cairn import wire
 from frontend import cors, handlers, iam, metrics
-from frontend.context import Context
+from frontend.budget import OWNER
+from frontend.context import Context, read_body
 from frontend.errors import S3Error
 
 log = logging.getLogger("frontend")
@@ -35,7 +41,8 @@ ADMIN_PREFIX = "_cairn"
 
 
 class BoundedBody(TrioBody):
-    """A request body that tells the receiver when there is room for more."""
+    """A request body that tells the receiver when there is room for more, and fails with
+    RequestTimeout when the client sends nothing for ``Limits.body_idle`` seconds."""
 
     def __init__(self, expected_content_length: int | None, max_content_length: int | None) -> None:
         super().__init__(expected_content_length, None)
@@ -48,6 +55,15 @@ class BoundedBody(TrioBody):
         if not self.abandoned:
             super().append(data)
 
+    @property
+    def complete(self) -> bool:
+        return self._complete.is_set()
+
+    def time_out(self) -> None:
+        """The client stopped sending: whoever reads the body gets RequestTimeout."""
+        self._must_raise = S3Error("RequestTimeout")
+        self.set_complete()
+
     def abandon(self) -> None:
         """The handler is done (it answered, maybe before reading everything): whatever
         else arrives is dropped, and the receiver never waits for room again. Without
@@ -58,7 +74,12 @@ class BoundedBody(TrioBody):
         self._room.set()
 
     async def __anext__(self) -> bytes:
-        data = await super().__anext__()
+        try:
+            data = await super().__anext__()
+        except StopAsyncIteration:
+            if self._must_raise is not None:  # timed out while the reader waited: not an end
+                raise self._must_raise from None
+            raise
         self._room.set()
         return data
 
@@ -71,16 +92,30 @@ class BoundedBody(TrioBody):
 class BoundedRequest(TrioRequest):
     body_class = BoundedBody
 
+    async def get_data(self, cache: bool = True, as_text: bool = False, parse_form_data: bool = False) -> Any:
+        # Quart's get_data awaits the whole body, which a bounded body never delivers past
+        # BODY_BUFFER: every whole-body read goes through read_body and its limit.
+        data = await read_body(self, BODY_BUFFER)
+        return data.decode() if as_text else data
+
 
 class BoundedConnection(TrioASGIHTTPConnection):
     async def handle_messages(self, nursery: trio.Nursery, request: Any, receive: Any) -> None:  # type: ignore[override]
+        body = request.body
         while True:
-            await request.body.wait_for_room()
-            message = await receive()
+            await body.wait_for_room()
+            if body.complete:
+                message = await receive()  # the disconnect, whenever it comes
+            else:
+                with trio.move_on_after(self.app.ctx.limits.body_idle) as idle:
+                    message = await receive()
+                if idle.cancelled_caught:
+                    body.time_out()
+                    continue
             if message["type"] == "http.request":
-                request.body.append(message.get("body", b""))
+                body.append(message.get("body", b""))
                 if not message.get("more_body", False):
-                    request.body.set_complete()
+                    body.set_complete()
             elif message["type"] == "http.disconnect":
                 break
         nursery.cancel_scope.cancel()
@@ -123,10 +158,9 @@ async def app_error_response(exc: S3Error, request: Any) -> Response:
     body = b"" if request.method == "HEAD" else exc.to_xml(request.path, request_id)
     response = Response(body, status=exc.status, content_type="application/xml")
     response.headers["x-amz-request-id"] = request_id
-    if not request.body._complete.is_set():
-        # Answered before the body was read: the rest of it must not be taken for the
-        # next request on this connection.
-        response.headers["Connection"] = "close"
+    # An answer given before the body was read needs no "Connection: close" of ours: h11
+    # never starts the next request on a connection whose request it has not read to
+    # its end, and hypercorn closes that connection once the answer is sent.
     return response
 
 
@@ -167,6 +201,29 @@ def query_params(raw: bytes) -> dict[str, str]:
 SLOW_REQUEST = 5.0
 
 
+def as_s3_error(exc: S3Error | wire.WireError) -> S3Error:
+    """The one place where errors met while serving become S3 errors: a raftmeta or blob
+    node that did not answer is ServiceUnavailable (retryable), never InternalError."""
+    if isinstance(exc, wire.WireError):
+        log.warning("internal call failed: %s", exc)
+        return S3Error("ServiceUnavailable", "A service this request needs is unavailable. Please retry.")
+    return exc
+
+
+def budget_owner(request: Any, principal: iam.Principal) -> None:
+    """Whose share of the chunk-buffer budget this request uses: its user, or for an
+    anonymous request its client's address."""
+    client = request.scope.get("client") or ("", 0)
+    OWNER.set(principal.user if principal.user is not None else f"anonymous@{client[0]}")
+
+
+def _loopback(client: Any) -> bool:
+    try:
+        return ipaddress.ip_address(client[0]).is_loopback
+    except (TypeError, ValueError, IndexError):
+        return False
+
+
 async def route(ctx: Context, request: Any) -> Response:
     request.request_id = os.urandom(8).hex().upper()
     request.operation = "Other"
@@ -176,9 +233,10 @@ async def route(ctx: Context, request: Any) -> Response:
         response = await _route(ctx, request)
         status = response.status_code
         return response
-    except S3Error as exc:
-        status = exc.status
-        raise
+    except (S3Error, wire.WireError) as exc:
+        error = as_s3_error(exc)
+        status = error.status
+        raise error from None
     finally:
         request.body.abandon()
         took = time.monotonic() - started
@@ -208,14 +266,18 @@ async def _route(ctx: Context, request: Any) -> Response:
         return await cors.preflight(ctx, request, bucket)
     request.auth, request.principal = await iam.authenticate(
         ctx, request.method, raw_path, query_string, headers, "" if bucket == ADMIN_PREFIX else bucket)
+    budget_owner(request, request.principal)
     if bucket == ADMIN_PREFIX:  # operator endpoints: admin credentials only
         if not request.principal.admin:
             raise S3Error("AccessDenied")
+        if ctx.default_root and not _loopback(request.scope.get("client")):
+            raise S3Error("AccessDenied", "Operator endpoints answer only loopback clients while the root "
+                          "credentials are the documented defaults: set CAIRN_ROOT_ACCESS_KEY and CAIRN_ROOT_SECRET_KEY.")
         return await handlers.admin(ctx, request, key or "")
     try:
         response = await handlers.dispatch(ctx, request, bucket, key, params)
-    except S3Error as exc:
-        response = await app_error_response(exc, request)
+    except (S3Error, wire.WireError) as exc:
+        response = await app_error_response(as_s3_error(exc), request)
     response.headers["x-amz-request-id"] = request.request_id
     await cors.decorate(ctx, request, bucket, response)
     return response

@@ -4,7 +4,8 @@ errors mapped to S3's, and response helpers."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from quart import Response
@@ -22,6 +23,16 @@ STORED_HEADERS = ("cache-control", "content-disposition", "content-language", "e
 XML = "application/xml"
 
 
+@dataclass(frozen=True)
+class Limits:
+    """Time limits of the HTTP edge (seconds); see ``frontend.http_edge`` and ``frontend.app``."""
+
+    header: float = 20.0
+    body_idle: float = 20.0
+    send: float = 60.0
+    form: float = 30.0
+
+
 @dataclass
 class Context:
     meta: MetaClient
@@ -31,6 +42,8 @@ class Context:
     root_access_key: str
     root_secret_key: str
     domains: tuple[str, ...] = ()  # virtual-hosted-style: BUCKET.DOMAIN
+    default_root: bool = False  # the documented root credentials: operator endpoints from loopback only
+    limits: Limits = field(default_factory=Limits)
 
     def lookup_secret(self, access_key: str) -> str | None:
         return self.root_secret_key if access_key == self.root_access_key else None
@@ -67,6 +80,32 @@ def raise_reply(reply: dict[str, Any]) -> NoReturn:
         log.error("raftmeta error %s: %s", code, reply.get("msg"))
         raise S3Error("InternalError")
     raise S3Error(code)
+
+
+async def read_body(request: Any, limit: int) -> bytes:
+    """The whole request body, for handlers that parse it at once (XML, JSON): at most
+    ``limit`` bytes whatever the framing (Content-Length or chunked), else
+    MaxMessageLengthExceeded before more is read."""
+    if request.content_length is not None and request.content_length > limit:
+        raise S3Error("MaxMessageLengthExceeded", MaxMessageLengthBytes=limit)
+    data = bytearray()
+    async for piece in request.body:
+        data += piece
+        if len(data) > limit:
+            raise S3Error("MaxMessageLengthExceeded", MaxMessageLengthBytes=limit)
+    return bytes(data)
+
+
+_DECIMAL = re.compile(r"[0-9]{1,18}")
+
+
+def decimal(text: str | None) -> int | None:
+    """A non-negative whole number written in ASCII digits, at most 18 of them (so it fits
+    every integer field on the wire), else None: never int()'s ValueError for '²', for
+    4,300 digits or for a value msgpack cannot carry."""
+    if text is None or not _DECIMAL.fullmatch(text):
+        return None
+    return int(text)
 
 
 def xml_response(body: bytes, status: int = 200) -> Response:

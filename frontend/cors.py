@@ -11,7 +11,7 @@ from quart import Response
 
 from cairn import wire
 from frontend import s3xml
-from frontend.context import Context, empty_response, meta_call, xml_response
+from frontend.context import Context, decimal, empty_response, meta_call, read_body, xml_response
 from frontend.errors import S3Error
 
 METHODS = ("GET", "PUT", "POST", "DELETE", "HEAD")
@@ -19,9 +19,7 @@ MAX_RULES = 100
 
 
 async def put_cors(ctx: Context, request: Any, bucket: str) -> Response:
-    if (request.content_length or 0) > 64 * 1024:
-        raise S3Error("MalformedXML")
-    root = s3xml.parse(await request.get_data(cache=False))
+    root = s3xml.parse(await read_body(request, 64 * 1024))
     if root is None or s3xml.local(root.tag) != "CORSConfiguration":
         raise S3Error("MalformedXML")
     rules = []
@@ -42,9 +40,9 @@ async def put_cors(ctx: Context, request: Any, bucket: str) -> Response:
             elif name == "ExposeHeader":
                 rule["expose"].append(text)
             elif name == "MaxAgeSeconds":
-                if not text.isdigit():
+                if decimal(text) is None:
                     raise S3Error("MalformedXML")
-                rule["max_age"] = int(text)
+                rule["max_age"] = decimal(text)
             elif name == "ID":
                 rule["id"] = text
             else:

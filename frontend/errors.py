@@ -8,12 +8,21 @@ no body, only the status.
 
 from __future__ import annotations
 
+import re
 from xml.sax.saxutils import escape
+
+# What an XML 1.0 document cannot carry (e.g. a NUL in a request's path): percent-encoded.
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def _percent(match: re.Match[str]) -> str:
+    return "".join(f"%{b:02X}" for b in match.group().encode("utf-8", "surrogatepass"))
 
 # code -> (HTTP status, AWS's default message)
 ERRORS: dict[str, tuple[int, str]] = {
     "AccessDenied": (403, "Access Denied"),
     "AccessForbidden": (403, "CORSResponse: This CORS request is not allowed. This is usually because the evalution of Origin, request method / Access-Control-Request-Method or Access-Control-Request-Headers are not whitelisted by the resource's CORS spec."),
+    "AuthorizationQueryParametersError": (400, "Error parsing the query parameters of the presigned request."),
     "AuthorizationHeaderMalformed": (400, "The authorization header is malformed."),
     "BadDigest": (400, "The Content-MD5 or checksum value that you specified did not match what the server received."),
     "BucketAlreadyExists": (409, "The requested bucket name is not available. The bucket namespace is shared by all users of the system. Please select a different name and try again."),
@@ -33,11 +42,14 @@ ERRORS: dict[str, tuple[int, str]] = {
     "InvalidTag": (400, "The tag provided was not a valid tag."),
     "InvalidURI": (400, "Couldn't parse the specified URI."),
     "InvalidPartNumber": (416, "The requested partnumber is not satisfiable"),
+    "InvalidPolicyDocument": (400, "The content of the form does not meet the conditions specified in the policy document."),
     "InvalidRange": (416, "The requested range is not satisfiable"),
     "InvalidRequest": (400, "Invalid Request"),
     "KeyTooLongError": (400, "Your key is too long"),
     "MalformedPOSTRequest": (400, "The body of your POST request is not well-formed multipart/form-data."),
     "MalformedXML": (400, "The XML you provided was not well-formed or did not validate against our published schema."),
+    "MaxMessageLengthExceeded": (400, "Your request was too big."),
+    "MaxPostPreDataLengthExceeded": (400, "Your POST request fields preceding the upload file were too large."),
     "MetadataTooLarge": (400, "Your metadata headers exceed the maximum allowed metadata size."),
     "MethodNotAllowed": (405, "The specified method is not allowed against this resource."),
     "MissingContentLength": (411, "You must provide the Content-Length HTTP header."),
@@ -77,7 +89,7 @@ class S3Error(Exception):
         for name, value in self.fields.items():
             parts.append(f"<{name}>{escape(str(value))}</{name}>")
         if resource:
-            parts.append(f"<Resource>{escape(resource)}</Resource>")
+            parts.append(f"<Resource>{escape(_NOT_XML.sub(_percent, resource))}</Resource>")
         if request_id:
             parts.append(f"<RequestId>{request_id}</RequestId>")
         parts.append("</Error>")

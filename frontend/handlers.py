@@ -21,9 +21,11 @@ from frontend import acl, conditions, copyobject, cors, iam, metrics, multipart,
 from frontend.context import (
     STORED_HEADERS,
     Context,
+    decimal,
     empty_response,
     meta_call,
     meta_call_many,
+    read_body,
     user_metadata,
     xml_response,
 )
@@ -141,10 +143,7 @@ async def list_buckets(ctx: Context, request: Any) -> Response:
 
 async def create_bucket(ctx: Context, request: Any, bucket: str) -> Response:
     check_bucket_name(bucket)
-    body = await request.get_data(cache=False) if (request.content_length or 0) <= s3xml.MAX_XML_BODY else None
-    if body is None:
-        raise S3Error("MalformedXML")
-    root = s3xml.parse(body)
+    root = s3xml.parse(await read_body(request, s3xml.MAX_XML_BODY))
     if root is not None:
         if s3xml.local(root.tag) != "CreateBucketConfiguration":
             raise S3Error("MalformedXML")
@@ -174,10 +173,10 @@ async def bucket_exists(ctx: Context, bucket: str) -> None:
 
 
 def _max_keys(params: dict[str, str]) -> int:
-    value = params.get("max-keys", "1000")
-    if not value.lstrip("-").isdigit() or int(value) < 0:
+    value = decimal(params.get("max-keys", "1000"))
+    if value is None:
         raise S3Error("InvalidArgument", "Provided max-keys not an integer or within integer range", ArgumentName="max-keys")
-    return min(int(value), 1000)
+    return min(value, 1000)
 
 
 def _token(last: str) -> str:
@@ -247,6 +246,12 @@ def _http_date(ts: float) -> str:
     return email.utils.formatdate(ts, usegmt=True)
 
 
+def _position(digits: str) -> int:
+    """A byte position of any length: past 19 digits it is past every object's end."""
+    digits = digits.lstrip("0") or "0"
+    return int(digits) if len(digits) <= 19 else 10**19
+
+
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     """RFC 9110 single byte range -> (first, last) inclusive; None = whole object."""
     if not header:
@@ -258,17 +263,40 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     if not dash or not _DIGITS.fullmatch(first_s + last_s) or not (first_s or last_s):
         return None  # syntactically invalid: ignored, as RFC 9110 says
     if not first_s:
-        suffix = int(last_s)
+        suffix = _position(last_s)
         if suffix == 0 or size == 0:
             raise S3Error("InvalidRange", ActualObjectSize=size, RangeRequested=header)
         return max(0, size - suffix), size - 1
-    first = int(first_s)
-    last = int(last_s) if last_s else None
+    first = _position(first_s)
+    last = _position(last_s) if last_s else None
     if last is not None and first > last:
         return None
     if first >= size:
         raise S3Error("InvalidRange", ActualObjectSize=size, RangeRequested=header)
     return first, size - 1 if last is None else min(last, size - 1)
+
+
+_OVERRIDES = (("response-content-type", "Content-Type"), ("response-content-language", "Content-Language"),
+              ("response-expires", "Expires"), ("response-cache-control", "Cache-Control"),
+              ("response-content-disposition", "Content-Disposition"),
+              ("response-content-encoding", "Content-Encoding"))
+_HEADER_VALUE = re.compile(r"[^\x00-\x08\x0a-\x1f\x7f]*")
+
+
+def response_overrides(request: Any, params: dict[str, str]) -> dict[str, str]:
+    """The response-* query parameters of a GET: signed requests only, as S3 says (an
+    anonymous one could make a public text file be served as HTML), and only values a
+    header can carry."""
+    out = {}
+    for param, header in _OVERRIDES:
+        if param in params:
+            if request.principal.user is None:
+                raise S3Error("InvalidRequest", "Request specific response headers cannot be used for anonymous "
+                              "GET requests.")
+            if not _HEADER_VALUE.fullmatch(params[param]) or not params[param].isascii():
+                raise S3Error("InvalidArgument", f"{param} must be a valid header value", ArgumentName=param)
+            out[header] = params[param]
+    return out
 
 
 def object_headers(obj: dict[str, Any]) -> dict[str, str]:
@@ -294,12 +322,7 @@ async def get_object(ctx: Context, request: Any, bucket: str, key: str, params: 
     headers = object_headers(obj)
     if conditions.check_read(request.headers, obj["etag"], obj["created"]):
         return empty_response(304, {k: v for k, v in headers.items() if k in ("ETag", "Last-Modified")})
-    for param, header in (("response-content-type", "Content-Type"), ("response-content-language", "Content-Language"),
-                          ("response-expires", "Expires"), ("response-cache-control", "Cache-Control"),
-                          ("response-content-disposition", "Content-Disposition"),
-                          ("response-content-encoding", "Content-Encoding")):
-        if param in params:
-            headers[header] = params[param]
+    headers.update(response_overrides(request, params))
     if "partNumber" in params:
         first, last, count = multipart.part_range(obj, multipart.part_number(params))
         byte_range: tuple[int, int] | None = (first, last) if size else None
@@ -367,7 +390,7 @@ async def admin(ctx: Context, request: Any, path: str) -> Response:
         return Response(await metrics.render(ctx), status=200, content_type="text/plain; version=0.0.4")
     parts = [unquote(p) for p in path.split("/") if p]
     if parts and parts[0] in ("users", "keys", "buckets", "nodes"):
-        raw = await request.get_data(cache=False) if (request.content_length or 0) <= 65536 else b""
+        raw = await read_body(request, 65536)
         try:
             body = json.loads(raw) if raw.strip() else {}
             if not isinstance(body, dict):
@@ -380,7 +403,8 @@ async def admin(ctx: Context, request: Any, path: str) -> Response:
         return Response(b"" if result is None else json.dumps(result), status=status, content_type="application/json")
     if parts and parts[0] == "raft":
         return await raft_admin(ctx, request, parts[1:])
-    chores = {("GET", "uploads"): "status", ("POST", "uploads/expire"): "expire_uploads", ("POST", "gc"): "gc",
+    chores = {("GET", "uploads"): "status", ("POST", "uploads"): "expire_uploads",
+              ("POST", "uploads/expire"): "expire_uploads", ("POST", "gc"): "gc",
               ("GET", "gc"): "status", ("GET", "repair"): "status", ("POST", "repair"): "repair",
               ("POST", "orphans"): "orphans"}
     chore = chores.get((request.method, path))

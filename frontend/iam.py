@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
+import trio
+
 from cairn import wire
 from frontend.context import Context
 from frontend.errors import S3Error
@@ -35,7 +37,8 @@ class Principal:
     user: str | None  # None: anonymous
     admin: bool = False
     access_key: str = ""
-    bucket_access: dict[str, Any] | None = None  # the request's bucket, read with the key
+    bucket_access: dict[str, Any] | None = None  # access to ``access_bucket``, read with the key
+    access_bucket: str = ""
 
 
 ANONYMOUS = Principal(None)
@@ -69,17 +72,77 @@ async def lookup_key(ctx: Context, access_key: str | None, bucket: str = "") -> 
     key = results[0]
     if not key.get("found"):
         return None, ANONYMOUS
-    return key["secret"], Principal(key["user"], key["admin"], access_key, results[1] if bucket else None)
+    return key["secret"], Principal(key["user"], key["admin"], access_key, results[1] if bucket else None, bucket)
 
 
 async def authenticate(ctx: Context, method: str, raw_path: bytes, query_string: bytes,
                        headers: list[tuple[str, str]], bucket: str = "") -> tuple[AuthResult | None, Principal]:
-    """Verify the request's signature (if it carries one) and say who signed it."""
+    """Verify the request's signature (if it carries one) and say who signed it.
+
+    The signature is checked before any linearizable read: with the secret this frontend
+    last confirmed for the key, else with the one on its local replica, else (a key this
+    replica has not heard of) after a linearizable look-up that at most
+    ``UNKNOWN_KEY_LOOKUPS`` requests wait for at once, so forged or random keys cannot
+    turn into Raft work. Only a valid signature is then confirmed linearizably (the key
+    may have been deleted a moment ago), together with the access to ``bucket``."""
     access_key = requested_access_key(headers, query_string)
-    secret, principal = await lookup_key(ctx, access_key, bucket)
-    found = {access_key: secret} if access_key and secret is not None else {}
-    auth = verify_request(method, raw_path, query_string, headers, found.get)
-    return auth, (principal if auth is not None else ANONYMOUS)
+    if access_key == ctx.root_access_key or not access_key:
+        secret, principal = await lookup_key(ctx, access_key, bucket)
+        found = {access_key: secret} if access_key and secret is not None else {}
+        auth = verify_request(method, raw_path, query_string, headers, found.get, region=ctx.region)
+        return auth, (principal if auth is not None else ANONYMOUS)
+    secret = _SECRETS.get(access_key) or await _candidate_secret(ctx, access_key)
+    auth = verify_request(method, raw_path, query_string, headers, {access_key: secret}.get, region=ctx.region)
+    if auth is None:  # no signature at all after all (a credential-looking string elsewhere)
+        return None, ANONYMOUS
+    confirmed, principal = await lookup_key(ctx, access_key, bucket)
+    if confirmed != secret:
+        _SECRETS.pop(access_key, None)
+        raise S3Error("InvalidAccessKeyId", AWSAccessKeyId=access_key)
+    _SECRETS.put(access_key, secret)
+    return auth, principal
+
+
+UNKNOWN_KEY_LOOKUPS = 4
+
+
+class _SecretCache:
+    """Access key -> the secret last confirmed linearizably for it. A key's secret never
+    changes (keys are created with one and deleted), so a cached secret can only be
+    stale by the key being gone, which the confirming read finds."""
+
+    def __init__(self, size: int = 10_000) -> None:
+        self.size = size
+        self._items: dict[str, str] = {}
+
+    def get(self, access_key: str) -> str | None:
+        return self._items.get(access_key)
+
+    def put(self, access_key: str, secret: str) -> None:
+        self._items.pop(access_key, None)
+        if len(self._items) >= self.size:
+            self._items.pop(next(iter(self._items)))
+        self._items[access_key] = secret
+
+    def pop(self, access_key: str, default: None = None) -> str | None:
+        return self._items.pop(access_key, default)
+
+
+_SECRETS = _SecretCache()
+_UNKNOWN = trio.CapacityLimiter(UNKNOWN_KEY_LOOKUPS)
+
+
+async def _candidate_secret(ctx: Context, access_key: str) -> str | None:
+    """The key's secret from the local replica, or from a bounded linearizable read."""
+    try:
+        local = await ctx.meta.read({"q": "key", "access_key": access_key}, linear=False)
+        if local.get("found"):
+            return local["secret"]
+        async with _UNKNOWN:
+            reply = await ctx.meta.read({"q": "key", "access_key": access_key})
+    except wire.WireError:
+        raise S3Error("ServiceUnavailable", "The metadata service is unavailable. Please retry.") from None
+    return reply["secret"] if reply.get("found") else None
 
 
 async def authorize(ctx: Context, principal: Principal, bucket: str, need: str) -> None:
@@ -87,7 +150,9 @@ async def authorize(ctx: Context, principal: Principal, bucket: str, need: str) 
     ``need``: read, write, list, full, or any (any grant at all, e.g. HeadBucket)."""
     if principal.admin:
         return  # admins may do anything; a missing bucket is the handler's NoSuchBucket
-    access = principal.bucket_access
+    # The access read with the key holds for the request's own bucket only: a copy
+    # source (or any other bucket a request touches) is read for itself.
+    access = principal.bucket_access if bucket and principal.access_bucket == bucket else None
     if access is None:
         try:
             access = await ctx.meta.read({"q": "access", "bucket": bucket, "user": principal.user or ""})

@@ -17,14 +17,16 @@ from typing import Any
 
 from quart import Response
 
-from frontend import conditions, s3xml
+from frontend import conditions, iam, s3xml
 from frontend.checksums import ALGORITHMS, COMBINABLE, combine_b64, new_checksum
 from frontend.context import (
     STORED_HEADERS,
     Context,
+    decimal,
     empty_response,
     meta_call,
     raise_reply,
+    read_body,
     user_metadata,
     xml_response,
 )
@@ -35,7 +37,7 @@ from frontend.upload import UploadBody
 
 MAX_PART_SIZE = 5 * 1024**3
 MAX_PART_NUMBER = 10_000
-MAX_COMPLETE_BODY = 4 * 1024 * 1024
+MAX_COMPLETE_BODY = 8 * 1024 * 1024  # 10,000 parts, each with an ETag and a checksum
 CHECKSUM_TYPES = ("COMPOSITE", "FULL_OBJECT")
 
 
@@ -45,10 +47,11 @@ def new_upload_id() -> str:
 
 def part_number(params: dict[str, str], name: str = "partNumber") -> int:
     value = params.get(name, "")
-    if not value.isdigit() or not 1 <= int(value) <= MAX_PART_NUMBER:
+    number = decimal(value)
+    if number is None or not 1 <= number <= MAX_PART_NUMBER:
         raise S3Error("InvalidArgument", f"Part number must be an integer between 1 and {MAX_PART_NUMBER}, inclusive",
-                      ArgumentName=name, ArgumentValue=value)
-    return int(value)
+                      ArgumentName=name, ArgumentValue=value[:64])
+    return number
 
 
 async def _upload(ctx: Context, bucket: str, key: str, upload_id: str) -> dict[str, Any]:
@@ -130,10 +133,10 @@ def _copy_range(header: str | None, size: int) -> tuple[int, int]:
         return 0, size - 1
     unit, _, spec = header.partition("=")
     first_s, dash, last_s = spec.partition("-")
-    if unit != "bytes" or not dash or not first_s.isdigit() or not last_s.isdigit():
+    first, last = decimal(first_s), decimal(last_s)
+    if unit != "bytes" or not dash or first is None or last is None:
         raise S3Error("InvalidArgument", "The x-amz-copy-source-range value must be of the form bytes=first-last "
                       "where first and last are the zero-based offsets of the first and last bytes to copy")
-    first, last = int(first_s), int(last_s)
     if first > last or last >= size:
         raise S3Error("InvalidRange", ActualObjectSize=size, RangeRequested=header)
     return first, last
@@ -143,6 +146,7 @@ async def _copy_into(ctx: Context, request: Any, stored: Stored, algorithm: str 
     """UploadPartCopy: the source range moves blob nodes -> this frontend -> blob nodes,
     checked chunk by chunk on the way; never through the client."""
     src_bucket, src_key = parse_copy_source(request.headers["x-amz-copy-source"])
+    await iam.authorize(ctx, request.principal, src_bucket, "read")
     src = (await meta_call(ctx.meta.read({"q": "object", "bucket": src_bucket, "key": src_key})))["obj"]
     match = request.headers.get("x-amz-copy-source-if-match")
     if match is not None and match.strip('"') != src["etag"]:
@@ -180,12 +184,12 @@ def _parse_complete(body: bytes) -> list[tuple[int, str, dict[str, str]]]:
         if s3xml.local(part.tag) != "Part":
             raise S3Error("MalformedXML")
         fields = {s3xml.local(child.tag): (child.text or "").strip() for child in part}
-        number, etag = fields.get("PartNumber", ""), fields.get("ETag")
-        if not number.isdigit() or etag is None:
+        number, etag = decimal(fields.get("PartNumber")), fields.get("ETag")
+        if number is None or etag is None:
             raise S3Error("MalformedXML")
         checksums = {name[len("Checksum"):].lower(): value for name, value in fields.items()
                      if name.startswith("Checksum") and name[len("Checksum"):].lower() in ALGORITHMS}
-        listed.append((int(number), etag.strip('"'), checksums))
+        listed.append((number, etag.strip('"'), checksums))
     if not listed:
         raise S3Error("MalformedXML")
     for (a, _, _), (b, _, _) in zip(listed, listed[1:], strict=False):
@@ -207,10 +211,8 @@ async def _all_parts(ctx: Context, bucket: str, key: str, upload_id: str) -> tup
 
 
 async def complete(ctx: Context, request: Any, bucket: str, key: str, upload_id: str) -> Response:
-    if (request.content_length or 0) > MAX_COMPLETE_BODY:
-        raise S3Error("MalformedXML")
     cond = conditions.write_condition(request.headers)
-    listed = _parse_complete(await request.get_data(cache=False))
+    listed = _parse_complete(await read_body(request, MAX_COMPLETE_BODY))
     try:
         upload, parts = await _all_parts(ctx, bucket, key, upload_id)
     except S3Error as exc:
@@ -278,26 +280,26 @@ def _complete_response(request: Any, bucket: str, key: str, etag: str, checksum:
 
 async def list_parts(ctx: Context, bucket: str, key: str, params: dict[str, str]) -> Response:
     upload_id = params["uploadId"]
-    max_parts = params.get("max-parts", "1000")
-    marker = params.get("part-number-marker", "0")
-    if not max_parts.isdigit() or not marker.isdigit():
+    max_parts = decimal(params.get("max-parts", "1000"))
+    marker = decimal(params.get("part-number-marker", "0"))
+    if max_parts is None or marker is None:
         raise S3Error("InvalidArgument", "max-parts and part-number-marker must be non-negative integers")
-    max_parts_n = min(int(max_parts), 1000)
+    max_parts = min(max_parts, 1000)
     page = await meta_call(ctx.meta.read({"q": "parts", "upload_id": upload_id, "bucket": bucket, "key": key,
-                                          "after": int(marker), "limit": max_parts_n}))
-    return xml_response(s3xml.list_parts(bucket, key, upload_id, page, int(marker), max_parts_n))
+                                          "after": marker, "limit": max_parts}))
+    return xml_response(s3xml.list_parts(bucket, key, upload_id, page, marker, max_parts))
 
 
 async def list_uploads(ctx: Context, bucket: str, params: dict[str, str]) -> Response:
-    max_uploads = params.get("max-uploads", "1000")
-    if not max_uploads.isdigit():
+    max_uploads = decimal(params.get("max-uploads", "1000"))
+    if max_uploads is None:
         raise S3Error("InvalidArgument", "max-uploads must be a non-negative integer", ArgumentName="max-uploads")
     encoding = params.get("encoding-type")
     if encoding not in (None, "url"):
         raise S3Error("InvalidArgument", "Invalid Encoding Method specified in Request", ArgumentName="encoding-type")
     p = {"prefix": params.get("prefix", ""), "delimiter": params.get("delimiter", ""),
          "key_marker": params.get("key-marker", ""), "upload_id_marker": params.get("upload-id-marker", ""),
-         "max_uploads": min(int(max_uploads), 1000), "encoding_type": encoding}
+         "max_uploads": min(max_uploads, 1000), "encoding_type": encoding}
     page = await meta_call(ctx.meta.read({"q": "uploads", "bucket": bucket, **p}))
     return xml_response(s3xml.list_uploads(bucket, page, p))
 

@@ -28,6 +28,7 @@ from quart.wrappers.response import ResponseBody
 from blobnode.client import BlobClient
 from cairn import wire
 from frontend import placement
+from frontend.budget import OWNER, ChunkBudget
 from frontend.errors import S3Error
 from raftmeta.client import MetaClient
 
@@ -149,7 +150,7 @@ class DataPath:
         # buffer to finish a held one, so holders always make progress.
         self._bad, self._bad_recv = trio.open_memory_channel[tuple](256)  # read repair reports
         self.buffer_count = max(3, settings.buffer_budget // settings.chunk_size)
-        self.buffers = trio.Semaphore(self.buffer_count)
+        self.buffers = ChunkBudget(self.buffer_count)
         # Chunk-sized buffers kept for reuse: a new 8 MiB bytearray is a fresh mmap, zeroed
         # and faulted in page by page. Only the budget's permits bound buffers in use.
         self._spare: list[bytearray] = []
@@ -166,11 +167,11 @@ class DataPath:
         if len(buffer) == self.settings.chunk_size and len(self._spare) < SPARE_BUFFERS:
             self._spare.append(buffer)
 
-    async def take_buffer(self) -> None:
-        """One chunk buffer from the frontend's budget; past BUFFER_WAIT, SlowDown."""
+    async def take_buffer(self) -> str:
+        """One chunk buffer from the frontend's budget, for this request's owner (returned,
+        for ``buffers.release``); past BUFFER_WAIT, SlowDown."""
         with trio.move_on_after(BUFFER_WAIT):
-            await self.buffers.acquire()
-            return
+            return await self.buffers.acquire()
         log.warning("no chunk buffer free for %.0fs: answering SlowDown", BUFFER_WAIT)
         raise S3Error("SlowDown")
 
@@ -189,11 +190,12 @@ class DataPath:
         size = self.settings.chunk_size
         send, recv = trio.open_memory_channel[memoryview](1)
         held = 0  # buffer permits this upload holds
+        owner = ""
 
         def done_with_buffer() -> None:
             nonlocal held
             held -= 1
-            self.buffers.release()
+            self.buffers.release(owner)
 
         received = 0
         try:
@@ -212,7 +214,7 @@ class DataPath:
                                     if small is not None:  # more came after all: a chunk like any other
                                         await send.send(small)
                                         small, sent = None, True
-                                    await self.take_buffer()
+                                    owner = await self.take_buffer()
                                     held += 1
                                     left = size_hint - received if size_hint is not None else 0
                                     buf = self.new_buffer(min(size, left) if left > 0 else size)
@@ -246,7 +248,7 @@ class DataPath:
                     nursery.cancel_scope.cancel()
         finally:
             for _ in range(held):  # buffers of chunks that never finished replicating
-                self.buffers.release()
+                self.buffers.release(owner)
         if stored.error is not None:
             raise stored.error
 
@@ -519,9 +521,11 @@ class PrefetchingBody(ResponseBody):
     def __init__(self, data: DataPath, chunks: list[list[Any]], start: int, end: int,
                  on_bad: Callable[[str, str], None] | None = None) -> None:
         self.data, self.chunks, self.start, self.end, self.on_bad = data, chunks, start, end, on_bad
+        self._for = OWNER.get()  # whose budget share the chunks count against
 
     async def __aenter__(self) -> PrefetchingBody:
         self._held = 0  # budget permits this response holds: the chunk being sent, the next
+        self._owner = ""
         self._unsent = False  # the producer holds a permit for a chunk not handed over yet
         self._nursery_manager = trio.open_nursery()
         self._nursery = await self._nursery_manager.__aenter__()
@@ -533,15 +537,16 @@ class PrefetchingBody(ResponseBody):
 
     async def _before_chunk(self, size: int) -> None:
         if size > SMALL_BODY:  # a small chunk per connection needs no permit (as in get_object)
-            await self.data.take_buffer()
+            self._owner = await self.data.take_buffer()
             self._held += 1
             self._unsent = True
 
     def _give_back(self) -> None:
         self._held -= 1
-        self.data.buffers.release()
+        self.data.buffers.release(self._owner)
 
     async def _produce(self, send: trio.MemorySendChannel[Any]) -> None:
+        OWNER.set(self._for)
         pieces = self.data.stream(self.chunks, self.start, self.end, before_chunk=self._before_chunk,
                                   on_bad=self.on_bad, reuse=True)
         async with send:

@@ -20,9 +20,11 @@ from typing import Any
 from urllib.parse import quote
 from xml.sax.saxutils import escape
 
+import trio
 from quart import Response
 
 from frontend import iam, s3xml
+from frontend.budget import OWNER
 from frontend.context import Context, empty_response, xml_response
 from frontend.errors import S3Error
 from frontend.names import check_key
@@ -32,6 +34,7 @@ from frontend.upload import commit_object
 
 MAX_FIELD = 64 * 1024
 MAX_FIELDS = 100
+FIELDS_BYTES = 64 * 1024  # all fields before the file (S3 allows 20 KB)
 _IGNORED = ("x-amz-signature", "file", "policy")
 
 
@@ -145,28 +148,43 @@ def _check_policy(policy: dict[str, Any], fields: dict[str, str], bucket: str, s
     return length
 
 
+async def _read_fields(reader: FormReader, deadline_s: float) -> tuple[dict[str, str], str | None]:
+    """The form's fields up to the file. Nobody is authenticated yet: they must arrive
+    within ``deadline_s`` and come to at most FIELDS_BYTES, or the request ends."""
+    fields: dict[str, str] = {}
+    size = 0
+    with trio.move_on_after(deadline_s) as deadline:
+        while (part := await reader.next_part()) is not None:
+            name, filename = part
+            if name.lower() == "file":
+                return fields, filename
+            if len(fields) >= MAX_FIELDS:
+                raise S3Error("MalformedPOSTRequest")
+            fields[name.lower()] = await reader.field()
+            size += len(name) + len(fields[name.lower()])
+            if size > FIELDS_BYTES:
+                raise S3Error("MaxPostPreDataLengthExceeded")
+        raise S3Error("InvalidArgument", "POST requires exactly one file upload per request.", ArgumentName="file")
+    assert deadline.cancelled_caught
+    raise S3Error("RequestTimeout")
+
+
 async def presigned_post(ctx: Context, request: Any, bucket: str) -> Response:
     content_type = request.headers.get("content-type", "")
     if "boundary=" not in content_type:
         raise S3Error("MalformedPOSTRequest")
     boundary = content_type.split("boundary=", 1)[1].split(";")[0].strip().strip('"').encode()
     reader = FormReader(request.body, boundary)
-    fields: dict[str, str] = {}
-    filename = None
-    while (part := await reader.next_part()) is not None:
-        name, filename = part
-        if name.lower() == "file":
-            break
-        if len(fields) >= MAX_FIELDS:
-            raise S3Error("MalformedPOSTRequest")
-        fields[name.lower()] = await reader.field()
-    else:
-        raise S3Error("InvalidArgument", "POST requires exactly one file upload per request.", ArgumentName="file")
+    fields, filename = await _read_fields(reader, ctx.limits.form)
     key = fields.get("key", "").replace("${filename}", filename or "")
     check_key(key)
     principal = await _verify(ctx, fields)
-    policy = json.loads(base64.b64decode(fields["policy"]))
-    low, high = _check_policy(policy, {**fields, "key": key}, bucket, None)
+    OWNER.set(principal.user or "")
+    try:
+        policy = json.loads(base64.b64decode(fields["policy"]))
+        low, high = _check_policy(policy, {**fields, "key": key}, bucket, None)
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError):  # not the JSON a policy is
+        raise S3Error("InvalidPolicyDocument", "Invalid Policy: Invalid JSON.") from None
     await iam.authorize(ctx, principal, bucket, "write")
     stored = Stored()
     try:
@@ -215,6 +233,9 @@ async def _verify(ctx: Context, fields: dict[str, str]) -> iam.Principal:
         raise S3Error("InvalidAccessKeyId", AWSAccessKeyId=access_key)
     key = derive_signing_key(secret, date, region, service)
     expected = hmac.new(key, fields["policy"].encode(), hashlib.sha256).hexdigest()
-    if terminal != "aws4_request" or not hmac.compare_digest(expected, signature):
+    if terminal != "aws4_request" or not hmac.compare_digest(expected.encode(), signature.encode("utf-8", "replace")):
         raise S3Error("SignatureDoesNotMatch")
+    if region != ctx.region:
+        raise S3Error("AuthorizationQueryParametersError", f"Error parsing the X-Amz-Credential parameter; the "
+                      f"region '{region}' is wrong; expecting '{ctx.region}'", Region=ctx.region)
     return principal

@@ -9,11 +9,15 @@ from typing import Any
 from urllib.parse import quote
 from xml.sax.saxutils import escape
 
+from defusedxml import DefusedXmlException
+from defusedxml import ElementTree as DefusedET
+
 from frontend.errors import S3Error
 
 NS = "http://s3.amazonaws.com/doc/2006-03-01/"
 HEAD = '<?xml version="1.0" encoding="UTF-8"?>\n'
 MAX_XML_BODY = 1024 * 1024
+_CR = {"\r": "&#13;"}  # a bare CR would reach the client as LF (XML's line-end normalization)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -27,7 +31,7 @@ def iso8601(ts: float) -> str:
 
 
 def _el(name: str, value: Any) -> str:
-    return f"<{name}>{escape(str(value))}</{name}>"
+    return f"<{name}>{escape(str(value), _CR)}</{name}>"
 
 
 def _key(value: str, url: bool) -> str:
@@ -74,7 +78,7 @@ def list_objects(page: dict[str, Any], params: dict[str, Any], v2: bool) -> byte
         f"<Owner>{_el('ID', params['owner'])}{_el('DisplayName', params['owner'])}</Owner>"
     # ETags are hex digests (with a -N part count) and sizes are ints: only keys need escaping.
     out.extend(
-        f"<Contents><Key>{escape(_key(item['key'], url))}</Key><LastModified>{iso8601(item['created'])}</LastModified>"
+        f"<Contents><Key>{escape(_key(item['key'], url), _CR)}</Key><LastModified>{iso8601(item['created'])}</LastModified>"
         f"<ETag>&quot;{item['etag']}&quot;</ETag><Size>{int(item['size'])}</Size>"
         f"<StorageClass>STANDARD</StorageClass>{owner}</Contents>"
         for item in page["contents"]
@@ -94,11 +98,11 @@ def parse(body: bytes) -> ET.Element | None:
     """Parse a request body; empty -> None; anything not well-formed -> MalformedXML."""
     if not body.strip():
         return None
-    if b"<!DOCTYPE" in body or b"<!ENTITY" in body:
-        raise S3Error("MalformedXML")
     try:
-        return ET.fromstring(body)
-    except ET.ParseError:
+        # defusedxml refuses any DTD (and so any entity) from the parser's own events,
+        # whatever the document's encoding: a byte search for "<!DOCTYPE" missed UTF-16.
+        return DefusedET.fromstring(body, forbid_dtd=True, forbid_entities=True, forbid_external=True)
+    except (ET.ParseError, DefusedXmlException, ValueError):
         raise S3Error("MalformedXML") from None
 
 

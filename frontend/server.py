@@ -6,25 +6,19 @@ import ctypes
 import logging
 from typing import Any
 
-import hypercorn.trio.tcp_server as hypercorn_tcp
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
 from blobnode.client import BlobClient
 from cairn import config
+from frontend import http_edge
 from frontend.app import CairnApp
-from frontend.context import Context
+from frontend.context import Context, Limits
 from frontend.objects import DataPath, Settings
 from raftmeta.client import MetaClient
 
 log = logging.getLogger("frontend")
-
-# hypercorn reads the socket 64 KiB at a time, which costs CPU per byte on large
-# uploads. Each read may be buffered several times per connection (h11, hypercorn's
-# queue, the body) while the app is busy, so bigger is not free: 256 KiB measured best
-# here (2 GiB PUT 95 -> 123 MB/s against 1 MiB reads; 10 parallel parts 184 -> 144 MiB RSS).
-hypercorn_tcp.MAX_RECV = 256 * 1024
 
 
 def _return_big_buffers_to_the_os() -> None:
@@ -41,50 +35,7 @@ def _return_big_buffers_to_the_os() -> None:
 
 
 _return_big_buffers_to_the_os()
-
-
-def _never_block_on_a_finished_app() -> None:
-    """hypercorn bug (0.18): the connection's reader hands request-body messages to the
-    app through a small queue. When the app answers early (an error before the body was
-    read) and returns, nobody drains that queue: the reader blocks on it forever, and so
-    does the close that would follow, leaving the client stuck sending its body until its
-    own timeout. Here, once the app has returned, messages for it are dropped instead."""
-    from hypercorn.trio import task_group
-
-    original = task_group.TaskGroup.spawn_app
-    if getattr(original, "_cairn_patched", False):
-        return
-
-    async def spawn_app(self: Any, app: Any, config: Any, scope: Any, send: Any) -> Any:
-        finished = trio.Event()
-
-        async def app_send(message: Any) -> None:
-            if message is None:
-                finished.set()
-            await send(message)
-
-        put = await original(self, app, config, scope, app_send)
-        channel = put.__self__
-
-        async def app_put(message: Any) -> None:
-            while not finished.is_set():
-                try:
-                    channel.send_nowait(message)
-                    return
-                except trio.WouldBlock:
-                    with trio.move_on_after(0.05):
-                        await channel.send(message)
-                        return
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    return
-
-        return app_put
-
-    spawn_app._cairn_patched = True  # type: ignore[attr-defined]
-    task_group.TaskGroup.spawn_app = spawn_app
-
-
-_never_block_on_a_finished_app()
+http_edge.install()
 
 
 def build(args: Any) -> CairnApp:
@@ -97,7 +48,15 @@ def build(args: Any) -> CairnApp:
     if not 1 <= settings.write_quorum <= settings.replicas:
         raise SystemExit("--write-quorum must be between 1 and --replicas")
     data = DataPath(meta, blobs, settings)
-    return CairnApp(Context(meta, blobs, data, args.region, access, secret, domains=tuple(getattr(args, "domain", []))))
+    default_root = (access, secret) == (config.DEFAULT_ROOT_ACCESS_KEY, config.DEFAULT_ROOT_SECRET_KEY)
+    if default_root:
+        log.warning("*** the root credentials are the documented defaults (%s): anyone who reads the README can "
+                    "use them. Operator endpoints answer loopback clients only until CAIRN_ROOT_ACCESS_KEY and "
+                    "CAIRN_ROOT_SECRET_KEY are set. ***", access)
+    limits = Limits(header=getattr(args, "header_timeout", 20.0), body_idle=getattr(args, "body_timeout", 20.0),
+                    send=getattr(args, "send_timeout", 60.0), form=getattr(args, "form_timeout", 30.0))
+    return CairnApp(Context(meta, blobs, data, args.region, access, secret, domains=tuple(getattr(args, "domain", [])),
+                            default_root=default_root, limits=limits))
 
 
 async def serve(args: Any) -> None:
@@ -105,16 +64,12 @@ async def serve(args: Any) -> None:
     hc = Config()
     hc.bind = [args.listen]
     hc.workers = max(1, getattr(args, "workers", 1))  # >1: hypercorn binds with SO_REUSEPORT
-    hc.keep_alive_timeout = 75
+    http_edge.configure(hc, app.ctx.limits)
     hc.accesslog = None
     if getattr(args, "certfile", None):
         if not args.keyfile:
             raise SystemExit("--certfile needs --keyfile")
         hc.certfile, hc.keyfile = args.certfile, args.keyfile
-    hc.h11_max_incomplete_size = 64 * 1024
-    # Body messages hypercorn may queue ahead of the app, per connection (each up to
-    # MAX_RECV): with the app's own 1 MiB body buffer, a slow upload holds ~3 MiB.
-    hc.max_app_queue_size = 2
     log.info("frontend: S3 on %s://%s, raftmeta %s", "https" if hc.certfile else "http", args.listen,
              ",".join(args.meta))
     async with trio.open_nursery() as nursery:

@@ -219,7 +219,7 @@ def _server_time(now: float) -> str:
 # ---------------------------------------------------------------------------
 
 
-def _credential(value: str, error: Callable[[str], S3Error]) -> tuple[str, str, str, str]:
+def _credential(value: str, error: Callable[[str], S3Error], expected_region: str | None) -> tuple[str, str, str, str]:
     parts = value.rsplit("/", 4)
     if len(parts) != 5 or not parts[0] or not _SHORT_DATE_RE.match(parts[1]) or not parts[2]:
         raise error('the Credential is mal-formed; expecting "<YOUR-AKID>/YYYYMMDD/REGION/SERVICE/aws4_request".')
@@ -228,6 +228,10 @@ def _credential(value: str, error: Callable[[str], S3Error]) -> tuple[str, str, 
         raise error(f'incorrect service "{service}". This endpoint belongs to "s3".')
     if terminal != "aws4_request":
         raise error(f'incorrect terminal "{terminal}". This endpoint uses "aws4_request".')
+    if expected_region is not None and region != expected_region:
+        exc = error(f"the region '{region}' is wrong; expecting '{expected_region}'")
+        exc.fields["Region"] = expected_region
+        raise exc
     return access_key, date, region, service
 
 
@@ -319,6 +323,7 @@ def _verify_header_auth(
     authorization: str,
     lookup_secret: Callable[[str], str | None],
     now: float,
+    expected_region: str | None = None,
 ) -> AuthResult:
     algorithm, _, rest = authorization.strip().partition(" ")
     if algorithm != ALGORITHM:
@@ -338,7 +343,7 @@ def _verify_header_auth(
         raise _header_error(
             "the authorization header requires three components: Credential, SignedHeaders, and Signature."
         )
-    access_key, date, region, service = _credential(components["Credential"], _header_error)
+    access_key, date, region, service = _credential(components["Credential"], _header_error, expected_region)
     signed = _signed_header_list(components["SignedHeaders"], _header_error)
     signature = components["Signature"]
 
@@ -395,6 +400,7 @@ def _verify_query_auth(
     params: dict[str, list[str]],
     lookup_secret: Callable[[str], str | None],
     now: float,
+    expected_region: str | None = None,
 ) -> AuthResult:
     algorithm = _single(params, "X-Amz-Algorithm")
     credential = _single(params, "X-Amz-Credential")
@@ -404,7 +410,7 @@ def _verify_query_auth(
     signature = _single(params, "X-Amz-Signature")
     if algorithm != ALGORITHM:
         raise S3Error(_QUERY_ERROR, 'X-Amz-Algorithm only supports "AWS4-HMAC-SHA256"')
-    access_key, date, region, service = _credential(credential, _query_error)
+    access_key, date, region, service = _credential(credential, _query_error, expected_region)
     if not expires_text.isdigit() or not expires_text.isascii() or len(expires_text) > 12:
         raise S3Error(_QUERY_ERROR, "X-Amz-Expires should be a number")
     expires = int(expires_text)
@@ -450,8 +456,9 @@ def verify_request(
     headers: list[tuple[str, str]],
     lookup_secret: Callable[[str], str | None],
     now: float | None = None,
+    region: str | None = None,
 ) -> AuthResult | None:
-    """Verify a request's SigV4 authentication.
+    """Verify a request's SigV4 authentication (signed for ``region``, if given).
 
     Returns None for an anonymous request (no Authorization header and no presigned-URL
     parameters), an AuthResult when the signature is valid, and raises S3Error
@@ -472,9 +479,10 @@ def verify_request(
             "parameter or the Authorization header should be specified",
         )
     if authorization:
-        return _verify_header_auth(method, raw_path, query_string, header_map, authorization[0], lookup_secret, now)
+        return _verify_header_auth(method, raw_path, query_string, header_map, authorization[0], lookup_secret, now,
+                                   region)
     if query_auth:
-        return _verify_query_auth(method, raw_path, query_string, header_map, params, lookup_secret, now)
+        return _verify_query_auth(method, raw_path, query_string, header_map, params, lookup_secret, now, region)
     if v2_query_auth:
         raise S3Error(
             "InvalidRequest",

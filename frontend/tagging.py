@@ -10,11 +10,14 @@ from xml.sax.saxutils import escape
 from quart import Response
 
 from frontend import s3xml
-from frontend.context import Context, empty_response, meta_call, xml_response
+from frontend.context import Context, empty_response, meta_call, read_body, xml_response
 from frontend.errors import S3Error
 
 MAX_TAGS = 10
 MAX_DELETE_KEYS = 1000
+MAX_TAGGING_BODY = 64 * 1024  # 10 tags of at most 128 + 256 characters, escaped
+# 1,000 keys of 1,024 bytes, each escaped (an '&' takes five bytes), with a version id each
+MAX_DELETE_BODY = 8 * 1024 * 1024
 
 
 def check_tags(tags: list[list[str]]) -> list[list[str]]:
@@ -38,7 +41,7 @@ def header_tags(value: str | None) -> list[list[str]] | None:
 
 
 async def put_tagging(ctx: Context, request: Any, bucket: str, key: str) -> Response:
-    root = s3xml.parse(await request.get_data(cache=False))
+    root = s3xml.parse(await read_body(request, MAX_TAGGING_BODY))
     if root is None or s3xml.local(root.tag) != "Tagging":
         raise S3Error("MalformedXML")
     tags: list[list[str]] = []
@@ -68,9 +71,7 @@ async def delete_tagging(ctx: Context, bucket: str, key: str) -> Response:
 
 async def delete_objects(ctx: Context, request: Any, bucket: str) -> Response:
     """DeleteObjects: every key in one Raft entry, so the batch applies at once."""
-    if (request.content_length or 0) > 2 * 1024 * 1024:
-        raise S3Error("MalformedXML")
-    root = s3xml.parse(await request.get_data(cache=False))
+    root = s3xml.parse(await read_body(request, MAX_DELETE_BODY))
     if root is None or s3xml.local(root.tag) != "Delete":
         raise S3Error("MalformedXML")
     quiet = False

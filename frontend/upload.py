@@ -16,9 +16,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from cairn.wire import WireError
-from frontend.checksums import ALGORITHMS, new_checksum
+from frontend.checksums import check_value, new_checksum, requested_checksums
 from frontend.chunked import AwsChunkedDecoder
-from frontend.context import raise_reply
+from frontend.context import decimal, raise_reply
 from frontend.errors import S3Error
 from frontend.objects import DataPath, Stored
 from raftmeta.client import MetaClient
@@ -31,9 +31,10 @@ def _int_header(headers: Any, name: str) -> int | None:
     value = headers.get(name)
     if value is None:
         return None
-    if not value.isdigit():
-        raise S3Error("InvalidArgument", f"{name} must be a non-negative integer")
-    return int(value)
+    number = decimal(value.strip())
+    if number is None:
+        raise S3Error("InvalidArgument", f"{name} must be a non-negative integer", ArgumentName=name)
+    return number
 
 
 class UploadBody:
@@ -76,18 +77,22 @@ class UploadBody:
             raise S3Error("InvalidDigest")
         return digest
 
-    def _checksum_request(self, h: Any) -> tuple[str | None, str | None, bool]:
-        for algo in ALGORITHMS:
-            value = h.get(f"x-amz-checksum-{algo}")
-            if value is not None:
-                return algo, value, False
-        trailer = h.get("x-amz-trailer", "").strip().lower()
-        if trailer.startswith("x-amz-checksum-"):
-            algo = trailer[len("x-amz-checksum-") :]
-            if algo not in ALGORITHMS:
-                raise S3Error("InvalidRequest", f"Unsupported checksum trailer {trailer}")
-            return algo, None, True  # the value arrives in the trailer
-        return None, None, False
+    @staticmethod
+    def _checksum_request(h: Any) -> tuple[str | None, str | None, bool]:
+        """(algorithm, expected base64 value, value arrives in the trailer) from the
+        request's headers, parsed strictly as S3 does before a byte is stored: several
+        x-amz-checksum-* headers (or a header and a trailer), an unknown algorithm or a
+        value that is not base64 of the digest's size are InvalidRequest. Only
+        x-amz-sdk-checksum-algorithm, without a value or trailer: nothing to verify
+        (the upload's default algorithm, if any, is computed)."""
+        requested = requested_checksums(h)
+        if requested is None or requested.location == "none":
+            return None, None, False
+        if requested.location == "trailer":
+            return requested.algorithm, None, True  # the value arrives in the trailer
+        # canonical base64 of the decoded digest: compared as a string with ours
+        value = base64.b64encode(check_value(requested.algorithm, requested.expected or "")).decode("ascii")
+        return requested.algorithm, value, False
 
     async def pieces(self) -> AsyncIterator[bytes | bytearray | memoryview]:
         decoded = 0

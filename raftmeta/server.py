@@ -472,6 +472,10 @@ class MetaServer:
 
 async def serve(args: Any) -> None:
     os.makedirs(args.data_dir, exist_ok=True)
+    from raftmeta import multipart  # (state.py imports it at its bottom: not at module level here)
+
+    # Cluster-wide like --replicas: every member must be started with the same value.
+    multipart.MIN_PART_SIZE = getattr(args, "min_part_size", multipart.MIN_PART_SIZE)
     state = MetaState(os.path.join(args.data_dir, "meta.sqlite"))
     node = MetaNode(args.raft, args.peers, args.data_dir, args.secret, state,
                     sync_journal=not getattr(args, "unsafe_no_journal_sync", False))

@@ -1,0 +1,187 @@
+"""The HTTP edge: what Cairn changes in hypercorn (pinned in pyproject.toml, checked here)
+so that no connection can hurt the process or hold its resources unbounded.
+
+- One connection's failure stays in that connection. hypercorn (0.18) runs every
+  connection's handler in the server's nursery, so an exception escaping one (e.g.
+  ``trio.BusyResourceError`` when its reader answers a truncated body while the app's
+  close holds the socket's send side) cancelled the whole server: a single
+  unauthenticated request killed the frontend. ``GuardedTCPServer.run`` logs and drops
+  anything a connection raises; sends that race a close count as a closed connection.
+- Time limits per connection: request headers must arrive within ``HEADER_TIMEOUT`` of
+  their first byte; a peer that does not take a response slice within ``SEND_TIMEOUT``
+  is cut off (its buffers go back to the budget); idle keep-alive connections close after
+  ``KEEP_ALIVE``. Request bodies have their own idle limit (``frontend.app``).
+- A connection's close is never lost to a cancellation (``protocol_send``: a response
+  with ``Connection: close`` used to leave its connection open for good).
+- The app's body queue never blocks a finished app (``_never_block_on_a_finished_app``).
+- Larger socket reads (``MAX_RECV``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from importlib.metadata import version
+from typing import Any
+
+import h11
+import hypercorn.trio.run as hypercorn_run
+import hypercorn.trio.tcp_server as hypercorn_tcp
+import trio
+from hypercorn.events import Closed, RawData
+
+log = logging.getLogger("frontend")
+
+# The versions whose internals these patches were written against (pyproject.toml pins them).
+# frontend.app's body classes use Quart's and quart-trio's internals (``Body._data`` ...).
+PINNED = {"hypercorn": "0.18.0", "quart": "0.22.0", "quart-trio": "0.12.0"}
+
+HEADER_TIMEOUT = 20.0  # seconds from a request's first byte to its last header line
+SEND_TIMEOUT = 60.0  # seconds a peer may take to accept one slice of a response
+KEEP_ALIVE = 75.0  # seconds an idle connection is kept between requests
+# hypercorn reads the socket 64 KiB at a time, which costs CPU per byte on large
+# uploads. Each read may be buffered several times per connection (h11, hypercorn's
+# queue, the body) while the app is busy, so bigger is not free: 256 KiB measured best
+# here (2 GiB PUT 95 -> 123 MB/s against 1 MiB reads; 10 parallel parts 184 -> 144 MiB RSS).
+MAX_RECV = 256 * 1024
+
+
+
+
+class GuardedTCPServer(hypercorn_tcp.TCPServer):
+    """hypercorn's connection handler, with its failures contained and its time bounded."""
+
+    async def run(self) -> None:
+        try:
+            await super().run()
+        except* Exception as group:  # trio.Cancelled (a BaseException) still propagates
+            log.info("connection ended by an error: %r", group.exceptions[0])
+            try:
+                await self.stream.aclose()
+            except Exception:  # noqa: S110 (already closed or broken: nothing else to do)
+                pass
+
+    async def protocol_send(self, event: Any) -> None:
+        if isinstance(event, Closed):
+            # Shielded: the close often runs in the app's task, which the app's own
+            # disconnect handling may be cancelling right then; cancelled at the close's
+            # first checkpoint, the socket was never closed and the client waited forever.
+            with trio.CancelScope(shield=True):
+                await self._close()
+                await self.protocol.handle(Closed())
+            return
+        if not isinstance(event, RawData):
+            await super().protocol_send(event)
+            return
+        gone = False
+        async with self.send_lock:
+            with trio.CancelScope(shield=True):
+                limit = getattr(self.config, "cairn_send_timeout", SEND_TIMEOUT)
+                with trio.move_on_after(limit) as timer:
+                    try:
+                        await self.stream.send_all(event.data)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
+                        # Busy: the connection's close holds the send side (it is going away).
+                        gone = True
+                if timer.cancelled_caught:
+                    log.info("peer took no response bytes for %.0fs: connection closed", limit)
+                    gone = True
+                    await self.stream.aclose()
+        if gone:
+            await self.protocol.handle(Closed())
+
+    def _partial_headers(self) -> bool:
+        """Bytes of a request's head have arrived, and not all of it yet (HTTP/1.1)."""
+        connection = getattr(getattr(self.protocol, "protocol", None), "connection", None)
+        if not isinstance(connection, h11.Connection):
+            return False
+        data, _closed = connection.trailing_data
+        return connection.their_state is h11.IDLE and len(data) > 0
+
+    async def _read_data(self) -> None:
+        started: float | None = None  # when the head of the request now arriving began
+        while True:
+            if self._partial_headers():
+                started = trio.current_time() if started is None else started
+                limit = getattr(self.config, "cairn_header_timeout", HEADER_TIMEOUT)
+                timeout = max(0.0, started + limit - trio.current_time())
+            else:
+                started = None
+                timeout = self.config.read_timeout or math.inf
+            try:
+                with trio.fail_after(timeout):
+                    data = await self.stream.receive_some(MAX_RECV)
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                break
+            except trio.TooSlowError:
+                # The keep-alive timer would hold the connection open until it expires.
+                await self.idle_task.stop()
+                break
+            await self.protocol.handle(RawData(bytes(data)))
+            if data == b"":
+                break
+        await self.protocol.handle(Closed())
+
+
+def _never_block_on_a_finished_app() -> None:
+    """hypercorn bug (0.18): the connection's reader hands request-body messages to the
+    app through a small queue. When the app answers early (an error before the body was
+    read) and returns, nobody drains that queue: the reader blocks on it forever, and so
+    does the close that would follow, leaving the client stuck sending its body until its
+    own timeout. Here, once the app has returned, messages for it are dropped instead."""
+    from hypercorn.trio import task_group
+
+    original = task_group.TaskGroup.spawn_app
+    if getattr(original, "_cairn_patched", False):
+        return
+
+    async def spawn_app(self: Any, app: Any, config: Any, scope: Any, send: Any) -> Any:
+        finished = trio.Event()
+
+        async def app_send(message: Any) -> None:
+            if message is None:
+                finished.set()
+            await send(message)
+
+        put = await original(self, app, config, scope, app_send)
+        channel = put.__self__
+
+        async def app_put(message: Any) -> None:
+            while not finished.is_set():
+                try:
+                    channel.send_nowait(message)
+                    return
+                except trio.WouldBlock:
+                    with trio.move_on_after(0.05):
+                        await channel.send(message)
+                        return
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return
+
+        return app_put
+
+    spawn_app._cairn_patched = True  # type: ignore[attr-defined]
+    task_group.TaskGroup.spawn_app = spawn_app
+
+
+def install() -> None:
+    """Apply the patches (idempotent). Refuses to run on a hypercorn they were not written for."""
+    for name, pinned in PINNED.items():
+        found = version(name)
+        if found != pinned:
+            raise SystemExit(f"frontend: {name} {found} is installed, but the frontend is written against "
+                             f"{pinned}'s internals (pinned in pyproject.toml): reinstall with pip install -e .")
+    hypercorn_tcp.MAX_RECV = MAX_RECV
+    hypercorn_run.TCPServer = GuardedTCPServer  # type: ignore[misc]
+    _never_block_on_a_finished_app()
+
+
+def configure(hc: Any, limits: Any) -> None:
+    """The per-connection limits of a hypercorn Config (``limits``: a ``context.Limits``)."""
+    hc.keep_alive_timeout = KEEP_ALIVE
+    hc.cairn_header_timeout = limits.header
+    hc.cairn_send_timeout = limits.send
+    hc.h11_max_incomplete_size = 64 * 1024  # request line + headers; S3 allows 8 KiB of headers
+    # Body messages hypercorn may queue ahead of the app, per connection (each up to
+    # MAX_RECV): with the app's own 1 MiB body buffer, a slow upload holds ~3 MiB.
+    hc.max_app_queue_size = 2
