@@ -68,7 +68,8 @@ def test_round_trip_sizes(s3, s3b, bucket, size):
     assert head["ContentLength"] == size
 
 
-WEIRD_KEYS = ["a/../b", "../../etc/passwd", "%00", "nul\x00inside", "ünï cödé/日本語", "with space", "plus+sign",
+# (A key with a character XML 1.0 cannot carry, such as NUL, is refused: test_security.)
+WEIRD_KEYS = ["a/../b", "../../etc/passwd", "%00", "cr\rinside", "ünï cödé/日本語", "with space", "plus+sign",
               "double//slash", "trailing/", "q?uestion#hash&amp=1", "tab\tkey", "~tilde*star'quote\"", "/leading"]
 
 
