@@ -5,8 +5,11 @@ A cluster of its own with short HTTP-edge timeouts (2-3 s instead of 20-60 s) an
 
 from __future__ import annotations
 
+import base64
 import concurrent.futures
 import contextlib
+import hashlib
+import hmac
 import json
 import os
 import socket
@@ -23,7 +26,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from chaos.cluster import ACCESS_KEY, SECRET_KEY, Cluster
-from frontend.sigv4 import sign_headers
+from frontend.sigv4 import derive_signing_key, sign_headers
 
 pytestmark = pytest.mark.cluster
 
@@ -453,3 +456,46 @@ def test_connection_close_is_honoured_whenever_the_answer_comes(edge):
             answer = raw(edge, signed(edge, "GET", "/closing", query, [("connection", "close")]), timeout=5)
             assert answer.startswith(b"HTTP/1.1 "), answer[:100]
             assert time.monotonic() - started < 3
+
+
+def _form(fields: dict[str, str], file: bytes, boundary: str = "CairnBoundary") -> bytes:
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n' for k, v in fields.items()]
+    return ("".join(parts) + f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="f"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n").encode("utf-8") + file + f"\r\n--{boundary}--\r\n".encode()
+
+
+def test_broken_browser_forms_are_4xx_and_store_nothing(edge):
+    s3 = client(edge, ACCESS_KEY, SECRET_KEY)
+    with contextlib.suppress(ClientError):
+        s3.create_bucket(Bucket="forms")
+    post = s3.generate_presigned_post("forms", "upload.txt")
+    host, port = addr(edge)
+
+    def send(fields: dict[str, str]) -> bytes:
+        body = _form(fields, b"form bytes")
+        head = (f"POST /forms HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: multipart/form-data; "
+                f"boundary=CairnBoundary\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+        return raw(edge, head + body)
+
+    assert send(post["fields"]).split(b"\r\n", 1)[0].split(b" ")[1] == b"204"
+    assert s3.get_object(Bucket="forms", Key="upload.txt")["Body"].read() == b"form bytes"
+    s3.delete_object(Bucket="forms", Key="upload.txt")
+    def signed_policy(policy: bytes) -> dict[str, str]:
+        encoded = base64.b64encode(policy).decode()
+        _, date, region, service, _ = post["fields"]["x-amz-credential"].split("/")
+        key = derive_signing_key(SECRET_KEY, date, region, service)
+        return dict(post["fields"], policy=encoded,
+                    **{"x-amz-signature": hmac.new(key, encoded.encode(), hashlib.sha256).hexdigest()})
+
+    for change, want in ((dict(post["fields"], **{"x-amz-signature": "s\u00efgnature"}), b"403"),
+                         (dict(post["fields"], policy=base64.b64encode(b"{not json").decode()), b"403"),
+                         (signed_policy(b"{not json"), b"400"), (signed_policy(b'["a list"]'), b"400"),
+                         (signed_policy(b'{"expiration": "2099-01-01T00:00:00Z", "conditions": [["eq", 1, 2]]}'),
+                          b"403"),
+                         (signed_policy(b'{"expiration": "2099-01-01T00:00:00Z", "conditions": '
+                                        b'[["content-length-range", "a", []]]}'), b"400"),
+                         ({**post["fields"], **{f"x-ignore-{i}": "v" * 1000 for i in range(80)}}, b"400")):
+        answer = send(change)
+        assert answer.split(b"\r\n", 1)[0].split(b" ")[1] == want, answer[:400]
+    with pytest.raises(ClientError):
+        s3.head_object(Bucket="forms", Key="upload.txt")
