@@ -89,6 +89,8 @@ def add_frontend(p: argparse.ArgumentParser) -> None:
                    help="seconds a client may take to accept a piece of a response before it is cut off")
     p.add_argument("--form-timeout", type=float, default=30.0,
                    help="seconds a browser form upload's fields (read before its signature is checked) may take")
+    p.add_argument("--max-connections-per-client", type=int, default=512,
+                   help="open connections one client address may hold; more are closed at once")
     p.add_argument("--certfile", help="serve S3 over TLS with this certificate (PEM)")
     p.add_argument("--keyfile", help="the certificate's private key (PEM)")
 

@@ -31,6 +31,7 @@ class Limits:
     body_idle: float = 20.0
     send: float = 60.0
     form: float = 30.0
+    connections_per_client: int = 512
 
 
 @dataclass

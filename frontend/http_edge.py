@@ -7,6 +7,7 @@ so that no connection can hurt the process or hold its resources unbounded.
   close holds the socket's send side) cancelled the whole server: a single
   unauthenticated request killed the frontend. ``GuardedTCPServer.run`` logs and drops
   anything a connection raises; sends that race a close count as a closed connection.
+- At most ``--max-connections-per-client`` (512) open connections per client address.
 - Time limits per connection: request headers must arrive within ``HEADER_TIMEOUT`` of
   their first byte; a peer that does not take a response slice within ``SEND_TIMEOUT``
   is cut off (its buffers go back to the budget); idle keep-alive connections close after
@@ -48,10 +49,32 @@ MAX_RECV = 256 * 1024
 
 
 
+MAX_CONNECTIONS_PER_CLIENT = 512  # open connections one client address may hold at once
+_OPEN: dict[str, int] = {}  # client address -> its open connections
+
+
+def _peer(stream: Any) -> str:
+    try:
+        sock = getattr(stream, "socket", None) or stream.transport_stream.socket
+        return str(sock.getpeername()[0])
+    except (AttributeError, OSError, IndexError):
+        return ""
+
+
 class GuardedTCPServer(hypercorn_tcp.TCPServer):
     """hypercorn's connection handler, with its failures contained and its time bounded."""
 
     async def run(self) -> None:
+        client = _peer(self.stream)
+        per_client = getattr(self.config, "cairn_max_connections_per_client", MAX_CONNECTIONS_PER_CLIENT)
+        if _OPEN.get(client, 0) >= per_client:
+            # Over its share: closed before a byte is read, so one address (a slowloris,
+            # a runaway pool) cannot take every descriptor the other clients need.
+            log.info("connection from %s refused: it already has %d open", client, per_client)
+            with trio.CancelScope(shield=True):
+                await self.stream.aclose()
+            return
+        _OPEN[client] = _OPEN.get(client, 0) + 1
         try:
             await super().run()
         except* Exception as group:  # trio.Cancelled (a BaseException) still propagates
@@ -60,6 +83,10 @@ class GuardedTCPServer(hypercorn_tcp.TCPServer):
                 await self.stream.aclose()
             except Exception:  # noqa: S110 (already closed or broken: nothing else to do)
                 pass
+        finally:
+            left = _OPEN.pop(client) - 1
+            if left:
+                _OPEN[client] = left
 
     async def protocol_send(self, event: Any) -> None:
         if isinstance(event, Closed):
@@ -111,15 +138,14 @@ class GuardedTCPServer(hypercorn_tcp.TCPServer):
             try:
                 with trio.fail_after(timeout):
                     data = await self.stream.receive_some(MAX_RECV)
-            except (trio.ClosedResourceError, trio.BrokenResourceError):
-                break
-            except trio.TooSlowError:
-                # The keep-alive timer would hold the connection open until it expires.
-                await self.idle_task.stop()
+            except (trio.ClosedResourceError, trio.BrokenResourceError, trio.TooSlowError):
                 break
             await self.protocol.handle(RawData(bytes(data)))
             if data == b"":
                 break
+        # Nothing more will be read: the keep-alive timer must not hold the connection
+        # (and its descriptor) open until it expires, as it did after every client close.
+        await self.idle_task.stop()
         await self.protocol.handle(Closed())
 
 
@@ -180,6 +206,7 @@ def configure(hc: Any, limits: Any) -> None:
     """The per-connection limits of a hypercorn Config (``limits``: a ``context.Limits``)."""
     hc.keep_alive_timeout = KEEP_ALIVE
     hc.cairn_header_timeout = limits.header
+    hc.cairn_max_connections_per_client = limits.connections_per_client
     hc.cairn_send_timeout = limits.send
     hc.h11_max_incomplete_size = 64 * 1024  # request line + headers; S3 allows 8 KiB of headers
     # Body messages hypercorn may queue ahead of the app, per connection (each up to

@@ -54,7 +54,8 @@ def build(args: Any) -> CairnApp:
                     "use them. Operator endpoints answer loopback clients only until CAIRN_ROOT_ACCESS_KEY and "
                     "CAIRN_ROOT_SECRET_KEY are set. ***", access)
     limits = Limits(header=getattr(args, "header_timeout", 20.0), body_idle=getattr(args, "body_timeout", 20.0),
-                    send=getattr(args, "send_timeout", 60.0), form=getattr(args, "form_timeout", 30.0))
+                    send=getattr(args, "send_timeout", 60.0), form=getattr(args, "form_timeout", 30.0),
+                    connections_per_client=getattr(args, "max_connections_per_client", 512))
     return CairnApp(Context(meta, blobs, data, args.region, access, secret, domains=tuple(getattr(args, "domain", [])),
                             default_root=default_root, limits=limits))
 

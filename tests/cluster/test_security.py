@@ -31,13 +31,15 @@ from frontend.sigv4 import derive_signing_key, sign_headers
 pytestmark = pytest.mark.cluster
 
 TIMEOUT = 2.0  # --body-timeout, --header-timeout and --form-timeout of this cluster
+PER_CLIENT = 200  # --max-connections-per-client
 
 
 @pytest.fixture(scope="module")
 def edge(tmp_path_factory: pytest.TempPathFactory):
     c = Cluster(tmp_path_factory.mktemp("edge"), gc_grace=1.0, gc_interval=0.5,
                 frontend_flags=["--body-timeout", str(TIMEOUT), "--header-timeout", str(TIMEOUT),
-                                "--form-timeout", str(TIMEOUT), "--send-timeout", "3"],
+                                "--form-timeout", str(TIMEOUT), "--send-timeout", "3",
+                                "--max-connections-per-client", str(PER_CLIENT)],
                 raftmeta_flags=["--min-part-size", "1"])
     with c:
         yield c
@@ -499,3 +501,31 @@ def test_broken_browser_forms_are_4xx_and_store_nothing(edge):
         assert answer.split(b"\r\n", 1)[0].split(b" ")[1] == want, answer[:400]
     with pytest.raises(ClientError):
         s3.head_object(Bucket="forms", Key="upload.txt")
+
+
+def test_one_address_cannot_hold_every_connection(edge):
+    """Past --max-connections-per-client, a client's new connections are closed before a
+    byte is read; once it closes some, it is served again."""
+    socks = []
+    try:
+        for _ in range(PER_CLIENT + 5):
+            socks.append(socket.create_connection(addr(edge, 1), timeout=5))
+        refused = 0
+        for s in socks:
+            s.settimeout(0.05)
+            try:
+                if s.recv(1) == b"":
+                    refused += 1
+            except TimeoutError:
+                pass  # accepted: an idle connection, kept open
+            except ConnectionResetError:
+                refused += 1
+        assert 5 <= refused <= PER_CLIENT + 5 and len(socks) - refused <= PER_CLIENT
+    finally:
+        for s in socks:
+            s.close()
+    deadline = time.monotonic() + 10
+    while not serving(edge, 1) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert serving(edge, 1)
+    assert edge.s3(1).list_buckets()["Buckets"] is not None
