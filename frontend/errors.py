@@ -11,8 +11,9 @@ from __future__ import annotations
 import re
 from xml.sax.saxutils import escape
 
-# What an XML 1.0 document cannot carry (e.g. a NUL in a request's path): percent-encoded.
-_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+# What an XML 1.0 document cannot carry, not even as a character reference: keys holding
+# it are refused (``names.check_key``), a request path's is percent-encoded in <Resource>.
+NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
 
 def _percent(match: re.Match[str]) -> str:
@@ -89,7 +90,7 @@ class S3Error(Exception):
         for name, value in self.fields.items():
             parts.append(f"<{name}>{escape(str(value))}</{name}>")
         if resource:
-            parts.append(f"<Resource>{escape(_NOT_XML.sub(_percent, resource))}</Resource>")
+            parts.append(f"<Resource>{escape(NOT_XML.sub(_percent, resource))}</Resource>")
         if request_id:
             parts.append(f"<RequestId>{request_id}</RequestId>")
         parts.append("</Error>")

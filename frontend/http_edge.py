@@ -8,8 +8,8 @@ so that no connection can hurt the process or hold its resources unbounded.
   unauthenticated request killed the frontend. ``GuardedTCPServer.run`` logs and drops
   anything a connection raises; sends that race a close count as a closed connection.
 - At most ``--max-connections-per-client`` (512) open connections per client address.
-- Time limits per connection: request headers must arrive within ``HEADER_TIMEOUT`` of
-  their first byte; a peer that does not take a response slice within ``SEND_TIMEOUT``
+- Time limits per connection (``context.Limits``): request headers must arrive within
+  ``header`` seconds of their first byte; a peer that does not take a response slice within ``send``
   is cut off (its buffers go back to the budget); idle keep-alive connections close after
   ``KEEP_ALIVE``. Request bodies have their own idle limit (``frontend.app``).
 - A connection's close is never lost to a cancellation (``protocol_send``: a response
@@ -31,14 +31,14 @@ import hypercorn.trio.tcp_server as hypercorn_tcp
 import trio
 from hypercorn.events import Closed, RawData
 
+from frontend.context import Limits
+
 log = logging.getLogger("frontend")
 
 # The versions whose internals these patches were written against (pyproject.toml pins them).
 # frontend.app's body classes use Quart's and quart-trio's internals (``Body._data`` ...).
 PINNED = {"hypercorn": "0.18.0", "quart": "0.22.0", "quart-trio": "0.12.0"}
 
-HEADER_TIMEOUT = 20.0  # seconds from a request's first byte to its last header line
-SEND_TIMEOUT = 60.0  # seconds a peer may take to accept one slice of a response
 KEEP_ALIVE = 75.0  # seconds an idle connection is kept between requests
 # hypercorn reads the socket 64 KiB at a time, which costs CPU per byte on large
 # uploads. Each read may be buffered several times per connection (h11, hypercorn's
@@ -49,7 +49,7 @@ MAX_RECV = 256 * 1024
 
 
 
-MAX_CONNECTIONS_PER_CLIENT = 512  # open connections one client address may hold at once
+_DEFAULTS = Limits()  # for a hypercorn Config that ``configure`` did not set
 _OPEN: dict[str, int] = {}  # client address -> its open connections
 
 
@@ -66,7 +66,7 @@ class GuardedTCPServer(hypercorn_tcp.TCPServer):
 
     async def run(self) -> None:
         client = _peer(self.stream)
-        per_client = getattr(self.config, "cairn_max_connections_per_client", MAX_CONNECTIONS_PER_CLIENT)
+        per_client = getattr(self.config, "cairn_max_connections_per_client", _DEFAULTS.connections_per_client)
         if _OPEN.get(client, 0) >= per_client:
             # Over its share: closed before a byte is read, so one address (a slowloris,
             # a runaway pool) cannot take every descriptor the other clients need.
@@ -103,7 +103,7 @@ class GuardedTCPServer(hypercorn_tcp.TCPServer):
         gone = False
         async with self.send_lock:
             with trio.CancelScope(shield=True):
-                limit = getattr(self.config, "cairn_send_timeout", SEND_TIMEOUT)
+                limit = getattr(self.config, "cairn_send_timeout", _DEFAULTS.send)
                 with trio.move_on_after(limit) as timer:
                     try:
                         await self.stream.send_all(event.data)
@@ -122,15 +122,15 @@ class GuardedTCPServer(hypercorn_tcp.TCPServer):
         connection = getattr(getattr(self.protocol, "protocol", None), "connection", None)
         if not isinstance(connection, h11.Connection):
             return False
-        data, _closed = connection.trailing_data
-        return connection.their_state is h11.IDLE and len(data) > 0
+        # their_state first: trailing_data copies h11's buffer, and during a body it need not
+        return connection.their_state is h11.IDLE and len(connection.trailing_data[0]) > 0
 
     async def _read_data(self) -> None:
         started: float | None = None  # when the head of the request now arriving began
         while True:
             if self._partial_headers():
                 started = trio.current_time() if started is None else started
-                limit = getattr(self.config, "cairn_header_timeout", HEADER_TIMEOUT)
+                limit = getattr(self.config, "cairn_header_timeout", _DEFAULTS.header)
                 timeout = max(0.0, started + limit - trio.current_time())
             else:
                 started = None
@@ -202,8 +202,8 @@ def install() -> None:
     _never_block_on_a_finished_app()
 
 
-def configure(hc: Any, limits: Any) -> None:
-    """The per-connection limits of a hypercorn Config (``limits``: a ``context.Limits``)."""
+def configure(hc: Any, limits: Limits) -> None:
+    """The per-connection limits of a hypercorn Config."""
     hc.keep_alive_timeout = KEEP_ALIVE
     hc.cairn_header_timeout = limits.header
     hc.cairn_max_connections_per_client = limits.connections_per_client

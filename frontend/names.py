@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import re
 
-from frontend.errors import S3Error
+from frontend.errors import NOT_XML, S3Error
 
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 MAX_KEY_BYTES = 1024
@@ -27,16 +27,11 @@ def check_bucket_name(name: str) -> None:
         raise S3Error("InvalidBucketName", BucketName=name)
 
 
-# Characters an XML 1.0 document cannot carry, not even as character references: a key
-# holding one could never be listed in a document a client can parse.
-_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
-
-
 def check_key(key: str) -> None:
     if len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
         raise S3Error("KeyTooLongError", Size=len(key.encode("utf-8", "surrogatepass")), MaxSizeAllowed=MAX_KEY_BYTES)
     if not key:
         raise S3Error("InvalidArgument", "Key must not be empty")
-    if _NOT_XML.search(key):
+    if NOT_XML.search(key):  # such a key could never be listed in a document a client can parse
         raise S3Error("InvalidArgument", "Object keys cannot contain control characters that XML 1.0 cannot "
                       "represent (U+0000-U+0008, U+000B, U+000C, U+000E-U+001F).", ArgumentName="key")

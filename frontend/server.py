@@ -53,9 +53,10 @@ def build(args: Any) -> CairnApp:
         log.warning("*** the root credentials are the documented defaults (%s): anyone who reads the README can "
                     "use them. Operator endpoints answer loopback clients only until CAIRN_ROOT_ACCESS_KEY and "
                     "CAIRN_ROOT_SECRET_KEY are set. ***", access)
-    limits = Limits(header=getattr(args, "header_timeout", 20.0), body_idle=getattr(args, "body_timeout", 20.0),
-                    send=getattr(args, "send_timeout", 60.0), form=getattr(args, "form_timeout", 30.0),
-                    connections_per_client=getattr(args, "max_connections_per_client", 512))
+    d = Limits()
+    limits = Limits(header=getattr(args, "header_timeout", d.header), body_idle=getattr(args, "body_timeout", d.body_idle),
+                    send=getattr(args, "send_timeout", d.send), form=getattr(args, "form_timeout", d.form),
+                    connections_per_client=getattr(args, "max_connections_per_client", d.connections_per_client))
     return CairnApp(Context(meta, blobs, data, args.region, access, secret, domains=tuple(getattr(args, "domain", [])),
                             default_root=default_root, limits=limits))
 

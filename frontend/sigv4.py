@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from email.utils import parsedate_tz
 from urllib.parse import quote_from_bytes, unquote_to_bytes
 
-from frontend.errors import ERRORS, S3Error
+from frontend.errors import S3Error
 
 ALGORITHM = "AWS4-HMAC-SHA256"
 MAX_SKEW_SECONDS = 15 * 60
@@ -49,11 +49,8 @@ PAYLOAD_CONSTANTS = frozenset(
     {UNSIGNED_PAYLOAD, STREAMING_UNSIGNED_PAYLOAD_TRAILER, STREAMING_PAYLOAD, STREAMING_PAYLOAD_TRAILER}
 )
 
-# AWS answers malformed presigned-URL parameters with AuthorizationQueryParametersError;
-# use it if errors.py defines it, else the closest code we have.
-_QUERY_ERROR = (
-    "AuthorizationQueryParametersError" if "AuthorizationQueryParametersError" in ERRORS else "InvalidArgument"
-)
+# AWS answers malformed presigned-URL parameters with AuthorizationQueryParametersError.
+_QUERY_ERROR = "AuthorizationQueryParametersError"
 
 _AMZ_DATE_RE = re.compile(r"\d{8}T\d{6}Z\Z")
 _SHORT_DATE_RE = re.compile(r"\d{8}\Z")
