@@ -1,11 +1,11 @@
-"""Client of the blob node protocol (``cairn.wire``), used by frontends and raftmeta."""
+"""Client of the blob node protocol (``core.wire``), used by frontends and raftmeta."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
-from cairn import wire
+from core import wire
 
 
 class BlobClient:

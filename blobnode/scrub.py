@@ -26,7 +26,7 @@ from typing import Any
 import trio
 
 from blobnode.store import ChunkStore, StoreError, check_id
-from cairn import wire
+from core import wire
 from raftmeta.client import MetaClient
 
 log = logging.getLogger("blobnode.scrub")

@@ -1,5 +1,5 @@
 """The blob node process: serves the chunk store over the framed msgpack protocol
-(``cairn.wire``) and heartbeats its capacity and usage to raftmeta."""
+(``core.wire``) and heartbeats its capacity and usage to raftmeta."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import trio
 from blobnode.client import BlobClient
 from blobnode.scrub import Scrubber
 from blobnode.store import HEADER_SIZE, ChunkStore, StoreError
-from cairn import wire
+from core import wire
 from raftmeta.client import MetaClient
 
 log = logging.getLogger("blobnode")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import trio
 
-from cairn import config
+from core import config
 
 
 def _logging(level: str, role: str) -> None:
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return bench_main(rest)
     if command == "admin":
-        from frontend.admin_cli import main as admin_main
+        from cairn.admin import main as admin_main
 
         return admin_main(rest)
     if command in config.ROLES:

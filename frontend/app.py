@@ -28,7 +28,7 @@ from quart_trio import QuartTrio
 from quart_trio.asgi import TrioASGIHTTPConnection
 from quart_trio.wrappers.request import TrioBody, TrioRequest
 
-from cairn import wire
+from core import wire
 from frontend import cors, handlers, iam, metrics
 from frontend.budget import OWNER
 from frontend.context import Context, read_body

@@ -11,7 +11,7 @@ from typing import Any, NoReturn
 from quart import Response
 
 from blobnode.client import BlobClient
-from cairn import wire
+from core import wire
 from frontend.errors import ERRORS, S3Error
 from frontend.objects import DataPath
 from raftmeta.client import MetaClient

@@ -9,7 +9,7 @@ from xml.sax.saxutils import escape
 
 from quart import Response
 
-from cairn import wire
+from core import wire
 from frontend import s3xml
 from frontend.context import Context, decimal, empty_response, meta_call, read_body, xml_response
 from frontend.errors import S3Error

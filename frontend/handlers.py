@@ -16,7 +16,7 @@ from urllib.parse import unquote
 
 from quart import Response
 
-from cairn import wire
+from core import wire
 from frontend import acl, conditions, copyobject, cors, iam, metrics, multipart, post_upload, s3xml, tagging
 from frontend.context import (
     STORED_HEADERS,

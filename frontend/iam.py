@@ -23,7 +23,7 @@ from urllib.parse import unquote
 
 import trio
 
-from cairn import wire
+from core import wire
 from frontend.context import Context
 from frontend.errors import S3Error
 from frontend.sigv4 import AuthResult, verify_request

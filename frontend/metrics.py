@@ -13,7 +13,7 @@ from typing import Any
 import trio
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from cairn import wire
+from core import wire
 from frontend.context import Context
 
 REGISTRY = CollectorRegistry()

@@ -26,7 +26,7 @@ import trio
 from quart.wrappers.response import ResponseBody
 
 from blobnode.client import BlobClient
-from cairn import wire
+from core import wire
 from frontend import placement
 from frontend.budget import OWNER, ChunkBudget
 from frontend.errors import S3Error

@@ -11,7 +11,7 @@ from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
 from blobnode.client import BlobClient
-from cairn import config
+from core import config
 from frontend import http_edge
 from frontend.app import CairnApp
 from frontend.context import Context, Limits

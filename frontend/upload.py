@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from cairn.wire import WireError
+from core.wire import WireError
 from frontend.checksums import check_value, new_checksum, requested_checksums
 from frontend.chunked import AwsChunkedDecoder
 from frontend.context import decimal, raise_reply

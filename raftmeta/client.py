@@ -14,7 +14,7 @@ from typing import Any
 
 import trio
 
-from cairn import wire
+from core import wire
 
 log = logging.getLogger("raftmeta.client")
 DOWN_DEADLINE = 3.0  # seconds a call waits while the previous one found every node unreachable

@@ -57,7 +57,7 @@ import pysyncobj.syncobj as psyncobj
 import pysyncobj.tcp_connection as ptcp
 from pysyncobj import SyncObj, SyncObjConf, replicated
 
-from cairn.wire import MAX_HEADER
+from core.wire import MAX_HEADER
 from raftmeta.state import MetaState
 
 log = logging.getLogger("raftmeta")

@@ -1,6 +1,6 @@
 """The raftmeta process: a Raft replica, its msgpack RPC server, and leader-only chores.
 
-RPC (framing and op names in ``cairn.wire``):
+RPC (framing and op names in ``core.wire``):
 - ``write``: propose ``cmd`` through Raft (a follower's PySyncObj forwards it to the
   leader) and answer with the state machine's result once it is committed and applied.
 - ``read``: answer ``q`` from the local SQLite replica; with ``linear`` (the default)
@@ -27,7 +27,7 @@ import trio
 from pysyncobj import FAIL_REASON
 
 from blobnode.client import BlobClient
-from cairn import wire
+from core import wire
 from raftmeta.node import MetaNode
 from raftmeta.state import MetaState
 

@@ -23,7 +23,7 @@ import trio
 from blobnode.client import BlobClient
 from blobnode.server import MAX_CHUNK, BlobServer
 from blobnode.store import HEADER_SIZE, MAGIC, ChunkStore
-from cairn import wire
+from core import wire
 
 SECRET = "test-cluster-secret"
 MiB = 1024 * 1024

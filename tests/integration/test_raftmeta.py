@@ -33,7 +33,7 @@ import trio
 from blobnode.client import BlobClient
 from blobnode.server import BlobServer
 from blobnode.store import ChunkStore
-from cairn import wire
+from core import wire
 from raftmeta.client import MetaClient
 from raftmeta.node import MetaNode
 from raftmeta.server import MetaServer

@@ -25,7 +25,7 @@ import trio
 from blobnode.client import BlobClient
 from blobnode.server import BlobServer
 from blobnode.store import ChunkStore
-from cairn import wire
+from core import wire
 
 SECRET = "wire-limits-secret"
 REFUSAL = {"ok": False, "err": wire.ERR_AUTH, "msg": "cluster secret required"}
@@ -168,7 +168,7 @@ MALFORMED = {
 
 
 async def test_malformed_handshake_messages_are_refused(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="cairn.wire")
+    caplog.set_level(logging.WARNING, logger="core.wire")
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
             served = await start_server(nursery, tmp_path)
@@ -185,7 +185,7 @@ async def test_malformed_handshake_messages_are_refused(tmp_path: Path, caplog: 
             nursery.cancel_scope.cancel()
     wrong = {name: got for name, got in answers.items() if got != wire.pack(REFUSAL)}
     assert not wrong, f"not refused with {REFUSAL}: {wrong}"
-    assert not [r.getMessage() for r in caplog.records if r.name == "cairn.wire"]
+    assert not [r.getMessage() for r in caplog.records if r.name == "core.wire"]
 
 
 async def test_silent_or_slow_peer_is_dropped_at_the_handshake_deadline(tmp_path: Path) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cairn import config
+from core import config
 
 
 def test_flags(monkeypatch):

@@ -17,7 +17,7 @@ import msgpack
 import pysyncobj.pickle as pickle
 import pytest
 
-from cairn.wire import MAX_HEADER
+from core.wire import MAX_HEADER
 from raftmeta.node import RAFT_MAX_FRAME, RAFT_UNVERIFIED_TIMEOUT, MetaNode, _SignedFrames
 from raftmeta.state import MetaState
 

@@ -16,7 +16,7 @@ import urllib.request
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from cairn import config
+from core import config
 from frontend.sigv4 import sign_headers
 
 

@@ -39,7 +39,7 @@ from typing import Any
 import msgpack
 import trio
 
-log = logging.getLogger("cairn.wire")
+log = logging.getLogger("core.wire")
 
 MAX_HEADER = 1 << 20  # a request's msgpack header, at most (commands become Raft entries: see raftmeta.node)
 # A reply's header, at most: a manifest read back can be large (an object of 10,000
