@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+HEARTBEAT_INTERVAL = 3.0  # seconds between a blob node's heartbeats
 UNAVAILABLE_AFTER = 12.0  # seconds without a heartbeat: four missed beats
 DEFAULT_DEAD_AFTER = 600.0
 

@@ -12,8 +12,8 @@ from quart import Response
 
 from blobnode.client import BlobClient
 from core import wire
+from frontend.datapath import DataPath
 from frontend.errors import ERRORS, S3Error
-from frontend.objects import DataPath
 from raftmeta.client import MetaClient
 
 log = logging.getLogger("frontend")

@@ -29,9 +29,9 @@ from frontend.context import (
     user_metadata,
     xml_response,
 )
+from frontend.datapath import SMALL_BODY, PrefetchingBody
 from frontend.errors import S3Error
 from frontend.names import check_bucket_name, check_key
-from frontend.objects import SMALL_BODY, PrefetchingBody
 from frontend.upload import UploadBody, commit_object
 
 log = logging.getLogger("frontend")

@@ -31,8 +31,8 @@ from frontend.context import (
     xml_response,
 )
 from frontend.copyobject import parse_copy_source
+from frontend.datapath import Stored
 from frontend.errors import S3Error
-from frontend.objects import Stored
 from frontend.upload import UploadBody
 
 MAX_PART_SIZE = 5 * 1024**3

@@ -26,9 +26,9 @@ from quart import Response
 from frontend import iam, s3xml
 from frontend.budget import OWNER
 from frontend.context import Context, empty_response, xml_response
+from frontend.datapath import Stored
 from frontend.errors import S3Error
 from frontend.names import check_key
-from frontend.objects import Stored
 from frontend.sigv4 import derive_signing_key
 from frontend.upload import commit_object
 

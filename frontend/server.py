@@ -15,7 +15,7 @@ from core import config
 from frontend import http_edge
 from frontend.app import CairnApp
 from frontend.context import Context, Limits
-from frontend.objects import DataPath, Settings
+from frontend.datapath import DataPath, Settings
 from raftmeta.client import MetaClient
 
 log = logging.getLogger("frontend")

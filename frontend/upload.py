@@ -19,8 +19,8 @@ from core.wire import WireError
 from frontend.checksums import check_value, new_checksum, requested_checksums
 from frontend.chunked import AwsChunkedDecoder
 from frontend.context import decimal, raise_reply
+from frontend.datapath import DataPath, Stored
 from frontend.errors import S3Error
-from frontend.objects import DataPath, Stored
 from raftmeta.client import MetaClient
 
 MAX_PUT_SIZE = 5 * 1024**3

@@ -9,8 +9,8 @@ import os
 import pytest
 import trio
 
+from frontend.datapath import DataPath, Settings
 from frontend.errors import S3Error
-from frontend.objects import DataPath, Settings
 
 pytestmark = pytest.mark.cluster
 KIB = 1024

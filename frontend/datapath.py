@@ -32,7 +32,7 @@ from frontend.budget import OWNER, ChunkBudget
 from frontend.errors import S3Error
 from raftmeta.client import MetaClient
 
-log = logging.getLogger("frontend.objects")
+log = logging.getLogger("frontend.datapath")
 
 NODES_REFRESH = 2.0
 NODES_WAIT = 5.0  # how long a write waits for enough live blob nodes before failing
