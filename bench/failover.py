@@ -16,6 +16,7 @@ from typing import Any
 from bench.peers import Cairn
 from bench.report import TargetResult
 from bench.suites import MiB, Plan, boto, make_file, size_word
+from core.nodes import BlobNode
 
 DEAD_AFTER = 8.0  # blob nodes heartbeat every 3 s; less than ~2 beats makes live nodes look dead
 REPAIR_FLAGS = ["--dead-after", str(DEAD_AFTER), "--repair-interval", "1", "--repair-rate", "10000"]
@@ -68,24 +69,19 @@ def _wait_leader(cluster: Any, timeout: float) -> str | None:
 def _under_replicated(cluster: Any, dead_addr: str, want: int = 3) -> tuple[int, float | None]:
     """(chunks with fewer than ``want`` replicas on live nodes other than ``dead_addr``,
     the dead node's last heartbeat). Like Cluster.under_replicated, but the dead node is
-    named rather than guessed from a 15 s heartbeat window."""
+    named rather than guessed from its heartbeat's age."""
     import trio
 
-    from chaos.cluster import SECRET
+    from chaos.cluster import SECRET, under_replicated_chunks
     from raftmeta.client import MetaClient
 
     async def ask() -> tuple[int, float | None]:
         client = MetaClient(cluster.rpc, SECRET)
         nodes = (await client.read({"q": "nodes"}))["nodes"]
-        alive = [n["node_id"] for n in nodes if n["addr"] != dead_addr and time.time() - n["heartbeat"] < 15]
+        now = time.time()
+        alive = [n["node_id"] for n in nodes if n["addr"] != dead_addr and BlobNode.from_record(n).is_up(now)]
         last = next((n["heartbeat"] for n in nodes if n["addr"] == dead_addr), None)
-        count, cursor = 0, ["", ""]
-        for _ in range(10_000):
-            scan = await client.read({"q": "repair_scan", "alive": alive, "want": want, "after": cursor, "limit": 1000})
-            count += len(scan["items"])
-            if scan["done"]:
-                break
-            cursor = scan["next"]
+        count = len(await under_replicated_chunks(client, alive, want))
         return count, last
 
     return trio.run(ask)

@@ -50,7 +50,7 @@ def find_procfile(explicit: str | None) -> Path:
 
 
 def up(argv: list[str]) -> int:
-    from cairn import supervisor
+    from cairn import procfile, supervisor
 
     parser = argparse.ArgumentParser(prog="cairn up", description="Run the whole local cluster from the Procfile.")
     parser.add_argument("--data-dir", default="./data", help="all state lives here (default ./data)")
@@ -62,7 +62,7 @@ def up(argv: list[str]) -> int:
     access, secret_key = config.root_credentials()
     env = dict(os.environ, CAIRN_DATA=str(data), CAIRN_CLUSTER_SECRET=secret,
                CAIRN_ROOT_ACCESS_KEY=access, CAIRN_ROOT_SECRET_KEY=secret_key, PYTHONUNBUFFERED="1")
-    specs = supervisor.load_procfile(find_procfile(args.procfile))
+    specs = procfile.load_procfile(find_procfile(args.procfile))
     print(
         f"Cairn: {len(specs)} processes, data in {data}\n"
         f"  S3 endpoint:  http://127.0.0.1:9000   (second frontend: http://127.0.0.1:9001)\n"

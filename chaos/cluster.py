@@ -22,8 +22,10 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from chaos.netns import Network
+from core.nodes import BlobNode
 
 SECRET = "test-cluster-secret"
 ACCESS_KEY = "cairnroot"
@@ -434,7 +436,7 @@ class Cluster:
                 return exc.code, {"raw": body.decode(errors="replace")}
 
     def under_replicated(self, want: int) -> list[str]:
-        """Chunk ids with fewer than ``want`` replicas on blob nodes that heartbeat now."""
+        """Chunk ids with fewer than ``want`` replicas on blob nodes that are up now."""
         import trio
 
         from raftmeta.client import MetaClient
@@ -442,15 +444,22 @@ class Cluster:
         async def ask() -> list[str]:
             client = MetaClient(self.rpc, SECRET)
             nodes = (await client.read({"q": "nodes"}))["nodes"]
-            alive = [n["node_id"] for n in nodes if time.time() - n["heartbeat"] < 15]
-            items: list[str] = []
-            cursor = ["", ""]
-            while True:
-                scan = await client.read({"q": "repair_scan", "alive": alive, "want": want, "after": cursor,
-                                          "limit": 1000})
-                items += [item[3] for item in scan["items"]]
-                if scan["done"]:
-                    return items
-                cursor = scan["next"]
+            now = time.time()
+            return await under_replicated_chunks(client, [n["node_id"] for n in nodes
+                                                          if BlobNode.from_record(n).is_up(now)], want)
 
         return trio.run(ask)
+
+
+async def under_replicated_chunks(client: Any, alive: list[str], want: int) -> list[str]:
+    """Chunk ids with fewer than ``want`` replicas on the ``alive`` nodes: raftmeta's
+    ``repair_scan``, page by page (at most 10,000 pages)."""
+    items: list[str] = []
+    cursor = ["", ""]
+    for _ in range(10_000):
+        scan = await client.read({"q": "repair_scan", "alive": alive, "want": want, "after": cursor, "limit": 1000})
+        items += [item[3] for item in scan["items"]]
+        if scan["done"]:
+            break
+        cursor = scan["next"]
+    return items
