@@ -15,33 +15,12 @@ import os
 import platform
 import statistics
 import tempfile
-import threading
 import time
 
 import psutil
 
+from bench.suites import Monitor
 from chaos.cluster import Cluster
-
-
-class PeakRSS:
-    def __init__(self, pid: int) -> None:
-        self.proc = psutil.Process(pid)
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.proc.memory_info().rss)
-            time.sleep(0.05)
-
-    def __enter__(self) -> PeakRSS:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def main() -> None:
@@ -61,7 +40,7 @@ def main() -> None:
         with open(src, "wb") as f:
             for _ in range(size // (1 << 20)):
                 f.write(os.urandom(1 << 20))
-        frontend = PeakRSS(cluster.procs["frontend1"].pid)
+        frontend = Monitor({"frontend": cluster.procs["frontend1"].pid})
         put, get = [], []
         with frontend:
             for _ in range(args.runs):
@@ -78,20 +57,20 @@ def main() -> None:
         print(f"PUT {args.size_mib} MiB single stream: median {statistics.median(put):.0f} MB/s  runs {[round(x) for x in put]}")
         print(f"GET {args.size_mib} MiB single stream: median {statistics.median(get):.0f} MB/s  runs {[round(x) for x in get]}"
               " (client also MD5s the body)")
-        print(f"frontend peak RSS during the large transfers: {frontend.peak / 2**20:.0f} MiB")
+        print(f"frontend peak RSS during the large transfers: {frontend.peak['frontend'] / 2**20:.0f} MiB")
         if args.multipart_mib:
             mp = os.path.join(root, "multipart.bin")
             with open(mp, "wb") as f:
                 block = os.urandom(64 << 20)
                 for i in range(args.multipart_mib // 64):
                     f.write(i.to_bytes(8, "big") + block[8:])
-            frontend = PeakRSS(cluster.procs["frontend1"].pid)
+            frontend = Monitor({"frontend": cluster.procs["frontend1"].pid})
             with frontend:
                 t = time.perf_counter()
                 s3.upload_file(mp, "bench", "multipart")  # boto3's default TransferConfig
                 took = time.perf_counter() - t
             print(f"multipart upload_file {args.multipart_mib} MiB, boto3 defaults (8 MiB parts, 10 threads): "
-                  f"{args.multipart_mib * 2**20 / took / 1e6:.0f} MB/s, frontend peak RSS {frontend.peak / 2**20:.0f} MiB")
+                  f"{args.multipart_mib * 2**20 / took / 1e6:.0f} MB/s, frontend peak RSS {frontend.peak['frontend'] / 2**20:.0f} MiB")
             os.unlink(mp)
         small = os.urandom(4096)
         lat_put, lat_get = [], []

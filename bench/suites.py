@@ -66,27 +66,26 @@ def cpu_seconds(pids: list[int], tree: bool = True) -> float:
     return total
 
 
-class Monitor:
-    """Samples the RSS of each named server process (with its children) every 0.1 s."""
+class Sampler:
+    """A background thread calling ``sample()`` every ``interval`` seconds while in a
+    ``with`` block."""
 
-    def __init__(self, procs: dict[str, int]) -> None:
-        self.procs, self.peak = procs, dict.fromkeys(procs, 0)
+    interval = 0.1
+
+    def __init__(self) -> None:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            for name, pid in self.procs.items():
-                rss = 0
-                for p in _tree(pid):
-                    try:
-                        rss += p.memory_info().rss
-                    except psutil.Error:
-                        pass
-                self.peak[name] = max(self.peak[name], rss)
-            self._stop.wait(0.1)
+    def sample(self) -> None:
+        raise NotImplementedError
 
-    def __enter__(self) -> Monitor:
+    def _run(self) -> None:
+        while True:
+            self.sample()
+            if self._stop.wait(self.interval):
+                return
+
+    def __enter__(self) -> Sampler:
         self._thread.start()
         return self
 
@@ -95,40 +94,52 @@ class Monitor:
         self._thread.join(5)
 
 
-class OtherLoad:
+class Monitor(Sampler):
+    """Samples the RSS of each named server process (with its children) every 0.1 s."""
+
+    def __init__(self, procs: dict[str, int]) -> None:
+        super().__init__()
+        self.procs, self.peak = procs, dict.fromkeys(procs, 0)
+
+    def sample(self) -> None:
+        for name, pid in self.procs.items():
+            rss = 0
+            for p in _tree(pid):
+                try:
+                    rss += p.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.peak[name] = max(self.peak[name], rss)
+
+
+class OtherLoad(Sampler):
     """Average cores used by processes outside this process's tree (somebody else's work
     on the same machine), sampled every second while a target is measured."""
 
+    interval = 1.0
+
     def __init__(self) -> None:
+        super().__init__()
         self.me = os.getpid()
         self.other, self.wall = 0.0, 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._last: tuple[float, float, float] | None = None
 
     @staticmethod
     def _busy() -> float:
         t = psutil.cpu_times()  # guest time is already inside user; steal is the hypervisor's
         return t.user + t.system + sum(getattr(t, f, 0.0) for f in ("nice", "irq", "softirq"))
 
-    def _run(self) -> None:
-        busy, ours, t = self._busy(), cpu_seconds([self.me]), time.monotonic()
-        while not self._stop.wait(1.0):
-            busy2, ours2, t2 = self._busy(), cpu_seconds([self.me]), time.monotonic()
+    def sample(self) -> None:
+        now = self._busy(), cpu_seconds([self.me]), time.monotonic()
+        if self._last is not None:
+            (busy, ours, t), (busy2, ours2, t2) = self._last, now
             self.other += max(0.0, (busy2 - busy) - (ours2 - ours))
             self.wall += t2 - t
-            busy, ours, t = busy2, ours2, t2
+        self._last = now
 
     @property
     def cores(self) -> float:
         return round(self.other / self.wall, 2) if self.wall else 0.0
-
-    def __enter__(self) -> OtherLoad:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
 
 
 class CpuMeter:
