@@ -13,6 +13,8 @@ import secrets
 import tomllib
 from typing import Any
 
+from core.nodes import DEFAULT_DEAD_AFTER
+
 DEFAULT_ROOT_ACCESS_KEY = "cairnroot"
 DEFAULT_ROOT_SECRET_KEY = "cairnroot-secret-key"
 MIB = 1024 * 1024
@@ -42,7 +44,7 @@ def add_raftmeta(p: argparse.ArgumentParser) -> None:
                    help="seconds after which an incomplete multipart upload is aborted")
     p.add_argument("--upload-expiry-interval", type=float, default=60.0)
     p.add_argument("--replicas", type=int, default=3, help="healthy copies of each chunk that repair maintains")
-    p.add_argument("--dead-after", type=float, default=600.0,
+    p.add_argument("--dead-after", type=float, default=DEFAULT_DEAD_AFTER,
                    help="seconds without a heartbeat before a blob node's replicas are re-created elsewhere "
                         "(blob nodes heartbeat every 3 s: keep this well above that)")
     p.add_argument("--repair-interval", type=float, default=10.0)
