@@ -29,6 +29,7 @@ from pysyncobj import FAIL_REASON
 from blobnode.client import BlobClient
 from core import wire
 from raftmeta.node import MetaNode
+from raftmeta.sm import multipart
 from raftmeta.state import MetaState
 
 log = logging.getLogger("raftmeta")
@@ -472,8 +473,6 @@ class MetaServer:
 
 async def serve(args: Any) -> None:
     os.makedirs(args.data_dir, exist_ok=True)
-    from raftmeta import multipart  # (state.py imports it at its bottom: not at module level here)
-
     # Cluster-wide like --replicas: every member must be started with the same value.
     multipart.MIN_PART_SIZE = getattr(args, "min_part_size", multipart.MIN_PART_SIZE)
     state = MetaState(os.path.join(args.data_dir, "meta.sqlite"))

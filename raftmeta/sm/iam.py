@@ -11,7 +11,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-from raftmeta.state import Failed, _bucket_exists
+from raftmeta.sm.tables import Failed, bucket_exists
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS users (name TEXT PRIMARY KEY, created REAL NOT NULL, admin INTEGER NOT NULL DEFAULT 0)
@@ -69,7 +69,7 @@ def cmd_delete_key(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str, Any
 
 
 def cmd_grant(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str, Any]:
-    if not _bucket_exists(db, cmd["bucket"]):
+    if not bucket_exists(db, cmd["bucket"]):
         raise Failed("NoSuchBucket")
     if not _user_exists(db, cmd["user"]):
         raise Failed("NoSuchUser")
@@ -88,6 +88,11 @@ def cmd_set_bucket_acl(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str,
     if db.execute("UPDATE buckets SET acl=? WHERE name=?", (cmd["acl"], cmd["bucket"])).rowcount == 0:
         raise Failed("NoSuchBucket")
     return {}
+
+
+def drop_bucket_grants(db: sqlite3.Connection, bucket: str) -> None:
+    """A deleted bucket's grants go with it (``buckets.cmd_delete_bucket``)."""
+    db.execute("DELETE FROM grants WHERE bucket=?", (bucket,))
 
 
 COMMANDS = {

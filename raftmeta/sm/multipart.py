@@ -17,7 +17,9 @@ import hashlib
 import sqlite3
 from typing import Any
 
-from raftmeta.state import Failed, _bucket_exists, _packb, _queue_gc, _unpackb, replace_object
+from raftmeta.sm.gcqueue import queue_gc
+from raftmeta.sm.objects import replace_object
+from raftmeta.sm.tables import Failed, bucket_exists, packb, unpackb
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS uploads (
@@ -52,7 +54,7 @@ def _upload(db: sqlite3.Connection, upload_id: str, bucket: str | None = None, k
 def drop_upload(db: sqlite3.Connection, upload_id: str, ts: float, keep: set[str] = frozenset()) -> int:
     count = 0
     for (chunks,) in db.execute("SELECT chunks FROM parts WHERE upload_id=?", (upload_id,)).fetchall():
-        _queue_gc(db, _unpackb(chunks), ts, keep)
+        queue_gc(db, unpackb(chunks), ts, keep)
         count += 1
     db.execute("DELETE FROM parts WHERE upload_id=?", (upload_id,))
     db.execute("DELETE FROM uploads WHERE upload_id=?", (upload_id,))
@@ -63,12 +65,12 @@ def drop_upload(db: sqlite3.Connection, upload_id: str, ts: float, keep: set[str
 
 
 def cmd_create_upload(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str, Any]:
-    if not _bucket_exists(db, cmd["bucket"]):
+    if not bucket_exists(db, cmd["bucket"]):
         raise Failed("NoSuchBucket")
     db.execute(
         "INSERT INTO uploads VALUES (?,?,?,?,?,?,?)",
         (cmd["upload_id"], cmd["bucket"], cmd["key"], cmd["ts"], cmd.get("initiator", ""),
-         cmd.get("content_type", "binary/octet-stream"), _packb(cmd.get("meta", {}))),
+         cmd.get("content_type", "binary/octet-stream"), packb(cmd.get("meta", {}))),
     )
     return {}
 
@@ -79,23 +81,23 @@ def cmd_put_part(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str, Any]:
     if row is None or row[0] != cmd["bucket"] or row[1] != cmd["key"]:
         # The upload ended while this part streamed in: its chunks are garbage now.
         # (Returned, not raised: the GC entries must commit.)
-        _queue_gc(db, part["chunks"], cmd["ts"])
+        queue_gc(db, part["chunks"], cmd["ts"])
         return {"ok": False, "err": "NoSuchUpload"}
     old = db.execute(
         "SELECT chunks FROM parts WHERE upload_id=? AND number=?", (cmd["upload_id"], cmd["number"])
     ).fetchone()
     if old is not None:
-        _queue_gc(db, _unpackb(old[0]), cmd["ts"], {c[0] for c in part["chunks"]})
+        queue_gc(db, unpackb(old[0]), cmd["ts"], {c[0] for c in part["chunks"]})
     db.execute(
         "INSERT OR REPLACE INTO parts VALUES (?,?,?,?,?,?,?)",
         (cmd["upload_id"], cmd["number"], part["size"], part["etag"], cmd["ts"],
-         _packb(part.get("checksum", {})), _packb(part["chunks"])),
+         packb(part.get("checksum", {})), packb(part["chunks"])),
     )
     return {}
 
 
 def parts_digest(parts: list[list[Any]]) -> bytes:
-    return hashlib.sha256(_packb([[int(n), str(e)] for n, e in parts])).digest()
+    return hashlib.sha256(packb([[int(n), str(e)] for n, e in parts])).digest()
 
 
 def cmd_complete_upload(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str, Any]:
@@ -107,14 +109,14 @@ def cmd_complete_upload(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str
     if row is None:
         done = db.execute("SELECT digest, result FROM completed WHERE upload_id=?", (upload_id,)).fetchone()
         if done is not None and done[0] == digest:
-            return {**_unpackb(done[1]), "retried": True}
+            return {**unpackb(done[1]), "retried": True}
         raise Failed("NoSuchUpload")
     if row[0] != cmd["bucket"] or row[1] != cmd["key"]:
         raise Failed("NoSuchUpload")
     if not listed:
         raise Failed("MalformedXML")
     stored = {
-        n: (size, etag, _unpackb(chunks))
+        n: (size, etag, unpackb(chunks))
         for n, size, etag, chunks in db.execute(
             "SELECT number, size, etag, chunks FROM parts WHERE upload_id=?", (upload_id,)
         )
@@ -141,7 +143,7 @@ def cmd_complete_upload(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str
     used = {c[0] for c in chunks}
     drop_upload(db, upload_id, cmd["ts"], keep=used)
     result = {"version": version, "etag": obj["etag"], "size": obj["size"]}
-    db.execute("INSERT OR REPLACE INTO completed VALUES (?,?,?,?)", (upload_id, digest, _packb(result), cmd["ts"]))
+    db.execute("INSERT OR REPLACE INTO completed VALUES (?,?,?,?)", (upload_id, digest, packb(result), cmd["ts"]))
     db.execute("DELETE FROM completed WHERE at < ?", (cmd["ts"] - COMPLETED_MEMORY,))
     return result
 
@@ -177,7 +179,7 @@ COMMANDS = {
 def q_upload(db: sqlite3.Connection, q: dict[str, Any]) -> dict[str, Any]:
     bucket, key, created, initiator, content_type, meta = _upload(db, q["upload_id"], q.get("bucket"), q.get("key"))
     return {"bucket": bucket, "key": key, "created": created, "initiator": initiator,
-            "content_type": content_type, "meta": _unpackb(meta)}
+            "content_type": content_type, "meta": unpackb(meta)}
 
 
 def q_parts(db: sqlite3.Connection, q: dict[str, Any]) -> dict[str, Any]:
@@ -189,7 +191,7 @@ def q_parts(db: sqlite3.Connection, q: dict[str, Any]) -> dict[str, Any]:
         "SELECT number, size, etag, created, checksum FROM parts WHERE upload_id=? AND number>? ORDER BY number LIMIT ?",
         (q["upload_id"], int(q.get("after", 0)), limit + 1),
     ).fetchall()
-    parts = [{"number": n, "size": s, "etag": e, "created": c, "checksum": _unpackb(ck)} for n, s, e, c, ck in rows[:limit]]
+    parts = [{"number": n, "size": s, "etag": e, "created": c, "checksum": unpackb(ck)} for n, s, e, c, ck in rows[:limit]]
     return {"upload": upload, "parts": parts, "truncated": len(rows) > limit}
 
 
@@ -198,7 +200,7 @@ def q_uploads(db: sqlite3.Connection, q: dict[str, Any]) -> dict[str, Any]:
     upload_id_marker), grouped by delimiter, ``max_uploads`` entries in all."""
     bucket, prefix, delimiter = q["bucket"], q.get("prefix", ""), q.get("delimiter", "")
     key_marker, id_marker, limit = q.get("key_marker", ""), q.get("upload_id_marker", ""), int(q.get("max_uploads", 1000))
-    if not _bucket_exists(db, bucket):
+    if not bucket_exists(db, bucket):
         raise Failed("NoSuchBucket")
     start: tuple[Any, ...] = ()
     if key_marker and id_marker:

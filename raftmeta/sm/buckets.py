@@ -1,0 +1,82 @@
+"""Buckets: creation and ownership, deletion (refused while objects remain; in-progress
+uploads, grants and configuration go with the bucket), and per-bucket sub-resource
+documents (``bucket_config``: CORS today; versioning, lifecycle, policy to come)."""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+from raftmeta.sm import iam, multipart
+from raftmeta.sm.tables import Failed, bucket_exists, packb, unpackb
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS buckets (
+    name TEXT PRIMARY KEY, owner TEXT NOT NULL, created REAL NOT NULL, acl TEXT NOT NULL DEFAULT 'private'
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS bucket_config (
+    bucket TEXT NOT NULL, name TEXT NOT NULL, value BLOB NOT NULL, PRIMARY KEY (bucket, name)
+) WITHOUT ROWID;
+"""
+
+
+def cmd_create_bucket(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str, Any]:
+    row = db.execute("SELECT owner FROM buckets WHERE name=?", (cmd["bucket"],)).fetchone()
+    if row is not None:
+        raise Failed("BucketAlreadyOwnedByYou" if row[0] == cmd["owner"] else "BucketAlreadyExists")
+    db.execute(
+        "INSERT INTO buckets (name, owner, created, acl) VALUES (?,?,?,?)",
+        (cmd["bucket"], cmd["owner"], cmd["ts"], cmd.get("acl", "private")),
+    )
+    return {}
+
+
+def cmd_delete_bucket(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str, Any]:
+    if not bucket_exists(db, cmd["bucket"]):
+        raise Failed("NoSuchBucket")
+    if db.execute("SELECT 1 FROM objects WHERE bucket=? LIMIT 1", (cmd["bucket"],)).fetchone():
+        raise Failed("BucketNotEmpty")
+    for (upload_id,) in db.execute("SELECT upload_id FROM uploads WHERE bucket=?", (cmd["bucket"],)).fetchall():
+        multipart.drop_upload(db, upload_id, cmd["ts"])  # in-progress uploads go with the bucket
+    iam.drop_bucket_grants(db, cmd["bucket"])
+    db.execute("DELETE FROM bucket_config WHERE bucket=?", (cmd["bucket"],))
+    db.execute("DELETE FROM buckets WHERE name=?", (cmd["bucket"],))
+    return {}
+
+
+def cmd_set_bucket_config(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str, Any]:
+    """A bucket's sub-resource document (e.g. ``cors``); ``value`` None removes it."""
+    if not bucket_exists(db, cmd["bucket"]):
+        raise Failed("NoSuchBucket")
+    if cmd.get("value") is None:
+        db.execute("DELETE FROM bucket_config WHERE bucket=? AND name=?", (cmd["bucket"], cmd["name"]))
+    else:
+        db.execute("INSERT OR REPLACE INTO bucket_config VALUES (?,?,?)", (cmd["bucket"], cmd["name"], packb(cmd["value"])))
+    return {}
+
+
+def q_bucket(db: sqlite3.Connection, q: dict[str, Any]) -> dict[str, Any]:
+    row = db.execute("SELECT owner, created, acl FROM buckets WHERE name=?", (q["bucket"],)).fetchone()
+    if row is None:
+        raise Failed("NoSuchBucket")
+    return {"owner": row[0], "created": row[1], "acl": row[2]}
+
+
+def q_buckets(db: sqlite3.Connection, q: dict[str, Any]) -> dict[str, Any]:
+    rows = db.execute("SELECT name, created FROM buckets ORDER BY name").fetchall()
+    return {"buckets": [list(r) for r in rows]}
+
+
+def q_bucket_config(db: sqlite3.Connection, q: dict[str, Any]) -> dict[str, Any]:
+    if not bucket_exists(db, q["bucket"]):
+        raise Failed("NoSuchBucket")
+    row = db.execute("SELECT value FROM bucket_config WHERE bucket=? AND name=?", (q["bucket"], q["name"])).fetchone()
+    return {"value": unpackb(row[0]) if row else None}
+
+
+COMMANDS = {
+    "create_bucket": cmd_create_bucket,
+    "delete_bucket": cmd_delete_bucket,
+    "set_bucket_config": cmd_set_bucket_config,
+}
+QUERIES = {"bucket": q_bucket, "buckets": q_buckets, "bucket_config": q_bucket_config}

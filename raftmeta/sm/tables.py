@@ -1,0 +1,45 @@
+"""What every state-machine module shares: the failure a command raises, msgpack for
+stored values, and small lookups. Imports no other module of the state machine."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+
+Command = Callable[[sqlite3.Connection, dict[str, Any]], dict[str, Any]]
+Query = Callable[[sqlite3.Connection, dict[str, Any]], dict[str, Any]]
+
+
+def packb(value: Any) -> bytes:
+    return msgpack.packb(value, use_bin_type=True)
+
+
+def unpackb(data: bytes) -> Any:
+    return msgpack.unpackb(data, raw=False)
+
+
+class Failed(Exception):
+    """Raised inside a command to roll it back and answer ``{ok: False, err: code}``."""
+
+    def __init__(self, code: str, msg: str = "") -> None:
+        super().__init__(code)
+        self.code = code
+        self.msg = msg
+
+
+def successor(prefix: str) -> str | None:
+    """The smallest string greater than every string that starts with ``prefix``
+    (None: no upper bound). Skips the surrogate range, which SQLite cannot store."""
+    while prefix:
+        last = ord(prefix[-1])
+        if last < 0x10FFFF:
+            return prefix[:-1] + chr(0xE000 if last == 0xD7FF else last + 1)
+        prefix = prefix[:-1]
+    return None
+
+
+def bucket_exists(db: sqlite3.Connection, bucket: str) -> bool:
+    return db.execute("SELECT 1 FROM buckets WHERE name=?", (bucket,)).fetchone() is not None
