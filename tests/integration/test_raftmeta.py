@@ -100,7 +100,7 @@ class Replica:
             with trio.CancelScope() as self.scope:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self.server._barrier_loop)
-                    nursery.start_soon(self.server.every, self.server.gc_interval, self.server.gc_pass)
+                    nursery.start_soon(self.server.chores.run, {"gc"})
                     listeners = await nursery.start(
                         partial(trio.serve_tcp, self.server.serve_conn, self.rpc_port, host="127.0.0.1")
                     )
