@@ -68,11 +68,11 @@ class MetaServer:
         self.reads = {"lease": 0, "barrier": 0}  # how linearizable reads were served
         leader = Leader(node._isLeader, self.propose, state.query, BlobClient(secret))
         self.gc = GarbageCollector(leader, gc_interval, gc_grace)
-        self.chores = ChoreRunner(leader, [
-            self.gc,
+        self.chores = ChoreRunner(leader, [  # in the order of the ``chore`` reply's keys
             UploadExpiry(leader, expiry_interval, upload_ttl),
             Repair(leader, repair_interval, replicas, dead_after, repair_rate),
             OrphanSweep(leader, orphan_interval, orphan_grace),
+            self.gc,
         ])
         self.membership = Membership(node, state, self.propose, self.token)
 
@@ -206,7 +206,7 @@ class MetaServer:
         if not self.node._isLeader():
             return {"ok": False, "err": wire.ERR_UNAVAILABLE, "msg": "not the Raft leader"}
         if name != "status":
-            if name not in self.chores.chores:
+            if name not in self.chores:
                 return {"ok": False, "err": wire.ERR_BAD_REQUEST, "msg": f"unknown chore {name!r}"}
             await self.chores.run_now(name)
         return {"ok": True, "leader": self.node.selfNode.address, **(await self.chores.status())}

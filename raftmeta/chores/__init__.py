@@ -64,6 +64,9 @@ class ChoreRunner:
     def __getitem__(self, name: str) -> Chore:
         return self.chores[name]
 
+    def __contains__(self, name: object) -> bool:
+        return name in self.chores
+
     async def run(self, only: set[str] | None = None) -> None:
         """Every chore (or those named in ``only``) on its own schedule, until cancelled."""
         async with trio.open_nursery() as nursery:
@@ -71,10 +74,11 @@ class ChoreRunner:
                 if only is None or chore.name in only:
                     nursery.start_soon(self._every, chore)
 
-    @staticmethod
-    async def _every(chore: Chore) -> None:
+    async def _every(self, chore: Chore) -> None:
         while True:
             await trio.sleep(chore.interval)
+            if not self.leader.is_leader():
+                continue  # the pass would do nothing; a follower's chores wait
             try:
                 await chore.run_pass()
             except Exception:

@@ -67,7 +67,6 @@ class Repair(Chore):
         nodes = [BlobNode.from_record(n) for n in (await self.leader.query({"q": "nodes"}))["nodes"]]
         reachable = {n.node_id: n for n in nodes if n.reachable(now, self.stats.dead_after)}
         counted = {n.node_id: n for n in nodes if n.holds_replicas(now, self.stats.dead_after)}
-        targets = [n for n in nodes if n.takes_chunks(now)]
         self.stats.dead_nodes = sorted(n.node_id for n in nodes if n.node_id not in reachable)
         todo = await self._measure_backlog(list(counted), budget)
         pass_started = time.monotonic()
@@ -78,7 +77,7 @@ class Repair(Chore):
         async def repair_one(item: list[Any]) -> None:
             nonlocal repaired
             try:
-                if await self._repair_chunk(item, counted, reachable, targets, pass_started):
+                if await self._repair_chunk(item, counted, reachable, nodes, now, pass_started):
                     repaired += 1
             finally:
                 slots.release()
@@ -94,7 +93,7 @@ class Repair(Chore):
         return repaired
 
     async def _repair_chunk(self, item: list[Any], counted: dict[str, BlobNode], reachable: dict[str, BlobNode],
-                            targets: list[BlobNode], pass_started: float) -> bool:
+                            nodes: list[BlobNode], now: float, pass_started: float) -> bool:
         """Copy one under-replicated chunk onto spare nodes and record the new replica
         set; True if a replica was added and recorded."""
         bucket, key, version, chunk, size, sha256, replicas = item
@@ -103,14 +102,14 @@ class Repair(Chore):
         if not sources:
             log.error("chunk %s of %s/%s has no live replica", chunk, bucket, key)
             return False
-        spares = sorted((n for n in targets if n.node_id not in healthy and n.free >= size),  # a full disk takes none
-                        key=lambda n: n.free, reverse=True)
+        spares = sorted((n for n in nodes if n.node_id not in healthy and n.takes_chunks(now, size)),
+                        key=lambda n: n.free, reverse=True)  # the emptiest first; a full disk takes none
         added = []
         for target in spares[: self.stats.replicas - len(healthy)]:
-            now = time.monotonic()  # the rate limit, shared by the pulls in flight
+            tick = time.monotonic()  # the rate limit, shared by the pulls in flight
             start_at = self._paced_until
-            self._paced_until = max(now, start_at) + size / (self.stats.rate_mb_s * 1e6)
-            await trio.sleep(max(0.0, start_at - now))
+            self._paced_until = max(tick, start_at) + size / (self.stats.rate_mb_s * 1e6)
+            await trio.sleep(max(0.0, start_at - tick))
             try:
                 await self.leader.blobs.pull(target.addr, chunk, sha256, reachable[sources[0]].addr)
             except (wire.WireError, OSError) as exc:
