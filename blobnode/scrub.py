@@ -25,7 +25,7 @@ from typing import Any
 
 import trio
 
-from blobnode.store import ChunkStore, StoreError, check_id
+from blobnode.store import ChunkStore
 from core import wire
 from raftmeta.client import MetaClient
 
@@ -48,7 +48,6 @@ class Scrubber:
         self.rate = max(rate_mb_s, 0.1) * 1e6
         self.interval = interval
         self.retry_first, self.retry_max = retry_first, max(retry_max, retry_first)
-        self.quarantine_dir = os.path.join(store.root, "quarantine")
         self.ledger_path = os.path.join(store.root, LEDGER)
         # Quarantined chunks raftmeta has not acknowledged yet: chunk id -> identity.
         self.unreported: dict[str, Quarantined] = {}
@@ -185,14 +184,11 @@ class Scrubber:
             log.warning("scrub: %d quarantined chunks were never acknowledged by raftmeta: reporting them", len(found))
 
     def _identity(self, chunk_id: str) -> Quarantined:
-        try:
-            st = os.stat(os.path.join(self.quarantine_dir, chunk_id))
-        except OSError:
-            return (chunk_id, None, None)
-        return (chunk_id, st.st_ino, st.st_mtime_ns)
+        stamp = self.store.quarantine_stamp(chunk_id)
+        return (chunk_id, None, None) if stamp is None else (chunk_id, *stamp)
 
     def _held_again(self, chunk_ids: list[str]) -> list[str]:
-        return [c for c in chunk_ids if os.path.exists(self.store.path(c))]
+        return [c for c in chunk_ids if self.store.holds(c)]
 
     def _read_ledger(self) -> set[Quarantined]:
         acked: set[Quarantined] = set()
@@ -207,24 +203,17 @@ class Scrubber:
         return acked
 
     def _recover(self) -> list[Quarantined]:
-        try:
-            names = sorted(os.listdir(self.quarantine_dir))
-        except FileNotFoundError:
-            names = []
+        names = self.store.quarantined()
         acked = self._read_ledger()
         present: set[Quarantined] = set()
         found: list[Quarantined] = []
         for name in names:
-            try:
-                check_id(name)
-            except StoreError:
-                continue
             identity = self._identity(name)
             if identity[1] is None:
                 continue  # gone since the listing
             if identity in acked:
                 present.add(identity)
-            elif not os.path.exists(self.store.path(name)):
+            elif not self.store.holds(name):
                 found.append(identity)
         if acked - present:  # entries for files since removed by an operator: compact
             try:

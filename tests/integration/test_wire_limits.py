@@ -26,6 +26,7 @@ from blobnode.client import BlobClient
 from blobnode.server import BlobServer
 from blobnode.store import ChunkStore
 from core import wire
+from tests.integration.blobnodes import until_closed
 
 SECRET = "wire-limits-secret"
 REFUSAL = {"ok": False, "err": wire.ERR_AUTH, "msg": "cluster secret required"}
@@ -58,21 +59,6 @@ async def challenged(addr: str) -> wire.FramedSocket:
     hello = await conn.recv_header()
     assert hello is not None and len(hello["hello"]) == 16
     return conn
-
-
-async def until_closed(conn: wire.FramedSocket) -> bytes:
-    """Everything the server sends until it closes (EOF or reset)."""
-    got = bytearray(conn._buf)
-    while True:
-        try:
-            data = await conn.sock.recv(65536)
-        except OSError:
-            break
-        if not data:
-            break
-        got += data
-    conn.close()
-    return bytes(got)
 
 
 async def put_and_get(client: BlobClient, addr: str) -> float:
