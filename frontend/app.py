@@ -1,4 +1,6 @@
-"""The S3 frontend as a QuartTrio app: request routing, authentication, error rendering.
+"""The S3 frontend as a QuartTrio app: request parsing, authentication, and the one
+place where exceptions become S3 error responses (``error_response``). Which operation a
+request is, what it needs and who handles it: ``frontend.routes``.
 
 Quart is used for its ASGI plumbing, with three of its defaults replaced:
 - request bodies: Quart buffers every received piece with no backpressure. Our body
@@ -15,7 +17,6 @@ Quart is used for its ASGI plumbing, with three of its defaults replaced:
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import time
@@ -29,15 +30,15 @@ from quart_trio.asgi import TrioASGIHTTPConnection
 from quart_trio.wrappers.request import TrioBody, TrioRequest
 
 from core import wire
-from frontend import cors, handlers, iam, metrics
+from frontend import iam, metrics, routes
 from frontend.budget import OWNER
 from frontend.context import Context, read_body
-from frontend.errors import S3Error
+from frontend.errors import SERVICE_UNAVAILABLE, S3Error, from_wire
+from frontend.s3 import cors
 
 log = logging.getLogger("frontend")
 
 BODY_BUFFER = 1 << 20
-ADMIN_PREFIX = "_cairn"
 
 
 class BoundedBody(TrioBody):
@@ -129,8 +130,9 @@ class CairnApp(QuartTrio):
         super().__init__("cairn-frontend")
         self.ctx = ctx
         self.config.update(MAX_CONTENT_LENGTH=None, BODY_TIMEOUT=None, RESPONSE_TIMEOUT=None, PROVIDE_AUTOMATIC_OPTIONS=False)
-        self.register_error_handler(S3Error, self._s3_error)
-        self.register_error_handler(Exception, self._internal_error)
+        # Every exception met while serving is answered in ``route``; this hook is only
+        # for one raised outside it (Quart's own machinery), rendered the same way.
+        self.register_error_handler(Exception, self._unhandled)
 
     def create_url_adapter(self, request: Any) -> Any:
         # S3 routes come from the raw path (``route``): no werkzeug URL map to match, and
@@ -142,21 +144,31 @@ class CairnApp(QuartTrio):
 
         return await route(self.ctx, request)
 
-    async def _s3_error(self, exc: S3Error) -> Response:
+    async def _unhandled(self, exc: Exception) -> Response:
         from quart import request
 
-        return await app_error_response(exc, request)
-
-    async def _internal_error(self, exc: Exception) -> Response:
-        log.exception("internal error")
-        return await self._s3_error(S3Error("InternalError"))
+        return error_response(exc, request)
 
 
-async def app_error_response(exc: S3Error, request: Any) -> Response:
-    """The S3 error document (no body for HEAD), with the request id."""
+def as_s3_error(exc: BaseException) -> S3Error:
+    """What an exception met while serving says to the client: an S3 error as raised; a
+    raftmeta or blob node that did not answer is ServiceUnavailable (retryable), never
+    InternalError; anything else is a bug (logged) and InternalError."""
+    if isinstance(exc, S3Error):
+        return exc
+    if isinstance(exc, wire.WireError):
+        return from_wire(exc, SERVICE_UNAVAILABLE)
+    log.error("internal error", exc_info=exc)
+    return S3Error("InternalError")
+
+
+def error_response(exc: BaseException, request: Any) -> Response:
+    """The one place where exceptions become responses: the S3 error document (no body
+    for HEAD), with the request id."""
+    error = as_s3_error(exc)
     request_id = getattr(request, "request_id", "")
-    body = b"" if request.method == "HEAD" else exc.to_xml(request.path, request_id)
-    response = Response(body, status=exc.status, content_type="application/xml")
+    body = b"" if request.method == "HEAD" else error.to_xml(request.path, request_id)
+    response = Response(body, status=error.status, content_type="application/xml")
     response.headers["x-amz-request-id"] = request_id
     # An answer given before the body was read needs no "Connection: close" of ours: h11
     # never starts the next request on a connection whose request it has not read to
@@ -201,15 +213,6 @@ def query_params(raw: bytes) -> dict[str, str]:
 SLOW_REQUEST = 5.0
 
 
-def as_s3_error(exc: S3Error | wire.WireError) -> S3Error:
-    """The one place where errors met while serving become S3 errors: a raftmeta or blob
-    node that did not answer is ServiceUnavailable (retryable), never InternalError."""
-    if isinstance(exc, wire.WireError):
-        log.warning("internal call failed: %s", exc)
-        return S3Error("ServiceUnavailable", "A service this request needs is unavailable. Please retry.")
-    return exc
-
-
 def budget_owner(request: Any, principal: iam.Principal) -> None:
     """Whose share of the chunk-buffer budget this request uses: its user, or for an
     anonymous request its client's address."""
@@ -217,26 +220,21 @@ def budget_owner(request: Any, principal: iam.Principal) -> None:
     OWNER.set(principal.user if principal.user is not None else f"anonymous@{client[0]}")
 
 
-def _loopback(client: Any) -> bool:
-    try:
-        return ipaddress.ip_address(client[0]).is_loopback
-    except (TypeError, ValueError, IndexError):
-        return False
-
-
 async def route(ctx: Context, request: Any) -> Response:
     request.request_id = os.urandom(8).hex().upper()
     request.operation = "Other"
+    request.cors_bucket = None  # set once an S3 operation is dispatched: its errors get CORS headers too
     started = time.monotonic()
     status = 500
     try:
-        response = await _route(ctx, request)
+        try:
+            response = await _route(ctx, request)
+        except Exception as exc:
+            response = error_response(exc, request)
+            if request.cors_bucket is not None and isinstance(exc, (S3Error, wire.WireError)):
+                await cors.decorate(ctx, request, request.cors_bucket, response)
         status = response.status_code
         return response
-    except (S3Error, wire.WireError) as exc:
-        error = as_s3_error(exc)
-        status = error.status
-        raise error from None
     finally:
         request.body.abandon()
         took = time.monotonic() - started
@@ -259,25 +257,18 @@ async def _route(ctx: Context, request: Any) -> Response:
     if virtual is not None:  # BUCKET.DOMAIN/KEY: the whole path is the key
         bucket, key = virtual, split_path(b"/" + virtual.encode() + raw_path)[1]
     params = query_params(query_string)
-    request.operation = metrics.operation(request.method, bucket, key, params)
-    if bucket == ADMIN_PREFIX and key == "health":
-        return await handlers.admin(ctx, request, key)
-    if request.method == "OPTIONS":  # CORS preflight: never authenticated
-        return await cors.preflight(ctx, request, bucket)
+    route = routes.match(request.method, bucket, key, params, request.headers)
+    request.operation = route.operation
+    if route.need == routes.OPEN:  # health, CORS preflight: never authenticated
+        return await route.handler(ctx, request, bucket, key, params)
+    operator = routes.level(bucket, key) == routes.OPERATOR
     request.auth, request.principal = await iam.authenticate(
-        ctx, request.method, raw_path, query_string, headers, "" if bucket == ADMIN_PREFIX else bucket)
+        ctx, request.method, raw_path, query_string, headers, "" if operator else bucket)
     budget_owner(request, request.principal)
-    if bucket == ADMIN_PREFIX:  # operator endpoints: admin credentials only
-        if not request.principal.admin:
-            raise S3Error("AccessDenied")
-        if ctx.default_root and not _loopback(request.scope.get("client")):
-            raise S3Error("AccessDenied", "Operator endpoints answer only loopback clients while the root "
-                          "credentials are the documented defaults: set CAIRN_ROOT_ACCESS_KEY and CAIRN_ROOT_SECRET_KEY.")
-        return await handlers.admin(ctx, request, key or "")
-    try:
-        response = await handlers.dispatch(ctx, request, bucket, key, params)
-    except (S3Error, wire.WireError) as exc:
-        response = await app_error_response(as_s3_error(exc), request)
+    if operator:
+        return await routes.dispatch(ctx, request, route, bucket, key, params)
+    request.cors_bucket = bucket
+    response = await routes.dispatch(ctx, request, route, bucket, key, params)
     response.headers["x-amz-request-id"] = request.request_id
     await cors.decorate(ctx, request, bucket, response)
     return response

@@ -1,22 +1,20 @@
 """What every S3 handler shares: the frontend's context, raftmeta calls with their
-errors mapped to S3's, and response helpers."""
+errors mapped to S3's (``errors.from_wire``, ``errors.from_reply``), request parsing and
+response helpers."""
 
 from __future__ import annotations
 
-import logging
 import re
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import Any
 
 from quart import Response
 
 from blobnode.client import BlobClient
 from core import wire
 from frontend.datapath import DataPath
-from frontend.errors import ERRORS, S3Error
+from frontend.errors import S3Error, from_reply, from_wire
 from raftmeta.client import MetaClient
-
-log = logging.getLogger("frontend")
 
 MAX_USER_METADATA = 2048
 STORED_HEADERS = ("cache-control", "content-disposition", "content-language", "expires")
@@ -51,13 +49,13 @@ class Context:
 
 
 async def meta_call(call: Any) -> dict[str, Any]:
-    """Await a raftmeta call; turn its error codes into S3 errors."""
+    """Await a raftmeta call; its failure or its error code raises the S3 error."""
     try:
         reply = await call
-    except wire.WireError:
-        raise S3Error("ServiceUnavailable", "The metadata service is unavailable. Please retry.") from None
+    except wire.WireError as exc:
+        raise from_wire(exc) from None
     if not reply.get("ok"):
-        raise_reply(reply)
+        raise from_reply(reply)
     return reply
 
 
@@ -65,22 +63,12 @@ async def meta_call_many(ctx: Context, queries: list[dict[str, Any]]) -> list[di
     """Several linearizable reads behind one Raft barrier; the first failed one raises."""
     try:
         results = await ctx.meta.read_many(queries)
-    except wire.WireError as exc:  # unavailable -> ServiceUnavailable, like every other code
-        raise_reply({"err": exc.code, "msg": exc.msg})
+    except wire.WireError as exc:
+        raise from_wire(exc) from None
     for reply in results:
         if not reply.get("ok"):
-            raise_reply(reply)
+            raise from_reply(reply)
     return results
-
-
-def raise_reply(reply: dict[str, Any]) -> NoReturn:
-    code = reply.get("err", "InternalError")
-    if code == wire.ERR_UNAVAILABLE:
-        raise S3Error("ServiceUnavailable", "The metadata service is unavailable. Please retry.")
-    if code not in ERRORS:
-        log.error("raftmeta error %s: %s", code, reply.get("msg"))
-        raise S3Error("InternalError")
-    raise S3Error(code)
 
 
 async def read_body(request: Any, limit: int) -> bytes:
@@ -125,3 +113,25 @@ def user_metadata(request: Any) -> dict[str, str]:
     if sum(len(k) + len(v) for k, v in meta.items()) > MAX_USER_METADATA:
         raise S3Error("MetadataTooLarge", MaxMetadataSize=MAX_USER_METADATA)
     return meta
+
+
+def stored_headers(request: Any) -> dict[str, str]:
+    """The request's headers an object keeps and serves back (Content-Encoding as sent)."""
+    headers = {h: request.headers[h] for h in STORED_HEADERS if h in request.headers}
+    if "content-encoding" in request.headers:
+        headers["content-encoding"] = request.headers["content-encoding"]
+    return headers
+
+
+def encoding_type(params: dict[str, str]) -> str | None:
+    """A listing's ``encoding-type``: absent or ``url``."""
+    encoding = params.get("encoding-type")
+    if encoding not in (None, "url"):
+        raise S3Error("InvalidArgument", "Invalid Encoding Method specified in Request", ArgumentName="encoding-type")
+    return encoding
+
+
+def checksum_headers(response: Response, checksum: dict[str, str]) -> Response:
+    for algo, value in checksum.items():
+        response.headers[f"x-amz-checksum-{algo}"] = value
+    return response

@@ -1,15 +1,24 @@
 """Every S3 error the frontend can return, defined once.
 
-A handler raises ``S3Error(code, message=None, **fields)``; the one error hook in
-``frontend.app`` renders it as AWS does: the HTTP status of the code and an XML body
-``<Error><Code/><Message/><Resource/><RequestId/>...</Error>``. HEAD responses carry
-no body, only the status.
+A handler raises ``S3Error(code, message=None, **fields)``; a failed internal call
+becomes one in ``from_wire`` (a call that did not complete, ``WireError``) or
+``from_reply`` (raftmeta's answer naming an error). ``frontend.app.error_response``, the
+one place where exceptions become responses, renders it as AWS does: the HTTP status of
+the code and an XML body ``<Error><Code/><Message/><Resource/><RequestId/>...</Error>``.
+HEAD responses carry no body, only the status.
 """
 
 from __future__ import annotations
 
+import logging
 import re
+from collections.abc import Mapping
+from typing import Any
 from xml.sax.saxutils import escape
+
+from core import wire
+
+log = logging.getLogger("frontend")
 
 # What an XML 1.0 document cannot carry, not even as a character reference: keys holding
 # it are refused (``names.check_key``), a request path's is percent-encoded in <Resource>.
@@ -95,3 +104,30 @@ class S3Error(Exception):
             parts.append(f"<RequestId>{request_id}</RequestId>")
         parts.append("</Error>")
         return "".join(parts).encode()
+
+
+METADATA_UNAVAILABLE = "The metadata service is unavailable. Please retry."
+SERVICE_UNAVAILABLE = "A service this request needs is unavailable. Please retry."
+
+
+def from_wire(exc: wire.WireError, message: str = METADATA_UNAVAILABLE) -> S3Error:
+    """The one mapping of an internal call that failed (no raftmeta or blob node
+    answered, or raftmeta refused a whole batch) to an S3 error: ServiceUnavailable,
+    which clients retry, never InternalError; an S3 code raftmeta named is kept."""
+    if exc.code != wire.ERR_UNAVAILABLE and exc.code in ERRORS:
+        return S3Error(exc.code)
+    log.warning("internal call failed: %s", exc)
+    return S3Error("ServiceUnavailable", message)
+
+
+def from_reply(reply: Mapping[str, Any]) -> S3Error:
+    """The S3 error of a raftmeta reply with ``ok`` false: its code when it is one of
+    S3's (NoSuchBucket, PreconditionFailed...), ServiceUnavailable when no leader could
+    decide, else InternalError (logged: raftmeta and the frontend disagree)."""
+    code = reply.get("err", "InternalError")
+    if code == wire.ERR_UNAVAILABLE:
+        return S3Error("ServiceUnavailable", METADATA_UNAVAILABLE)
+    if code not in ERRORS:
+        log.error("raftmeta error %s: %s", code, reply.get("msg"))
+        return S3Error("InternalError")
+    return S3Error(code)

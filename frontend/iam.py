@@ -16,7 +16,6 @@ objects too, as a bucket policy would; there are no per-object ACLs.)
 from __future__ import annotations
 
 import re
-import secrets
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
@@ -25,7 +24,7 @@ import trio
 
 from core import wire
 from frontend.context import Context
-from frontend.errors import S3Error
+from frontend.errors import S3Error, from_wire
 from frontend.sigv4 import AuthResult, verify_request
 
 ROOT_USER = "root"
@@ -67,8 +66,8 @@ async def lookup_key(ctx: Context, access_key: str | None, bucket: str = "") -> 
         queries.append({"q": "access", "bucket": bucket, "access_key": access_key})
     try:
         results = await ctx.meta.read_many(queries)
-    except wire.WireError:
-        raise S3Error("ServiceUnavailable", "The metadata service is unavailable. Please retry.") from None
+    except wire.WireError as exc:
+        raise from_wire(exc) from None
     key = results[0]
     if not key.get("found"):
         return None, ANONYMOUS
@@ -140,8 +139,8 @@ async def _candidate_secret(ctx: Context, access_key: str) -> str | None:
             return local["secret"]
         async with _UNKNOWN:
             reply = await ctx.meta.read({"q": "key", "access_key": access_key})
-    except wire.WireError:
-        raise S3Error("ServiceUnavailable", "The metadata service is unavailable. Please retry.") from None
+    except wire.WireError as exc:
+        raise from_wire(exc) from None
     return reply["secret"] if reply.get("found") else None
 
 
@@ -156,8 +155,8 @@ async def authorize(ctx: Context, principal: Principal, bucket: str, need: str) 
     if access is None:
         try:
             access = await ctx.meta.read({"q": "access", "bucket": bucket, "user": principal.user or ""})
-        except wire.WireError:
-            raise S3Error("ServiceUnavailable", "The metadata service is unavailable. Please retry.") from None
+        except wire.WireError as exc:
+            raise from_wire(exc) from None
     if not access.get("exists"):
         if principal.user is None:
             raise S3Error("AccessDenied")
@@ -171,89 +170,3 @@ async def authorize(ctx: Context, principal: Principal, bucket: str, need: str) 
         if access["acl"] == "public-read" or (access["acl"] == "authenticated-read" and principal.user is not None):
             return
     raise S3Error("AccessDenied")
-
-
-def required(method: str, key: str | None, params: dict[str, str]) -> str:
-    """The permission an S3 request needs on its bucket (see ``authorize``)."""
-    if key is None:
-        if "acl" in params or "cors" in params or method == "DELETE":
-            return "full"
-        if method == "HEAD" or "location" in params or "versioning" in params:
-            return "any"
-        if method == "POST":
-            return "write"  # DeleteObjects
-        return "list"
-    if method in ("GET", "HEAD") and "uploadId" not in params:
-        return "read"
-    return "write"
-
-
-# ---------------------------------------------------------------------- operator endpoints
-
-
-def _name(value: Any) -> str:
-    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9_.@+=-]{1,64}", value) or value == ROOT_USER:
-        raise AdminError(400, "InvalidUserName", "user names are 1-64 of A-Z a-z 0-9 _ . @ + = -, and not 'root'")
-    return value
-
-
-class AdminError(Exception):
-    def __init__(self, status: int, code: str, message: str = "") -> None:
-        super().__init__(code)
-        self.status, self.code, self.message = status, code, message
-
-
-_STATUS = {"UserAlreadyExists": 409, "NoSuchUser": 404, "UserOwnsBuckets": 409, "KeyAlreadyExists": 409,
-           "NoSuchNode": 404, "NodeNotEmpty": 409,
-           "NoSuchKeyId": 404, "NoSuchBucket": 404, "InvalidArgument": 400}
-
-
-async def _write(ctx: Context, cmd: dict[str, Any]) -> dict[str, Any]:
-    try:
-        reply = await ctx.meta.write(cmd)
-    except wire.WireError:
-        raise AdminError(503, "Unavailable", "no Raft leader answered") from None
-    if not reply.get("ok"):
-        raise AdminError(_STATUS.get(reply.get("err", ""), 500), reply.get("err", "InternalError"))
-    return reply
-
-
-async def admin_users(ctx: Context, method: str, parts: list[str], body: dict[str, Any], ts: float) -> tuple[int, Any]:
-    """/_cairn/users..., /_cairn/keys/..., /_cairn/buckets/B/grants/U, /_cairn/nodes/N/...: (status, JSON)."""
-    if parts == ["users"] and method == "GET":
-        return 200, (await ctx.meta.read({"q": "users"}))["users"]
-    if parts == ["users"] and method == "POST":
-        name = _name(body.get("name"))
-        await _write(ctx, {"op": "create_user", "name": name, "admin": bool(body.get("admin")), "ts": ts})
-        return 201, {"name": name}
-    if len(parts) == 2 and parts[0] == "users" and method == "DELETE":
-        await _write(ctx, {"op": "delete_user", "name": _name(parts[1])})
-        return 204, None
-    if len(parts) == 3 and parts[0] == "users" and parts[2] == "keys" and method == "POST":
-        access_key = "CK" + secrets.token_hex(9).upper()
-        secret = secrets.token_urlsafe(30)
-        await _write(ctx, {"op": "create_key", "user": _name(parts[1]), "access_key": access_key,
-                           "secret": secret, "ts": ts})
-        return 201, {"user": parts[1], "access_key": access_key, "secret_key": secret,
-                     "note": "the secret key is shown only now"}
-    if len(parts) == 2 and parts[0] == "keys" and method == "DELETE":
-        await _write(ctx, {"op": "delete_key", "access_key": parts[1]})
-        return 204, None
-    if len(parts) == 4 and parts[0] == "buckets" and parts[2] == "grants":
-        if method == "PUT":
-            permission = body.get("permission")
-            if permission not in ("read", "write", "list", "full"):
-                raise AdminError(400, "InvalidArgument", "permission must be read, write, list or full")
-            await _write(ctx, {"op": "grant", "bucket": parts[1], "user": _name(parts[3]), "permission": permission})
-            return 200, {"bucket": parts[1], "user": parts[3], "permission": permission}
-        if method == "DELETE":
-            await _write(ctx, {"op": "grant", "bucket": parts[1], "user": _name(parts[3]), "permission": None})
-            return 204, None
-    if len(parts) == 3 and parts[0] == "nodes" and method == "POST" and parts[2] in ("drain", "activate"):
-        state = "draining" if parts[2] == "drain" else "active"
-        await _write(ctx, {"op": "set_node_state", "node_id": parts[1], "state": state})
-        return 200, {"node_id": parts[1], "state": state}
-    if len(parts) == 2 and parts[0] == "nodes" and method == "DELETE":
-        await _write(ctx, {"op": "set_node_state", "node_id": parts[1], "state": "removed"})
-        return 204, None
-    raise AdminError(404, "NoSuchEndpoint", "unknown admin endpoint")

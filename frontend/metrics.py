@@ -1,6 +1,6 @@
 """Prometheus metrics of a frontend, served at ``/_cairn/metrics`` (admin credentials).
 
-Per request: counts by S3 operation and status, latency histograms, bytes in and out.
+Per request: counts by S3 operation (the route's name, ``frontend.routes``) and status, latency histograms, bytes in and out.
 At scrape time, the cluster as this frontend sees it: each raftmeta node's role, term
 and commit index, each blob node's disk, the GC queue, upload expiry and repair state.
 """
@@ -14,6 +14,7 @@ import trio
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from core import wire
+from core.nodes import BlobNode
 from frontend.context import Context
 
 REGISTRY = CollectorRegistry()
@@ -42,30 +43,6 @@ UPLOADS = Gauge("cairn_multipart_uploads", "Incomplete multipart uploads", regis
 BUFFERS_FREE = Gauge("cairn_frontend_chunk_buffers_free", "Chunk buffers free in this frontend", registry=REGISTRY)
 
 
-def operation(method: str, bucket: str, key: str | None, params: dict[str, str]) -> str:
-    """An S3 operation name for the labels (bounded set: never a bucket or a key)."""
-    if not bucket:
-        return "ListBuckets"
-    if bucket == "_cairn":
-        return "Admin"
-    if key is None:
-        for sub, name in (("uploads", "ListMultipartUploads"), ("acl", "BucketAcl"), ("cors", "BucketCors"),
-                          ("delete", "DeleteObjects"), ("location", "GetBucketLocation")):
-            if sub in params:
-                return name
-        return {"PUT": "CreateBucket", "HEAD": "HeadBucket", "DELETE": "DeleteBucket", "POST": "PostObject",
-                "OPTIONS": "Preflight"}.get(method, "ListObjects")
-    if "uploadId" in params:
-        return {"PUT": "UploadPart", "POST": "CompleteMultipartUpload", "DELETE": "AbortMultipartUpload",
-                "GET": "ListParts"}.get(method, "Multipart")
-    if "uploads" in params:
-        return "CreateMultipartUpload"
-    if "tagging" in params:
-        return "ObjectTagging"
-    return {"PUT": "PutObject", "GET": "GetObject", "HEAD": "HeadObject", "DELETE": "DeleteObject",
-            "OPTIONS": "Preflight"}.get(method, "Other")
-
-
 def observe(op: str, status: int, seconds: float, received: int, sent: int) -> None:
     REQUESTS.labels(op, str(status)).inc()
     LATENCY.labels(op).observe(seconds)
@@ -91,10 +68,10 @@ async def render(ctx: Context) -> bytes:
         RAFT_UP.labels(addr).set(0)
     try:
         nodes = await ctx.meta.read({"q": "nodes"}, linear=False, deadline=3)
-        for node in nodes.get("nodes", []):
-            BLOB_USED.labels(node["node_id"]).set(node["used"])
-            BLOB_CAPACITY.labels(node["node_id"]).set(node["capacity"])
-            BLOB_HEARTBEAT_AGE.labels(node["node_id"]).set(max(0.0, time.time() - node["heartbeat"]))
+        for node in map(BlobNode.from_record, nodes.get("nodes", [])):
+            BLOB_USED.labels(node.node_id).set(node.used)
+            BLOB_CAPACITY.labels(node.node_id).set(node.capacity)
+            BLOB_HEARTBEAT_AGE.labels(node.node_id).set(max(0.0, time.time() - node.heartbeat))
         chores: dict[str, Any] = await ctx.meta.call({"op": "chore", "name": "status"}, deadline=3)
         if chores.get("ok"):
             GC_QUEUED.set(chores["gc"]["queued"])

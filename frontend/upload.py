@@ -18,9 +18,9 @@ from typing import Any
 from core.wire import WireError
 from frontend.checksums import check_value, new_checksum, requested_checksums
 from frontend.chunked import AwsChunkedDecoder
-from frontend.context import decimal, raise_reply
+from frontend.context import decimal
 from frontend.datapath import DataPath, Stored
-from frontend.errors import S3Error
+from frontend.errors import S3Error, from_reply, from_wire
 from raftmeta.client import MetaClient
 
 MAX_PUT_SIZE = 5 * 1024**3
@@ -170,9 +170,9 @@ async def commit_object(
     try:
         reply = await meta.write({"op": "put_object", "bucket": bucket, "key": key, "obj": obj, "ts": obj["created"],
                                   "cond": cond or {}})
-    except WireError:
-        raise S3Error("ServiceUnavailable", "The metadata service is unavailable. Please retry.") from None
+    except WireError as exc:
+        raise from_wire(exc) from None
     if not reply.get("ok"):
         await data.discard(stored.chunks)
-        raise_reply(reply)
+        raise from_reply(reply)
     return etag

@@ -7,8 +7,8 @@ import pytest
 
 from frontend.app import query_params, split_path
 from frontend.errors import S3Error
-from frontend.handlers import parse_range
 from frontend.names import MAX_KEY_BYTES, check_bucket_name, check_key
+from frontend.s3.object import parse_range
 
 # ---------------------------------------------------------------------- bucket names
 

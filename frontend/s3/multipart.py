@@ -20,19 +20,20 @@ from quart import Response
 from frontend import conditions, iam, s3xml
 from frontend.checksums import ALGORITHMS, COMBINABLE, combine_b64, new_checksum
 from frontend.context import (
-    STORED_HEADERS,
     Context,
+    checksum_headers,
     decimal,
     empty_response,
+    encoding_type,
     meta_call,
-    raise_reply,
     read_body,
+    stored_headers,
     user_metadata,
     xml_response,
 )
-from frontend.copyobject import parse_copy_source
 from frontend.datapath import Stored
-from frontend.errors import S3Error
+from frontend.errors import S3Error, from_reply
+from frontend.s3.copy_object import parse_copy_source
 from frontend.upload import UploadBody
 
 MAX_PART_SIZE = 5 * 1024**3
@@ -72,9 +73,7 @@ async def create(ctx: Context, request: Any, bucket: str, key: str) -> Response:
         raise S3Error("InvalidRequest", f"The FULL_OBJECT checksum type cannot be used with the {algorithm} algorithm.")
     if algorithm is not None and checksum_type is None:
         checksum_type = "FULL_OBJECT" if algorithm == "crc64nvme" else "COMPOSITE"  # S3's defaults
-    headers = {h: request.headers[h] for h in STORED_HEADERS if h in request.headers}
-    if "content-encoding" in request.headers:
-        headers["content-encoding"] = request.headers["content-encoding"]
+    headers = stored_headers(request)
     upload_id = new_upload_id()
     await meta_call(ctx.meta.write({
         "op": "create_upload", "upload_id": upload_id, "bucket": bucket, "key": key, "ts": time.time(),
@@ -115,10 +114,7 @@ async def upload_part(ctx: Context, request: Any, bucket: str, key: str, params:
     await meta_call(_commit_part(ctx, bucket, key, upload_id, number, part))
     if "x-amz-copy-source" in request.headers:
         return xml_response(s3xml.copy_part_result(etag, time.time()))
-    response = empty_response(headers={"ETag": f'"{etag}"'})
-    for algo, value in checksum.items():
-        response.headers[f"x-amz-checksum-{algo}"] = value
-    return response
+    return checksum_headers(empty_response(headers={"ETag": f'"{etag}"'}), checksum)
 
 
 async def _commit_part(ctx: Context, bucket: str, key: str, upload_id: str, number: int,
@@ -251,7 +247,7 @@ async def complete(ctx: Context, request: Any, bucket: str, key: str, upload_id:
     reply = await ctx.meta.write({"op": "complete_upload", "upload_id": upload_id, "bucket": bucket, "key": key,
                                   "parts": [[n, e] for n, e, _ in listed], "obj": obj, "ts": now, "cond": cond})
     if not reply.get("ok"):
-        raise_reply(reply)
+        raise from_reply(reply)
     return _complete_response(request, bucket, key, reply["etag"], checksum, meta.get("checksum_type"))
 
 
@@ -261,7 +257,7 @@ async def _retried_complete(ctx: Context, request: Any, bucket: str, key: str, u
     reply = await ctx.meta.write({"op": "complete_upload", "upload_id": upload_id, "bucket": bucket, "key": key,
                                   "parts": [[n, e] for n, e, _ in listed], "obj": {}, "ts": time.time()})
     if not reply.get("ok"):
-        raise_reply(reply)
+        raise from_reply(reply)
     obj = (await meta_call(ctx.meta.read({"q": "object", "bucket": bucket, "key": key})))["obj"]
     same = obj["etag"] == reply["etag"]
     checksum = obj["meta"].get("checksum", {}) if same else {}
@@ -294,9 +290,7 @@ async def list_uploads(ctx: Context, bucket: str, params: dict[str, str]) -> Res
     max_uploads = decimal(params.get("max-uploads", "1000"))
     if max_uploads is None:
         raise S3Error("InvalidArgument", "max-uploads must be a non-negative integer", ArgumentName="max-uploads")
-    encoding = params.get("encoding-type")
-    if encoding not in (None, "url"):
-        raise S3Error("InvalidArgument", "Invalid Encoding Method specified in Request", ArgumentName="encoding-type")
+    encoding = encoding_type(params)
     p = {"prefix": params.get("prefix", ""), "delimiter": params.get("delimiter", ""),
          "key_marker": params.get("key-marker", ""), "upload_id_marker": params.get("upload-id-marker", ""),
          "max_uploads": min(max_uploads, 1000), "encoding_type": encoding}

@@ -10,10 +10,11 @@ from urllib.parse import unquote
 
 from quart import Response
 
-from frontend import conditions, iam, s3xml, tagging
-from frontend.context import STORED_HEADERS, Context, meta_call, user_metadata, xml_response
+from frontend import conditions, iam, s3xml
+from frontend.context import Context, meta_call, stored_headers, user_metadata, xml_response
 from frontend.errors import S3Error
 from frontend.names import check_bucket_name, check_key
+from frontend.s3 import tagging
 
 _SOURCE_CONDITIONS = {
     "x-amz-copy-source-if-match": "if-match",
@@ -60,10 +61,7 @@ async def copy_object(ctx: Context, request: Any, bucket: str, key: str) -> Resp
     meta: dict[str, Any] | None = None
     content_type = None
     if metadata == "REPLACE":
-        headers = {h: request.headers[h] for h in STORED_HEADERS if h in request.headers}
-        if "content-encoding" in request.headers:
-            headers["content-encoding"] = request.headers["content-encoding"]
-        meta = {"user": user_metadata(request), "headers": headers}
+        meta = {"user": user_metadata(request), "headers": stored_headers(request)}
         content_type = request.headers.get("content-type", "binary/octet-stream")
     elif tags != source_tags:
         meta = {"user": src["meta"].get("user", {}), "headers": src["meta"].get("headers", {})}

@@ -1,0 +1,229 @@
+"""The route table: every request Cairn answers, in one ordered list.
+
+A route names the S3 operation (AWS's name, and the metrics label), says how it matches
+(method, level, the sub-resource query key, a header where that decides the operation),
+the access it needs, and its handler. The first route that matches a request is its
+route; each level ends with a catch-all, so every request has exactly one. Requests
+that S3 defines but Cairn does not implement have routes too (answering NotImplemented,
+as do methods S3 does not define on a resource: MethodNotAllowed), so a new feature is
+a new handler on an existing row.
+
+Needs, checked by ``dispatch`` (an object's key is checked first):
+- ``open``: nothing, not even a signature (health, CORS preflight);
+- ``admin``: admin credentials, from loopback only while the root credentials are the
+  documented defaults (the operator endpoints under ``/_cairn/``);
+- ``signed``: whoever signed, or anonymous; ``user``: a signed user;
+- ``policy``: the browser form's signed policy, checked by its handler;
+- ``read``, ``write``, ``list``, ``full``, ``any``: that access to the request's
+  bucket (``iam.authorize``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from quart import Response
+
+from frontend import iam, operator
+from frontend.context import Context
+from frontend.errors import S3Error
+from frontend.names import check_key
+from frontend.s3 import (
+    acl,
+    bucket,
+    copy_object,
+    cors,
+    delete_objects,
+    multipart,
+    post_object,
+    service,
+    tagging,
+    versioning,
+)
+from frontend.s3 import object as s3object  # (not the builtin)
+
+OPERATOR_PREFIX = "_cairn"
+
+# levels
+SERVICE, OPERATOR, BUCKET, OBJECT = "service", "operator", "bucket", "object"
+ALL_LEVELS = (SERVICE, OPERATOR, BUCKET, OBJECT)
+# needs
+OPEN, ADMIN, SIGNED, USER, POLICY = "open", "admin", "signed", "user", "policy"
+READ, WRITE, LIST, FULL, ANY = "read", "write", "list", "full", "any"
+BUCKET_ACCESS = (READ, WRITE, LIST, FULL, ANY)
+
+Handler = Callable[[Context, Any, str, str | None, dict[str, str]], Awaitable[Response]]
+
+
+@dataclass(frozen=True)
+class Route:
+    operation: str
+    levels: tuple[str, ...]
+    methods: tuple[str, ...]  # () = any method
+    need: str
+    handler: Handler
+    query: str | None = None  # a query key (sub-resource) the request carries
+    value: str | None = None  # ... with this value
+    header: str | None = None  # a header the request carries (lower case)
+    bare: bool = False  # no query parameters at all
+    key: str | None = None  # this exact key (operator paths)
+
+    def matches(self, level: str, method: str, key: str | None, params: dict[str, str], headers: Any) -> bool:
+        return (level in self.levels and (not self.methods or method in self.methods)
+                and (self.query is None or self.query in params)
+                and (self.value is None or params.get(self.query or "") == self.value)
+                and (self.header is None or self.header in headers)
+                and (not self.bare or not params) and (self.key is None or key == self.key))
+
+
+def level(bucket_name: str, key: str | None) -> str:
+    if not bucket_name:
+        return SERVICE
+    if bucket_name == OPERATOR_PREFIX:
+        return OPERATOR
+    return BUCKET if key is None else OBJECT
+
+
+def match(method: str, bucket_name: str, key: str | None, params: dict[str, str], headers: Any) -> Route:
+    """The request's route: the first that matches (every level ends with a catch-all)."""
+    where = level(bucket_name, key)
+    return next(r for r in _BY_LEVEL[where] if r.matches(where, method, key, params, headers))
+
+
+# ---------------------------------------------------------------------- handlers
+
+
+def _refuse(code: str, message: str | None = None) -> Handler:
+    async def refuse(ctx: Context, request: Any, b: str, k: str | None, p: dict[str, str]) -> Response:
+        raise S3Error(code, message)
+    return refuse
+
+
+def _not_implemented(sub: str) -> Handler:
+    return _refuse("NotImplemented", f"The {sub} sub-resource is not implemented yet.")
+
+
+async def _operator(ctx: Context, request: Any, b: str, k: str | None, p: dict[str, str]) -> Response:
+    return await operator.serve(ctx, request, k or "")
+
+
+def _route(operation: str, level_: str, methods: str, need: str, handler: Handler, **match: Any) -> Route:
+    return Route(operation, (level_,), tuple(methods.split()), need, handler, **match)
+
+
+_MNA = _refuse("MethodNotAllowed")
+# Sub-resources of an object that S3 defines and Cairn does not implement (yet).
+OBJECT_UNSUPPORTED = ("uploads", "acl", "retention", "legal-hold", "torrent", "restore", "select")
+# Bucket sub-resources read with GET that Cairn does not implement (yet), with AWS's names.
+BUCKET_UNSUPPORTED = (
+    ("policy", "GetBucketPolicy"), ("lifecycle", "GetBucketLifecycleConfiguration"),
+    ("tagging", "GetBucketTagging"), ("website", "GetBucketWebsite"), ("replication", "GetBucketReplication"),
+    ("encryption", "GetBucketEncryption"), ("notification", "GetBucketNotificationConfiguration"),
+    ("logging", "GetBucketLogging"), ("object-lock", "GetObjectLockConfiguration"),
+    ("ownershipControls", "GetBucketOwnershipControls"))
+
+ROUTES: tuple[Route, ...] = (
+    # ------------------------------------------------------------------ before any signature
+    _route("Admin", OPERATOR, "", OPEN, _operator, key="health"),
+    Route("Preflight", ALL_LEVELS, ("OPTIONS",), OPEN, lambda c, r, b, k, p: cors.preflight(c, r, b)),
+    Route("Admin", (OPERATOR,), (), ADMIN, _operator),
+    # ------------------------------------------------------------------ service
+    _route("ListBuckets", SERVICE, "GET", USER, lambda c, r, b, k, p: service.list_buckets(c, r)),
+    _route("MethodNotAllowed", SERVICE, "", SIGNED, _MNA),
+    # ------------------------------------------------------------------ bucket
+    _route("CreateBucket", BUCKET, "PUT", USER, lambda c, r, b, k, p: bucket.create_bucket(c, r, b), bare=True),
+    _route("PostObject", BUCKET, "POST", POLICY, lambda c, r, b, k, p: post_object.presigned_post(c, r, b),
+           bare=True),
+    _route("PutBucketCors", BUCKET, "PUT", FULL, lambda c, r, b, k, p: cors.put_cors(c, r, b), query="cors"),
+    _route("GetBucketCors", BUCKET, "GET", FULL, lambda c, r, b, k, p: cors.get_cors(c, b), query="cors"),
+    _route("DeleteBucketCors", BUCKET, "DELETE", FULL, lambda c, r, b, k, p: cors.delete_cors(c, b), query="cors"),
+    _route("MethodNotAllowed", BUCKET, "", FULL, _MNA, query="cors"),
+    _route("GetBucketAcl", BUCKET, "GET", FULL, lambda c, r, b, k, p: acl.get_bucket_acl(c, b), query="acl"),
+    _route("PutBucketAcl", BUCKET, "PUT", FULL, lambda c, r, b, k, p: acl.put_bucket_acl(c, r, b), query="acl"),
+    # HEAD ignores sub-resources, but naming the ACL takes full control, as it always has
+    _route("HeadBucket", BUCKET, "HEAD", FULL, lambda c, r, b, k, p: bucket.head_bucket(c, b), query="acl"),
+    _route("HeadBucket", BUCKET, "HEAD", ANY, lambda c, r, b, k, p: bucket.head_bucket(c, b)),
+    _route("DeleteBucket", BUCKET, "DELETE", FULL, lambda c, r, b, k, p: bucket.delete_bucket(c, b), bare=True),
+    _route("GetBucketLocation", BUCKET, "GET", ANY, lambda c, r, b, k, p: bucket.get_location(c, b),
+           query="location"),
+    _route("GetBucketVersioning", BUCKET, "GET", ANY, lambda c, r, b, k, p: versioning.get_versioning(c, b),
+           query="versioning"),
+    _route("ListMultipartUploads", BUCKET, "GET", LIST, lambda c, r, b, k, p: multipart.list_uploads(c, b, p),
+           query="uploads"),
+    *(_route(name, BUCKET, "GET", LIST, _not_implemented(sub), query=sub) for sub, name in BUCKET_UNSUPPORTED),
+    _route("ListObjectsV2", BUCKET, "GET", LIST, lambda c, r, b, k, p: bucket.list_objects(c, b, p),
+           query="list-type", value="2"),
+    _route("ListObjects", BUCKET, "GET", LIST, lambda c, r, b, k, p: bucket.list_objects(c, b, p)),
+    _route("DeleteObjects", BUCKET, "POST", WRITE, lambda c, r, b, k, p: delete_objects.delete_objects(c, r, b),
+           query="delete"),
+    _route("MethodNotAllowed", BUCKET, "DELETE", FULL, _MNA),
+    _route("MethodNotAllowed", BUCKET, "", FULL, _MNA, query="acl"),
+    _route("MethodNotAllowed", BUCKET, "", ANY, _MNA, query="location"),
+    _route("MethodNotAllowed", BUCKET, "", ANY, _MNA, query="versioning"),
+    _route("MethodNotAllowed", BUCKET, "POST", WRITE, _MNA),
+    _route("MethodNotAllowed", BUCKET, "", LIST, _MNA),
+    # ------------------------------------------------------------------ object
+    _route("CreateMultipartUpload", OBJECT, "POST", WRITE, lambda c, r, b, k, p: multipart.create(c, r, b, k),
+           query="uploads"),
+    _route("UploadPartCopy", OBJECT, "PUT", WRITE, multipart.upload_part, query="uploadId",
+           header="x-amz-copy-source"),
+    _route("UploadPart", OBJECT, "PUT", WRITE, multipart.upload_part, query="uploadId"),
+    _route("CompleteMultipartUpload", OBJECT, "POST", WRITE,
+           lambda c, r, b, k, p: multipart.complete(c, r, b, k, p["uploadId"]), query="uploadId"),
+    _route("AbortMultipartUpload", OBJECT, "DELETE", WRITE,
+           lambda c, r, b, k, p: multipart.abort(c, b, k, p["uploadId"]), query="uploadId"),
+    _route("ListParts", OBJECT, "GET", WRITE, lambda c, r, b, k, p: multipart.list_parts(c, b, k, p),
+           query="uploadId"),
+    _route("MethodNotAllowed", OBJECT, "", WRITE, _MNA, query="uploadId"),
+    _route("PutObjectTagging", OBJECT, "PUT", WRITE, lambda c, r, b, k, p: tagging.put_tagging(c, r, b, k),
+           query="tagging"),
+    _route("GetObjectTagging", OBJECT, "GET", READ, lambda c, r, b, k, p: tagging.get_tagging(c, b, k),
+           query="tagging"),
+    _route("DeleteObjectTagging", OBJECT, "DELETE", WRITE, lambda c, r, b, k, p: tagging.delete_tagging(c, b, k),
+           query="tagging"),
+    _route("MethodNotAllowed", OBJECT, "HEAD", READ, _MNA, query="tagging"),
+    _route("MethodNotAllowed", OBJECT, "", WRITE, _MNA, query="tagging"),
+    *(_route("NotImplemented", OBJECT, methods, need, _not_implemented(sub), query=sub)
+      for sub in OBJECT_UNSUPPORTED for methods, need in (("GET HEAD", READ), ("PUT DELETE", WRITE))),
+    _route("CopyObject", OBJECT, "PUT", WRITE, lambda c, r, b, k, p: copy_object.copy_object(c, r, b, k),
+           header="x-amz-copy-source"),
+    _route("PutObject", OBJECT, "PUT", WRITE, s3object.put_object),
+    _route("GetObject", OBJECT, "GET", READ, s3object.get_object),
+    _route("HeadObject", OBJECT, "HEAD", READ, s3object.get_object),
+    _route("DeleteObject", OBJECT, "DELETE", WRITE, s3object.delete_object),
+    _route("MethodNotAllowed", OBJECT, "", WRITE, _MNA),
+)
+_BY_LEVEL = {where: tuple(r for r in ROUTES if where in r.levels) for where in ALL_LEVELS}
+
+
+# ---------------------------------------------------------------------- dispatch
+
+
+def _loopback(client: Any) -> bool:
+    try:
+        return ipaddress.ip_address(client[0]).is_loopback
+    except (TypeError, ValueError, IndexError):
+        return False
+
+
+async def dispatch(ctx: Context, request: Any, route: Route, bucket_name: str, key: str | None,
+                   params: dict[str, str]) -> Response:
+    """Check what ``route`` needs of an authenticated request (``request.principal``),
+    then run its handler."""
+    principal = request.principal
+    if route.need == ADMIN:
+        if not principal.admin:
+            raise S3Error("AccessDenied")
+        if ctx.default_root and not _loopback(request.scope.get("client")):
+            raise S3Error("AccessDenied", "Operator endpoints answer only loopback clients while the root "
+                          "credentials are the documented defaults: set CAIRN_ROOT_ACCESS_KEY and CAIRN_ROOT_SECRET_KEY.")
+    elif route.need == USER and principal.user is None:
+        raise S3Error("AccessDenied")
+    if key is not None and level(bucket_name, key) == OBJECT:
+        check_key(key)  # before any access is read
+    if route.need in BUCKET_ACCESS:
+        await iam.authorize(ctx, principal, bucket_name, route.need)
+    return await route.handler(ctx, request, bucket_name, key, params)
