@@ -1,4 +1,5 @@
-"""The frontend's chunk-buffer budget, shared fairly between principals.
+"""The frontend's chunk buffers: their budget, shared fairly between principals, and
+the idle buffers kept for reuse.
 
 Every chunk a request holds in memory (a PUT filling or replicating one, a GET sending
 one) takes a permit. Permits are few (64 MiB of 8 MiB chunks by default), so a plain
@@ -12,8 +13,16 @@ soon. An owner is a user (or, for anonymous requests, a client address), taken f
 from __future__ import annotations
 
 import contextvars
+import logging
 
 import trio
+
+from frontend.errors import S3Error
+
+log = logging.getLogger("frontend.datapath")
+
+BUFFER_WAIT = 30.0  # seconds a request waits for a chunk buffer before SlowDown
+SPARE_BUFFERS = 2  # idle chunk buffers a frontend keeps for reuse (one stream cycles through two)
 
 OWNER: contextvars.ContextVar[str] = contextvars.ContextVar("chunk_buffer_owner", default="")
 
@@ -57,3 +66,40 @@ class ChunkBudget:
         else:
             self.held.pop(owner, None)
         self._lot.unpark_all()  # each waiter re-checks its own rule
+
+
+class ChunkBuffers:
+    """All chunk buffers of a frontend, reads and writes: at most ``buffer_count`` held
+    at once (the permits of ``buffers``), and the idle ones kept for reuse. The base of
+    ``DataPath``."""
+
+    def __init__(self, chunk_size: int, budget: int) -> None:
+        self.chunk_size = chunk_size
+        # A frontend-wide budget of chunk buffers: past it, new chunks wait (and their
+        # clients with them) instead of growing memory. Writers never need a second
+        # buffer to finish a held one, so holders always make progress.
+        self.buffer_count = max(3, budget // chunk_size)
+        self.buffers = ChunkBudget(self.buffer_count)
+        # Chunk-sized buffers kept for reuse: a new 8 MiB bytearray is a fresh mmap, zeroed
+        # and faulted in page by page. Only the budget's permits bound buffers in use.
+        self._spare: list[bytearray] = []
+
+    def new_buffer(self, size: int) -> bytearray:
+        """A buffer of ``size`` bytes (contents undefined): a spare one if ``size`` is a
+        whole chunk."""
+        if size == self.chunk_size and self._spare:
+            return self._spare.pop()
+        return bytearray(size)
+
+    def recycle(self, buffer: bytearray) -> None:
+        """Take back a buffer from ``new_buffer`` that nothing references any more."""
+        if len(buffer) == self.chunk_size and len(self._spare) < SPARE_BUFFERS:
+            self._spare.append(buffer)
+
+    async def take_buffer(self) -> str:
+        """One chunk buffer from the frontend's budget, for this request's owner (returned,
+        for ``buffers.release``); past BUFFER_WAIT, SlowDown."""
+        with trio.move_on_after(BUFFER_WAIT):
+            return await self.buffers.acquire()
+        log.warning("no chunk buffer free for %.0fs: answering SlowDown", BUFFER_WAIT)
+        raise S3Error("SlowDown")

@@ -3,43 +3,26 @@
 Weighted rendezvous hashing: every (chunk, node) pair gets a score from a hash, scaled
 by the node's free space, and the chunk goes to the best-scoring distinct nodes. The
 choice is stable (adding a node moves only the chunks it wins), spreads evenly, and
-leans toward emptier disks. Nodes past the first ``n`` are fallbacks, in order.
+leans toward emptier disks. Nodes past the first ``n`` are fallbacks, in order. Which
+nodes may take chunks at all is ``BlobNode.takes_chunks`` (``core.nodes``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass
 
-HEARTBEAT_TIMEOUT = 12.0  # seconds without a heartbeat before a node is not placed on
-
-
-@dataclass(frozen=True)
-class Node:
-    node_id: str
-    addr: str
-    capacity: int = 0
-    used: int = 0
-    heartbeat: float = 0.0
-    state: str = "active"  # draining nodes serve reads but take no new chunks
-
-    @property
-    def free(self) -> int:
-        return max(0, self.capacity - self.used)
-
-    def alive(self, now: float) -> bool:
-        return now - self.heartbeat < HEARTBEAT_TIMEOUT
+from core.nodes import BlobNode
 
 
-def _score(chunk_id: str, node: Node) -> float:
+def _score(chunk_id: str, node: BlobNode) -> float:
     digest = hashlib.blake2b(f"{chunk_id}/{node.node_id}".encode(), digest_size=8).digest()
     u = (int.from_bytes(digest, "big") + 1) / (2**64 + 1)  # in (0, 1)
     weight = max(node.free, 1) if node.capacity else 1
     return -weight / math.log(u)
 
 
-def rank(chunk_id: str, nodes: list[Node]) -> list[Node]:
+def rank(chunk_id: str, nodes: list[BlobNode]) -> list[BlobNode]:
     """All ``nodes`` (distinct by id), best home for ``chunk_id`` first."""
     unique = {n.node_id: n for n in nodes}
     return sorted(unique.values(), key=lambda n: _score(chunk_id, n), reverse=True)
