@@ -268,3 +268,17 @@ def test_metrics_endpoint(cluster, s3, bucket):
     assert "cairn_repair_backlog_bytes" in text and "cairn_repair_eta_seconds" in text
     leaders = [line for line in text.splitlines() if line.startswith("cairn_raft_is_leader") and line.endswith(" 1.0")]
     assert len(leaders) == 1
+
+
+def test_metrics_count_each_request_under_its_aws_operation(cluster, s3, bucket):
+    """The labels come from the route table: a copy is CopyObject (it was once counted as
+    PutObject), a V2 listing ListObjectsV2, a tagging read GetObjectTagging."""
+    s3.put_object(Bucket=bucket, Key="src-for-metrics", Body=b"x")
+    s3.copy_object(Bucket=bucket, Key="dst-for-metrics", CopySource={"Bucket": bucket, "Key": "src-for-metrics"})
+    s3.list_objects_v2(Bucket=bucket)
+    s3.get_object_tagging(Bucket=bucket, Key="dst-for-metrics")
+    status, body = cluster.admin("GET", "metrics")
+    text = body["raw"] if isinstance(body, dict) and "raw" in body else str(body)
+    assert status == 200, text[:300]
+    for operation in ("CopyObject", "ListObjectsV2", "GetObjectTagging"):
+        assert f'cairn_s3_requests_total{{operation="{operation}",status="200"}}' in text, operation
