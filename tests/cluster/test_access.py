@@ -212,3 +212,25 @@ def test_presigned_post(cluster):
     admin(cluster, "key", "rm", key["access_key"])
     status, body = _post(post["url"], post["fields"], "late.jpg", b"late")
     assert status == 403 and b"InvalidAccessKeyId" in body
+
+
+def test_delete_objects_needs_write_whatever_else_the_query_names(cluster):
+    """DeleteObjects with another sub-resource beside ``delete`` (``?delete&location``)
+    once needed only some access: an anonymous reader of a public-read bucket could delete
+    from it. Its route needs write, whatever else the query carries."""
+    import base64
+    import hashlib
+
+    key, owner = new_user(cluster, "dora")
+    owner.create_bucket(Bucket="dora-public", ACL="public-read")
+    owner.put_object(Bucket="dora-public", Key="keep.txt", Body=b"still here")
+    body = b"<Delete><Object><Key>keep.txt</Key></Object></Delete>"
+    md5 = base64.b64encode(hashlib.md5(body).digest()).decode()
+    for query in ("delete&location", "delete&versioning", "delete"):
+        req = urllib.request.Request(f"{cluster.endpoints[0]}/dora-public?{query}", data=body, method="POST",
+                                     headers={"Content-MD5": md5, "Content-Type": "application/xml"})
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(req, timeout=30)
+        assert err.value.code == 403, query
+        assert b"<Code>AccessDenied</Code>" in err.value.read(), query
+    assert owner.get_object(Bucket="dora-public", Key="keep.txt")["Body"].read() == b"still here"
