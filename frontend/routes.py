@@ -42,6 +42,7 @@ from frontend.s3 import (
     service,
     tagging,
     versioning,
+    versions,
 )
 from frontend.s3 import object as s3object  # (not the builtin)
 
@@ -154,6 +155,8 @@ ROUTES: tuple[Route, ...] = (
     _route("ListMultipartUploads", BUCKET, "GET", LIST, lambda c, r, b, k, p: multipart.list_uploads(c, b, p),
            query="uploads"),
     *(_route(name, BUCKET, "GET", LIST, _not_implemented(sub), query=sub) for sub, name in BUCKET_UNSUPPORTED),
+    _route("ListObjectVersions", BUCKET, "GET", LIST,
+           lambda c, r, b, k, p: versions.list_object_versions(c, b, p), query="versions"),
     _route("ListObjectsV2", BUCKET, "GET", LIST, lambda c, r, b, k, p: bucket.list_objects(c, b, p),
            query="list-type", value="2"),
     _route("ListObjects", BUCKET, "GET", LIST, lambda c, r, b, k, p: bucket.list_objects(c, b, p)),
@@ -163,6 +166,7 @@ ROUTES: tuple[Route, ...] = (
     _route("MethodNotAllowed", BUCKET, "", FULL, _MNA, query="acl"),
     _route("MethodNotAllowed", BUCKET, "", ANY, _MNA, query="location"),
     _route("MethodNotAllowed", BUCKET, "", ANY, _MNA, query="versioning"),
+    _route("MethodNotAllowed", BUCKET, "", LIST, _MNA, query="versions"),
     _route("MethodNotAllowed", BUCKET, "POST", WRITE, _MNA),
     _route("MethodNotAllowed", BUCKET, "", LIST, _MNA),
     # ------------------------------------------------------------------ object

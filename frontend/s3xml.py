@@ -89,6 +89,36 @@ def list_objects(page: dict[str, Any], params: dict[str, Any], v2: bool) -> byte
     return "".join(out).encode()
 
 
+def list_versions(page: dict[str, Any], params: dict[str, Any]) -> bytes:
+    """ListVersionsResult: every object as its ``null`` version, the latest."""
+    url = params.get("encoding_type") == "url"
+    out = [f'{HEAD}<ListVersionsResult xmlns="{NS}">', _el("Name", params["bucket"]),
+           _el("Prefix", _key(params["prefix"], url)), _el("KeyMarker", _key(params["key_marker"], url)),
+           _el("VersionIdMarker", params["version_marker"])]
+    if page["truncated"]:
+        out.append(_el("NextKeyMarker", _key(page["last"], url)))
+        if page["last"] not in page["prefixes"]:
+            out.append(_el("NextVersionIdMarker", "null"))
+    out.append(_el("MaxKeys", params["max_keys"]))
+    if params["delimiter"]:
+        out.append(_el("Delimiter", _key(params["delimiter"], url)))
+    if url:
+        out.append(_el("EncodingType", "url"))
+    out.append(_el("IsTruncated", "true" if page["truncated"] else "false"))
+    owner = f"<Owner>{_el('ID', params['owner'])}{_el('DisplayName', params['owner'])}</Owner>"
+    out.extend(
+        f"<Version><Key>{escape(_key(item['key'], url), _CR)}</Key><VersionId>null</VersionId>"
+        f"<IsLatest>true</IsLatest><LastModified>{iso8601(item['created'])}</LastModified>"
+        f"<ETag>&quot;{item['etag']}&quot;</ETag><Size>{int(item['size'])}</Size>"
+        f"<StorageClass>STANDARD</StorageClass>{owner}</Version>"
+        for item in page["contents"]
+    )
+    for prefix in page["prefixes"]:
+        out.append(f"<CommonPrefixes>{_el('Prefix', _key(prefix, url))}</CommonPrefixes>")
+    out.append("</ListVersionsResult>")
+    return "".join(out).encode()
+
+
 def location(region: str) -> bytes:
     value = "" if region == "us-east-1" else escape(region)
     return f'{HEAD}<LocationConstraint xmlns="{NS}">{value}</LocationConstraint>'.encode()

@@ -8,7 +8,7 @@
 - ``delete_objects``: DeleteObjects
 - ``post_object``: browser form uploads (presigned POST)
 - sub-resources: ``acl`` (bucket ACLs), ``cors`` (bucket CORS, preflight), ``tagging``
-  (object tags), ``versioning``
+  (object tags), ``versioning``, ``versions`` (ListObjectVersions)
 
 A new sub-resource (lifecycle, policy, object lock...) gets its module here, named after
 it, and its rows in ``frontend.routes`` (where it now answers NotImplemented).

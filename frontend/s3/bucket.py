@@ -72,7 +72,7 @@ async def bucket_exists(ctx: Context, bucket: str) -> None:
 # ---------------------------------------------------------------------- listings
 
 
-def _max_keys(params: dict[str, str]) -> int:
+def max_keys(params: dict[str, str]) -> int:
     value = decimal(params.get("max-keys", "1000"))
     if value is None:
         raise S3Error("InvalidArgument", "Provided max-keys not an integer or within integer range", ArgumentName="max-keys")
@@ -96,7 +96,7 @@ async def list_objects(ctx: Context, bucket: str, params: dict[str, str]) -> Res
     encoding = encoding_type(params)
     p: dict[str, Any] = {
         "bucket": bucket, "prefix": params.get("prefix", ""), "delimiter": params.get("delimiter", ""),
-        "max_keys": _max_keys(params), "encoding_type": encoding, "owner": "",
+        "max_keys": max_keys(params), "encoding_type": encoding, "owner": "",
     }
     if v2:
         p["start_after"] = params.get("start-after", "")

@@ -282,3 +282,30 @@ def test_metrics_count_each_request_under_its_aws_operation(cluster, s3, bucket)
     assert status == 200, text[:300]
     for operation in ("CopyObject", "ListObjectsV2", "GetObjectTagging"):
         assert f'cairn_s3_requests_total{{operation="{operation}",status="200"}}' in text, operation
+
+
+def test_list_object_versions_lists_every_object_as_its_null_version(s3, bucket):
+    """ListObjectVersions on a bucket that never had versioning: every object once, as
+    version ``null``, latest; pages chained by NextKeyMarker/NextVersionIdMarker, so a
+    cleanup that walks versions (as s3-tests and backup tools do) ends with an empty bucket."""
+    keys = [f"v/{i:02d}" for i in range(7)] + ["top", "w/x"]
+    for key in keys:
+        s3.put_object(Bucket=bucket, Key=key, Body=key.encode())
+    pages = list(s3.get_paginator("list_object_versions").paginate(Bucket=bucket, PaginationConfig={"PageSize": 3}))
+    versions = [v for page in pages for v in page.get("Versions", [])]
+    assert len(pages) == 3 and [v["Key"] for v in versions] == sorted(keys)
+    assert all(v["VersionId"] == "null" and v["IsLatest"] and v["Size"] == len(v["Key"]) for v in versions)
+    assert pages[0]["IsTruncated"] and pages[0]["NextKeyMarker"] == sorted(keys)[2]
+    assert pages[0]["NextVersionIdMarker"] == "null" and not pages[-1]["IsTruncated"]
+    assert not any(page.get("DeleteMarkers") for page in pages)
+    grouped = s3.list_object_versions(Bucket=bucket, Delimiter="/", Prefix="")
+    assert [p["Prefix"] for p in grouped["CommonPrefixes"]] == ["v/", "w/"]
+    assert [v["Key"] for v in grouped["Versions"]] == ["top"]
+    with pytest.raises(ClientError) as err:
+        s3.list_object_versions(Bucket=bucket, VersionIdMarker="null")
+    assert err.value.response["Error"]["Code"] == "InvalidArgument"
+    for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket):
+        objects = [{"Key": v["Key"], "VersionId": v["VersionId"]} for v in page.get("Versions", [])]
+        if objects:
+            s3.delete_objects(Bucket=bucket, Delete={"Objects": objects})
+    assert s3.list_objects_v2(Bucket=bucket)["KeyCount"] == 0
