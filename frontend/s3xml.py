@@ -68,25 +68,35 @@ def list_objects(page: dict[str, Any], params: dict[str, Any], v2: bool) -> byte
         out.append(_el("Marker", _key(params.get("marker", ""), url)))
         if page["truncated"] and params.get("delimiter"):
             out.append(_el("NextMarker", _key(page["last"], url)))
-    out.append(_el("MaxKeys", params["max_keys"]))
+    owner = "" if v2 and not params.get("fetch_owner") else _owner(params["owner"])
+    out.extend(_page_tail(page, params, url, "Contents", "", owner))
+    out.append("</ListBucketResult>")
+    return "".join(out).encode()
+
+
+def _owner(owner: str) -> str:
+    return f"<Owner>{_el('ID', owner)}{_el('DisplayName', owner)}</Owner>"
+
+
+def _page_tail(page: dict[str, Any], params: dict[str, Any], url: bool, tag: str, fields: str,
+               owner: str) -> list[str]:
+    """What every listing ends with: MaxKeys, Delimiter, EncodingType, IsTruncated, one
+    ``tag`` element per object (with ``fields`` after its key), the common prefixes."""
+    out = [_el("MaxKeys", params["max_keys"])]
     if params.get("delimiter"):
         out.append(_el("Delimiter", _key(params["delimiter"], url)))
     if url:
         out.append(_el("EncodingType", "url"))
     out.append(_el("IsTruncated", "true" if page["truncated"] else "false"))
-    owner = "" if v2 and not params.get("fetch_owner") else \
-        f"<Owner>{_el('ID', params['owner'])}{_el('DisplayName', params['owner'])}</Owner>"
     # ETags are hex digests (with a -N part count) and sizes are ints: only keys need escaping.
     out.extend(
-        f"<Contents><Key>{escape(_key(item['key'], url), _CR)}</Key><LastModified>{iso8601(item['created'])}</LastModified>"
-        f"<ETag>&quot;{item['etag']}&quot;</ETag><Size>{int(item['size'])}</Size>"
-        f"<StorageClass>STANDARD</StorageClass>{owner}</Contents>"
+        f"<{tag}><Key>{escape(_key(item['key'], url), _CR)}</Key>{fields}<LastModified>{iso8601(item['created'])}"
+        f"</LastModified><ETag>&quot;{item['etag']}&quot;</ETag><Size>{int(item['size'])}</Size>"
+        f"<StorageClass>STANDARD</StorageClass>{owner}</{tag}>"
         for item in page["contents"]
     )
-    for prefix in page["prefixes"]:
-        out.append(f"<CommonPrefixes>{_el('Prefix', _key(prefix, url))}</CommonPrefixes>")
-    out.append("</ListBucketResult>")
-    return "".join(out).encode()
+    out.extend(f"<CommonPrefixes>{_el('Prefix', _key(prefix, url))}</CommonPrefixes>" for prefix in page["prefixes"])
+    return out
 
 
 def list_versions(page: dict[str, Any], params: dict[str, Any]) -> bytes:
@@ -99,22 +109,8 @@ def list_versions(page: dict[str, Any], params: dict[str, Any]) -> bytes:
         out.append(_el("NextKeyMarker", _key(page["last"], url)))
         if page["last"] not in page["prefixes"]:
             out.append(_el("NextVersionIdMarker", "null"))
-    out.append(_el("MaxKeys", params["max_keys"]))
-    if params["delimiter"]:
-        out.append(_el("Delimiter", _key(params["delimiter"], url)))
-    if url:
-        out.append(_el("EncodingType", "url"))
-    out.append(_el("IsTruncated", "true" if page["truncated"] else "false"))
-    owner = f"<Owner>{_el('ID', params['owner'])}{_el('DisplayName', params['owner'])}</Owner>"
-    out.extend(
-        f"<Version><Key>{escape(_key(item['key'], url), _CR)}</Key><VersionId>null</VersionId>"
-        f"<IsLatest>true</IsLatest><LastModified>{iso8601(item['created'])}</LastModified>"
-        f"<ETag>&quot;{item['etag']}&quot;</ETag><Size>{int(item['size'])}</Size>"
-        f"<StorageClass>STANDARD</StorageClass>{owner}</Version>"
-        for item in page["contents"]
-    )
-    for prefix in page["prefixes"]:
-        out.append(f"<CommonPrefixes>{_el('Prefix', _key(prefix, url))}</CommonPrefixes>")
+    out.extend(_page_tail(page, params, url, "Version", "<VersionId>null</VersionId><IsLatest>true</IsLatest>",
+                          _owner(params["owner"])))
     out.append("</ListVersionsResult>")
     return "".join(out).encode()
 

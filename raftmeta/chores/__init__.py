@@ -61,9 +61,6 @@ class ChoreRunner:
         self.leader = leader
         self.chores = {chore.name: chore for chore in chores}
 
-    def __getitem__(self, name: str) -> Chore:
-        return self.chores[name]
-
     def __contains__(self, name: object) -> bool:
         return name in self.chores
 
