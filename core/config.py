@@ -52,6 +52,12 @@ def add_raftmeta(p: argparse.ArgumentParser) -> None:
     p.add_argument("--orphan-grace", type=float, default=21600.0,
                    help="seconds before a chunk file no manifest references is deleted (must exceed the longest upload)")
     p.add_argument("--orphan-interval", type=float, default=600.0)
+    p.add_argument("--lifecycle-interval", type=float, default=60.0,
+                   help="seconds between passes of the lifecycle worker over buckets with lifecycle rules")
+    p.add_argument("--lifecycle-day-seconds", type=float, default=86400.0,
+                   help="the length of a lifecycle rule's day (S3: 86400; shorten it only for tests)")
+    p.add_argument("--lifecycle-rate", type=float, default=500.0,
+                   help="lifecycle actions (expirations, deletions) per second, at most")
     p.add_argument("--min-part-size", type=int, default=5 * MIB,
                    help="smallest multipart part but the last (S3: 5 MiB; lower it only for tests)")
     p.add_argument("--unsafe-no-journal-sync", action="store_true",

@@ -170,6 +170,8 @@ def error_response(exc: BaseException, request: Any) -> Response:
     body = b"" if request.method == "HEAD" else error.to_xml(request.path, request_id)
     response = Response(body, status=error.status, content_type="application/xml")
     response.headers["x-amz-request-id"] = request_id
+    for name, value in error.headers.items():
+        response.headers[name] = value
     # An answer given before the body was read needs no "Connection: close" of ours: h11
     # never starts the next request on a connection whose request it has not read to
     # its end, and hypercorn closes that connection once the answer is sent.

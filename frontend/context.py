@@ -5,6 +5,7 @@ response helpers."""
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,6 +70,24 @@ async def meta_call_many(ctx: Context, queries: list[dict[str, Any]]) -> list[di
         if not reply.get("ok"):
             raise from_reply(reply)
     return results
+
+
+def version_param(params: Mapping[str, str]) -> str | None:
+    """The ``versionId`` a request names (None: the latest); its form is checked by the
+    state machine, which answers InvalidArgument for one that is not a version id."""
+    vid = params.get("versionId")
+    if vid == "":
+        raise S3Error("InvalidArgument", "Version id cannot be the empty string", ArgumentName="versionId",
+                      ArgumentValue="")
+    return vid
+
+
+def version_headers(vid: str | None, marker: bool = False) -> dict[str, str]:
+    """x-amz-version-id (when the bucket has versions) and x-amz-delete-marker."""
+    out = {"x-amz-version-id": vid} if vid else {}
+    if marker:
+        out["x-amz-delete-marker"] = "true"
+    return out
 
 
 async def read_body(request: Any, limit: int) -> bytes:

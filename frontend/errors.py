@@ -32,29 +32,31 @@ def _percent(match: re.Match[str]) -> str:
 ERRORS: dict[str, tuple[int, str]] = {
     "AccessDenied": (403, "Access Denied"),
     "AccessForbidden": (403, "CORSResponse: This CORS request is not allowed. This is usually because the evalution of Origin, request method / Access-Control-Request-Method or Access-Control-Request-Headers are not whitelisted by the resource's CORS spec."),
-    "AuthorizationQueryParametersError": (400, "Error parsing the query parameters of the presigned request."),
     "AuthorizationHeaderMalformed": (400, "The authorization header is malformed."),
+    "AuthorizationQueryParametersError": (400, "Error parsing the query parameters of the presigned request."),
     "BadDigest": (400, "The Content-MD5 or checksum value that you specified did not match what the server received."),
     "BucketAlreadyExists": (409, "The requested bucket name is not available. The bucket namespace is shared by all users of the system. Please select a different name and try again."),
     "BucketAlreadyOwnedByYou": (409, "Your previous request to create the named bucket succeeded and you already own it."),
     "BucketNotEmpty": (409, "The bucket you tried to delete is not empty"),
     "EntityTooLarge": (400, "Your proposed upload exceeds the maximum allowed size"),
     "EntityTooSmall": (400, "Your proposed upload is smaller than the minimum allowed object size."),
+    "IllegalVersioningConfigurationException": (400, "Indicates that the versioning configuration specified in the request is invalid."),
     "IncompleteBody": (400, "You did not provide the number of bytes specified by the Content-Length HTTP header."),
     "InternalError": (500, "We encountered an internal error. Please try again."),
     "InvalidAccessKeyId": (403, "The AWS Access Key Id you provided does not exist in our records."),
     "InvalidArgument": (400, "Invalid Argument"),
     "InvalidBucketName": (400, "The specified bucket is not valid."),
+    "InvalidBucketState": (409, "The request is not valid with the current state of the bucket."),
     "InvalidDigest": (400, "The Content-MD5 you specified is not valid."),
     "InvalidLocationConstraint": (400, "The specified location constraint is not valid."),
     "InvalidPart": (400, "One or more of the specified parts could not be found."),
-    "InvalidPartOrder": (400, "The list of parts was not in ascending order. The parts list must be specified in order by part number."),
-    "InvalidTag": (400, "The tag provided was not a valid tag."),
-    "InvalidURI": (400, "Couldn't parse the specified URI."),
     "InvalidPartNumber": (416, "The requested partnumber is not satisfiable"),
+    "InvalidPartOrder": (400, "The list of parts was not in ascending order. The parts list must be specified in order by part number."),
     "InvalidPolicyDocument": (400, "The content of the form does not meet the conditions specified in the policy document."),
     "InvalidRange": (416, "The requested range is not satisfiable"),
     "InvalidRequest": (400, "Invalid Request"),
+    "InvalidTag": (400, "The tag provided was not a valid tag."),
+    "InvalidURI": (400, "Couldn't parse the specified URI."),
     "KeyTooLongError": (400, "Your key is too long"),
     "MalformedPOSTRequest": (400, "The body of your POST request is not well-formed multipart/form-data."),
     "MalformedXML": (400, "The XML you provided was not well-formed or did not validate against our published schema."),
@@ -67,8 +69,12 @@ ERRORS: dict[str, tuple[int, str]] = {
     "NoSuchBucket": (404, "The specified bucket does not exist"),
     "NoSuchCORSConfiguration": (404, "The CORS configuration does not exist"),
     "NoSuchKey": (404, "The specified key does not exist."),
+    "NoSuchLifecycleConfiguration": (404, "The lifecycle configuration does not exist."),
+    "NoSuchObjectLockConfiguration": (404, "The specified object does not have a ObjectLock configuration."),
     "NoSuchUpload": (404, "The specified upload does not exist. The upload ID may be invalid, or the upload may have been aborted or completed."),
+    "NoSuchVersion": (404, "The specified version does not exist."),
     "NotImplemented": (501, "A header you provided implies functionality that is not implemented."),
+    "ObjectLockConfigurationNotFoundError": (404, "Object Lock configuration does not exist for this bucket"),
     "PreconditionFailed": (412, "At least one of the pre-conditions you specified did not hold"),
     "RequestTimeTooSkewed": (403, "The difference between the request time and the current time is too large."),
     "RequestTimeout": (400, "Your socket connection to the server was not read from or written to within the timeout period."),
@@ -82,13 +88,15 @@ ERRORS: dict[str, tuple[int, str]] = {
 class S3Error(Exception):
     """An S3 error response. ``fields`` become extra XML elements (e.g. BucketName)."""
 
-    def __init__(self, code: str, message: str | None = None, **fields: object) -> None:
+    def __init__(self, code: str, message: str | None = None, headers: Mapping[str, str] | None = None,
+                 **fields: object) -> None:
         status, default = ERRORS[code]
         super().__init__(f"{code}: {message or default}")
         self.code = code
         self.status = status
         self.message = message or default
         self.fields = fields
+        self.headers = dict(headers or {})  # response headers the error carries (x-amz-delete-marker)
 
     def to_xml(self, resource: str = "", request_id: str = "") -> bytes:
         parts = [
@@ -121,13 +129,19 @@ def from_wire(exc: wire.WireError, message: str = METADATA_UNAVAILABLE) -> S3Err
 
 
 def from_reply(reply: Mapping[str, Any]) -> S3Error:
-    """The S3 error of a raftmeta reply with ``ok`` false: its code when it is one of
-    S3's (NoSuchBucket, PreconditionFailed...), ServiceUnavailable when no leader could
-    decide, else InternalError (logged: raftmeta and the frontend disagree)."""
+    """The S3 error of a raftmeta reply with ``ok`` false: its code (and message) when it
+    is one of S3's (NoSuchBucket, PreconditionFailed...), with the delete-marker headers
+    when the reply names a marker; ServiceUnavailable when no leader could decide, else
+    InternalError (logged: raftmeta and the frontend disagree)."""
     code = reply.get("err", "InternalError")
     if code == wire.ERR_UNAVAILABLE:
         return S3Error("ServiceUnavailable", METADATA_UNAVAILABLE)
     if code not in ERRORS:
         log.error("raftmeta error %s: %s", code, reply.get("msg"))
         return S3Error("InternalError")
-    return S3Error(code)
+    headers = {}
+    if reply.get("marker"):  # the version named (or the latest) is a delete marker
+        headers["x-amz-delete-marker"] = "true"
+        if reply.get("vid") is not None:
+            headers["x-amz-version-id"] = str(reply["vid"])
+    return S3Error(code, reply.get("msg") or None, headers=headers)

@@ -62,13 +62,15 @@ async def serve(ctx: Context, request: Any, path: str) -> Response:
     chores = {("GET", "uploads"): "status", ("POST", "uploads"): "expire_uploads",
               ("POST", "uploads/expire"): "expire_uploads", ("POST", "gc"): "gc",
               ("GET", "gc"): "status", ("GET", "repair"): "status", ("POST", "repair"): "repair",
-              ("POST", "orphans"): "orphans"}
+              ("POST", "orphans"): "orphans", ("GET", "lifecycle"): "status", ("POST", "lifecycle"): "lifecycle"}
     chore = chores.get((request.method, path))
     if chore is not None:
         try:
             reply = await ctx.meta.call({"op": "chore", "name": chore}, deadline=30)
         except wire.WireError:
             reply = {"ok": False, "err": "Unavailable", "msg": "no Raft leader answered"}
+        if path == "lifecycle" and reply.get("ok"):
+            reply = {"ok": True, "leader": reply.get("leader"), "lifecycle": reply.get("lifecycle")}
         return Response(json.dumps(reply), status=200 if reply.get("ok") else 503, content_type="application/json")
     return Response(json.dumps({"error": "unknown admin endpoint"}), status=404, content_type="application/json")
 
@@ -133,7 +135,8 @@ async def cluster_status(ctx: Context) -> dict[str, Any]:
         node["disk_full"] = node["free"] < ctx.data.settings.chunk_size
     out.update(blobnodes=nodes, objects=stats.get("objects"), bytes=stats.get("bytes"), buckets=stats.get("buckets"),
                gc=chores.get("gc"), uploads=chores.get("uploads"), expiry=chores.get("expiry"),
-               repair=chores.get("repair"))
+               repair=chores.get("repair"), lifecycle=chores.get("lifecycle"),
+               versions={k: stats.get(k) for k in ("noncurrent_versions", "noncurrent_bytes", "delete_markers")})
     return out
 
 

@@ -37,7 +37,9 @@ from frontend.s3 import (
     copy_object,
     cors,
     delete_objects,
+    lifecycle,
     multipart,
+    object_lock,
     post_object,
     service,
     tagging,
@@ -117,13 +119,13 @@ def _route(operation: str, level_: str, methods: str, need: str, handler: Handle
 
 _MNA = _refuse("MethodNotAllowed")
 # Sub-resources of an object that S3 defines and Cairn does not implement (yet).
-OBJECT_UNSUPPORTED = ("uploads", "acl", "retention", "legal-hold", "torrent", "restore", "select")
+OBJECT_UNSUPPORTED = ("uploads", "acl", "torrent", "restore", "select")
 # Bucket sub-resources read with GET that Cairn does not implement (yet), with AWS's names.
 BUCKET_UNSUPPORTED = (
-    ("policy", "GetBucketPolicy"), ("lifecycle", "GetBucketLifecycleConfiguration"),
+    ("policy", "GetBucketPolicy"),
     ("tagging", "GetBucketTagging"), ("website", "GetBucketWebsite"), ("replication", "GetBucketReplication"),
     ("encryption", "GetBucketEncryption"), ("notification", "GetBucketNotificationConfiguration"),
-    ("logging", "GetBucketLogging"), ("object-lock", "GetObjectLockConfiguration"),
+    ("logging", "GetBucketLogging"),
     ("ownershipControls", "GetBucketOwnershipControls"))
 
 ROUTES: tuple[Route, ...] = (
@@ -152,6 +154,20 @@ ROUTES: tuple[Route, ...] = (
            query="location"),
     _route("GetBucketVersioning", BUCKET, "GET", ANY, lambda c, r, b, k, p: versioning.get_versioning(c, b),
            query="versioning"),
+    _route("PutBucketVersioning", BUCKET, "PUT", FULL, lambda c, r, b, k, p: versioning.put_versioning(c, r, b),
+           query="versioning"),
+    _route("PutBucketLifecycleConfiguration", BUCKET, "PUT", FULL,
+           lambda c, r, b, k, p: lifecycle.put_lifecycle(c, r, b), query="lifecycle"),
+    _route("GetBucketLifecycleConfiguration", BUCKET, "GET", FULL,
+           lambda c, r, b, k, p: lifecycle.get_lifecycle(c, b), query="lifecycle"),
+    _route("DeleteBucketLifecycle", BUCKET, "DELETE", FULL,
+           lambda c, r, b, k, p: lifecycle.delete_lifecycle(c, b), query="lifecycle"),
+    _route("MethodNotAllowed", BUCKET, "", FULL, _MNA, query="lifecycle"),
+    _route("PutObjectLockConfiguration", BUCKET, "PUT", FULL,
+           lambda c, r, b, k, p: object_lock.put_lock_config(c, r, b), query="object-lock"),
+    _route("GetObjectLockConfiguration", BUCKET, "GET", FULL,
+           lambda c, r, b, k, p: object_lock.get_lock_config(c, b), query="object-lock"),
+    _route("MethodNotAllowed", BUCKET, "", FULL, _MNA, query="object-lock"),
     _route("ListMultipartUploads", BUCKET, "GET", LIST, lambda c, r, b, k, p: multipart.list_uploads(c, b, p),
            query="uploads"),
     *(_route(name, BUCKET, "GET", LIST, _not_implemented(sub), query=sub) for sub, name in BUCKET_UNSUPPORTED),
@@ -182,12 +198,18 @@ ROUTES: tuple[Route, ...] = (
     _route("ListParts", OBJECT, "GET", WRITE, lambda c, r, b, k, p: multipart.list_parts(c, b, k, p),
            query="uploadId"),
     _route("MethodNotAllowed", OBJECT, "", WRITE, _MNA, query="uploadId"),
-    _route("PutObjectTagging", OBJECT, "PUT", WRITE, lambda c, r, b, k, p: tagging.put_tagging(c, r, b, k),
+    _route("PutObjectTagging", OBJECT, "PUT", WRITE, lambda c, r, b, k, p: tagging.put_tagging(c, r, b, k, p),
            query="tagging"),
-    _route("GetObjectTagging", OBJECT, "GET", READ, lambda c, r, b, k, p: tagging.get_tagging(c, b, k),
+    _route("GetObjectTagging", OBJECT, "GET", READ, lambda c, r, b, k, p: tagging.get_tagging(c, b, k, p),
            query="tagging"),
-    _route("DeleteObjectTagging", OBJECT, "DELETE", WRITE, lambda c, r, b, k, p: tagging.delete_tagging(c, b, k),
-           query="tagging"),
+    _route("DeleteObjectTagging", OBJECT, "DELETE", WRITE,
+           lambda c, r, b, k, p: tagging.delete_tagging(c, b, k, p), query="tagging"),
+    _route("PutObjectRetention", OBJECT, "PUT", WRITE, object_lock.put_retention, query="retention"),
+    _route("GetObjectRetention", OBJECT, "GET", READ, object_lock.get_retention, query="retention"),
+    _route("MethodNotAllowed", OBJECT, "", WRITE, _MNA, query="retention"),
+    _route("PutObjectLegalHold", OBJECT, "PUT", WRITE, object_lock.put_legal_hold, query="legal-hold"),
+    _route("GetObjectLegalHold", OBJECT, "GET", READ, object_lock.get_legal_hold, query="legal-hold"),
+    _route("MethodNotAllowed", OBJECT, "", WRITE, _MNA, query="legal-hold"),
     _route("MethodNotAllowed", OBJECT, "HEAD", READ, _MNA, query="tagging"),
     _route("MethodNotAllowed", OBJECT, "", WRITE, _MNA, query="tagging"),
     *(_route("NotImplemented", OBJECT, methods, need, _not_implemented(sub), query=sub)

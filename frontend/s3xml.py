@@ -100,17 +100,33 @@ def _page_tail(page: dict[str, Any], params: dict[str, Any], url: bool, tag: str
 
 
 def list_versions(page: dict[str, Any], params: dict[str, Any]) -> bytes:
-    """ListVersionsResult: every object as its ``null`` version, the latest."""
+    """ListVersionsResult: versions and delete markers in order (key ascending, newest
+    first), then the common prefixes."""
     url = params.get("encoding_type") == "url"
+    owner = _owner(params["owner"])
     out = [f'{HEAD}<ListVersionsResult xmlns="{NS}">', _el("Name", params["bucket"]),
            _el("Prefix", _key(params["prefix"], url)), _el("KeyMarker", _key(params["key_marker"], url)),
            _el("VersionIdMarker", params["version_marker"])]
     if page["truncated"]:
-        out.append(_el("NextKeyMarker", _key(page["last"], url)))
-        if page["last"] not in page["prefixes"]:
-            out.append(_el("NextVersionIdMarker", "null"))
-    out.extend(_page_tail(page, params, url, "Version", "<VersionId>null</VersionId><IsLatest>true</IsLatest>",
-                          _owner(params["owner"])))
+        out.append(_el("NextKeyMarker", _key(page["next_key"], url)))
+        if page.get("next_vid"):
+            out.append(_el("NextVersionIdMarker", page["next_vid"]))
+    out.append(_el("MaxKeys", params["max_keys"]))
+    if params.get("delimiter"):
+        out.append(_el("Delimiter", _key(params["delimiter"], url)))
+    if url:
+        out.append(_el("EncodingType", "url"))
+    out.append(_el("IsTruncated", "true" if page["truncated"] else "false"))
+    for item in page["entries"]:
+        head = (f"<Key>{escape(_key(item['key'], url), _CR)}</Key><VersionId>{item['vid']}</VersionId>"
+                f"<IsLatest>{'true' if item['latest'] else 'false'}</IsLatest>"
+                f"<LastModified>{iso8601(item['created'])}</LastModified>")
+        if item["marker"]:
+            out.append(f"<DeleteMarker>{head}{owner}</DeleteMarker>")
+        else:
+            out.append(f"<Version>{head}<ETag>&quot;{item['etag']}&quot;</ETag><Size>{int(item['size'])}</Size>"
+                       f"<StorageClass>STANDARD</StorageClass>{owner}</Version>")
+    out.extend(f"<CommonPrefixes>{_el('Prefix', _key(prefix, url))}</CommonPrefixes>" for prefix in page["prefixes"])
     out.append("</ListVersionsResult>")
     return "".join(out).encode()
 

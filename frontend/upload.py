@@ -159,8 +159,9 @@ class UploadBody:
 async def commit_object(
     meta: MetaClient, data: DataPath, bucket: str, key: str, stored: Stored, *, content_type: str,
     meta_fields: dict[str, Any], cond: dict[str, Any] | None = None,
-) -> str:
-    """Make the stored chunks the object at (bucket, key) through Raft; returns its ETag.
+) -> tuple[str, str | None]:
+    """Make the stored chunks the object at (bucket, key) through Raft; returns its ETag
+    and version id (None in a bucket that was never versioned).
 
     A refused commit (no bucket, failed condition) sends the chunks to GC. A commit whose
     outcome is unknown (no Raft answer) keeps them: it may have applied."""
@@ -175,4 +176,4 @@ async def commit_object(
     if not reply.get("ok"):
         await data.discard(stored.chunks)
         raise from_reply(reply)
-    return etag
+    return etag, reply.get("vid")

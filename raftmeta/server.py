@@ -30,6 +30,7 @@ from core.nodes import DEFAULT_DEAD_AFTER
 from raftmeta.chores import ChoreRunner, Leader
 from raftmeta.chores.expiry import UploadExpiry
 from raftmeta.chores.gc import GarbageCollector
+from raftmeta.chores.lifecycle import Lifecycle
 from raftmeta.chores.orphans import OrphanSweep
 from raftmeta.chores.repair import Repair
 from raftmeta.membership import Membership
@@ -58,6 +59,7 @@ class MetaServer:
         upload_ttl: float = 86400.0, expiry_interval: float = 60.0,
         replicas: int = 3, dead_after: float = DEFAULT_DEAD_AFTER, repair_interval: float = 10.0,
         repair_rate: float = 50.0, orphan_grace: float = 21600.0, orphan_interval: float = 600.0,
+        lifecycle_interval: float = 60.0, lifecycle_day: float = 86400.0, lifecycle_rate: float = 500.0,
     ) -> None:
         self.node = node
         self.state = state
@@ -73,6 +75,7 @@ class MetaServer:
             Repair(leader, repair_interval, replicas, dead_after, repair_rate),
             OrphanSweep(leader, orphan_interval, orphan_grace),
             self.gc,
+            Lifecycle(leader, lifecycle_interval, lifecycle_day, lifecycle_rate),
         ])
         self.membership = Membership(node, state, self.propose, self.token)
 
@@ -231,7 +234,9 @@ async def serve(args: Any) -> None:
                         upload_ttl=args.upload_ttl, expiry_interval=args.upload_expiry_interval,
                         replicas=args.replicas, dead_after=args.dead_after, repair_interval=args.repair_interval,
                         repair_rate=args.repair_rate,
-                        orphan_grace=args.orphan_grace, orphan_interval=args.orphan_interval)
+                        orphan_grace=args.orphan_grace, orphan_interval=args.orphan_interval,
+                        lifecycle_interval=args.lifecycle_interval, lifecycle_day=args.lifecycle_day_seconds,
+                        lifecycle_rate=args.lifecycle_rate)
     host, port = wire.split_addr(args.rpc)
     log.info("raftmeta %s: raft %s, peers %s, rpc %s", args.data_dir, args.raft, ",".join(args.peers), args.rpc)
     try:

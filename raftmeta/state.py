@@ -28,13 +28,13 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from raftmeta.sm import buckets, gcqueue, iam, members, multipart, nodes, objects, repair
+from raftmeta.sm import buckets, gcqueue, iam, lifecycle, members, multipart, nodes, objects, repair, versions
 from raftmeta.sm.tables import Command, Failed, Query, packb, unpackb
 
 log = logging.getLogger("raftmeta")
 
 # The state machine's concepts, each owning its tables, commands and queries (``raftmeta/sm/``).
-MODULES = (buckets, objects, gcqueue, nodes, multipart, iam, repair, members)
+MODULES = (buckets, objects, versions, gcqueue, nodes, multipart, iam, repair, members, lifecycle)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v) WITHOUT ROWID;
@@ -51,6 +51,16 @@ def _register(kind: str) -> dict[str, Any]:
                 raise RuntimeError(f"{kind[:-1].lower()} {name!r} is declared twice ({module.__name__})")
             table[name] = handler
     return table
+
+
+def migrate(db: sqlite3.Connection) -> None:
+    """Bring a database (or a snapshot) written by an older version up to the schema: the
+    tables and indexes it lacks, then each module's ``migrate`` adds the columns its
+    tables lack (so no schema index may name a column added since)."""
+    db.executescript(SCHEMA)
+    for module in MODULES:
+        if hasattr(module, "migrate"):
+            module.migrate(db)
 
 
 COMMANDS: dict[str, Command] = _register("COMMANDS")
@@ -108,8 +118,7 @@ class MetaState:
         # ``fail_stop``, which never returns (tests pass a recorder, or monkeypatch it).
         self.fail_stop = fail_stop
         self.db = self._open(path)
-        self.db.executescript(SCHEMA)
-        nodes.migrate(self.db)
+        migrate(self.db)
         self.reader = self._open(path)
         # Held by every query and by a snapshot restore, which swaps the connections.
         self.reader_lock = threading.Lock()
@@ -142,7 +151,7 @@ class MetaState:
             self.reader.close()
             snapshot.backup(self.db)
             self.db.execute("DROP TABLE IF EXISTS raft_snapshot")
-            self.db.executescript(SCHEMA)  # a snapshot from an older version may lack an index
+            migrate(self.db)  # a snapshot from an older version may lack a column or an index
             self.reader = self._open(self.path)
             self.last_applied = self.applied_index()
 
@@ -217,7 +226,7 @@ class MetaState:
             except Failed as exc:
                 db.execute("ROLLBACK TO cmd")
                 db.execute("RELEASE cmd")
-                result = {"ok": False, "err": exc.code, "msg": exc.msg}
+                result = {**exc.extra, "ok": False, "err": exc.code, "msg": exc.msg}
         if rid is not None:
             db.execute("INSERT INTO requests VALUES (?,?,?)", (rid, index, packb(result)))
             self._prune_requests(index)
@@ -249,7 +258,7 @@ class MetaState:
             with self.reader_lock:
                 result = handler(self.reader, q)
         except Failed as exc:
-            return {"ok": False, "err": exc.code, "msg": exc.msg}
+            return {**exc.extra, "ok": False, "err": exc.code, "msg": exc.msg}
         except (KeyError, TypeError, ValueError, OverflowError, sqlite3.Error) as exc:
             return {"ok": False, "err": "BadRequest", "msg": repr(exc)}
         result.setdefault("ok", True)

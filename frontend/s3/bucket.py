@@ -37,8 +37,13 @@ async def create_bucket(ctx: Context, request: Any, bucket: str) -> Response:
                 raise S3Error("InvalidLocationConstraint",
                               f"The {child.text} location constraint is not this cluster's region ({ctx.region}).")
     canned = canned_acl(request)
+    lock = request.headers.get("x-amz-bucket-object-lock-enabled", "").strip().lower()
+    if lock not in ("", "true", "false"):
+        raise S3Error("InvalidArgument", "x-amz-bucket-object-lock-enabled must be true or false",
+                      ArgumentName="x-amz-bucket-object-lock-enabled", ArgumentValue=lock)
     await meta_call(ctx.meta.write({
         "op": "create_bucket", "bucket": bucket, "owner": request.principal.user, "acl": canned, "ts": time.time(),
+        **({"object_lock": True} if lock == "true" else {}),
     }))
     return empty_response(headers={"Location": f"/{bucket}"})
 

@@ -29,10 +29,12 @@ from frontend.context import (
     read_body,
     stored_headers,
     user_metadata,
+    version_headers,
     xml_response,
 )
 from frontend.datapath import Stored
 from frontend.errors import S3Error, from_reply
+from frontend.s3 import object_lock
 from frontend.s3.copy_object import parse_copy_source
 from frontend.upload import UploadBody
 
@@ -74,13 +76,16 @@ async def create(ctx: Context, request: Any, bucket: str, key: str) -> Response:
     if algorithm is not None and checksum_type is None:
         checksum_type = "FULL_OBJECT" if algorithm == "crc64nvme" else "COMPOSITE"  # S3's defaults
     headers = stored_headers(request)
+    lock = object_lock.lock_headers(request.headers)
+    if lock:  # checked now, applied when the upload completes (a retention then still in the future)
+        await object_lock.require_lock(ctx, bucket)
     upload_id = new_upload_id()
     await meta_call(ctx.meta.write({
         "op": "create_upload", "upload_id": upload_id, "bucket": bucket, "key": key, "ts": time.time(),
         "initiator": request.principal.user or "anonymous",
         "content_type": request.headers.get("content-type", "binary/octet-stream"),
         "meta": {"user": user_metadata(request), "headers": headers, "checksum_algorithm": algorithm,
-                 "checksum_type": checksum_type},
+                 "checksum_type": checksum_type, **({"lock": lock} if lock else {})},
     }))
     response = xml_response(s3xml.initiate_upload(bucket, key, upload_id))
     if algorithm:
@@ -141,9 +146,10 @@ def _copy_range(header: str | None, size: int) -> tuple[int, int]:
 async def _copy_into(ctx: Context, request: Any, stored: Stored, algorithm: str | None) -> dict[str, str]:
     """UploadPartCopy: the source range moves blob nodes -> this frontend -> blob nodes,
     checked chunk by chunk on the way; never through the client."""
-    src_bucket, src_key = parse_copy_source(request.headers["x-amz-copy-source"])
+    src_bucket, src_key, src_vid = parse_copy_source(request.headers["x-amz-copy-source"])
     await iam.authorize(ctx, request.principal, src_bucket, "read")
-    src = (await meta_call(ctx.meta.read({"q": "object", "bucket": src_bucket, "key": src_key})))["obj"]
+    src = (await meta_call(ctx.meta.read({"q": "object", "bucket": src_bucket, "key": src_key,
+                                          "vid": src_vid})))["obj"]
     match = request.headers.get("x-amz-copy-source-if-match")
     if match is not None and match.strip('"') != src["etag"]:
         raise S3Error("PreconditionFailed", Condition="x-amz-copy-source-if-match")
@@ -243,12 +249,14 @@ async def complete(ctx: Context, request: Any, bucket: str, key: str, upload_id:
     now = time.time()
     obj = {"etag": etag, "sha256": "", "content_type": upload["content_type"], "created": now,
            "meta": {"user": meta.get("user", {}), "headers": meta.get("headers", {}), "checksum": checksum,
-                    "checksum_type": meta.get("checksum_type")}}
+                    "checksum_type": meta.get("checksum_type"), **meta.get("lock", {})}}
     reply = await ctx.meta.write({"op": "complete_upload", "upload_id": upload_id, "bucket": bucket, "key": key,
                                   "parts": [[n, e] for n, e, _ in listed], "obj": obj, "ts": now, "cond": cond})
     if not reply.get("ok"):
         raise from_reply(reply)
-    return _complete_response(request, bucket, key, reply["etag"], checksum, meta.get("checksum_type"))
+    response = _complete_response(request, bucket, key, reply["etag"], checksum, meta.get("checksum_type"))
+    response.headers.update(version_headers(reply.get("vid")))
+    return response
 
 
 async def _retried_complete(ctx: Context, request: Any, bucket: str, key: str, upload_id: str,
@@ -261,8 +269,10 @@ async def _retried_complete(ctx: Context, request: Any, bucket: str, key: str, u
     obj = (await meta_call(ctx.meta.read({"q": "object", "bucket": bucket, "key": key})))["obj"]
     same = obj["etag"] == reply["etag"]
     checksum = obj["meta"].get("checksum", {}) if same else {}
-    return _complete_response(request, bucket, key, reply["etag"], checksum,
-                              obj["meta"].get("checksum_type") if same else None)
+    response = _complete_response(request, bucket, key, reply["etag"], checksum,
+                                  obj["meta"].get("checksum_type") if same else None)
+    response.headers.update(version_headers(reply.get("vid")))
+    return response
 
 
 def _complete_response(request: Any, bucket: str, key: str, etag: str, checksum: dict[str, str],

@@ -18,10 +18,12 @@ from frontend.context import (
     meta_call,
     stored_headers,
     user_metadata,
+    version_headers,
+    version_param,
 )
 from frontend.datapath import SMALL_BODY, PrefetchingBody
 from frontend.errors import S3Error
-from frontend.s3 import multipart, tagging
+from frontend.s3 import multipart, object_lock, tagging
 from frontend.s3.bucket import bucket_exists
 from frontend.upload import UploadBody, commit_object
 
@@ -37,14 +39,18 @@ async def put_object(ctx: Context, request: Any, bucket: str, key: str, params: 
     headers.pop("content-encoding", None)  # as sent: aws-chunked is the transfer's, not the object's
     if body.content_encoding:
         headers["content-encoding"] = body.content_encoding
-    if body.length is None or body.length > ctx.data.settings.inline_max:
+    lock = object_lock.lock_headers(request.headers)
+    if lock:
+        object_lock.require_integrity_header(request.headers)
+    if lock or body.length is None or body.length > ctx.data.settings.inline_max:
         await bucket_exists(ctx, bucket)  # fail fast before chunks are written (the commit checks anyway)
     stored, checksum = await body.store(ctx.data)
-    etag = await commit_object(
+    etag, vid = await commit_object(
         ctx.meta, ctx.data, bucket, key, stored, cond=cond,
         content_type=request.headers.get("content-type", "binary/octet-stream"),
-        meta_fields={"user": user_meta, "headers": headers, "checksum": checksum, **({"tags": tags} if tags else {})})
-    return checksum_headers(empty_response(headers={"ETag": f'"{etag}"'}), checksum)
+        meta_fields={"user": user_meta, "headers": headers, "checksum": checksum, **({"tags": tags} if tags else {}),
+                     **lock})
+    return checksum_headers(empty_response(headers={"ETag": f'"{etag}"', **version_headers(vid)}), checksum)
 
 
 def _http_date(ts: float) -> str:
@@ -110,8 +116,10 @@ def object_headers(obj: dict[str, Any]) -> dict[str, str]:
         "Last-Modified": _http_date(obj["created"]),
         "Content-Type": obj["content_type"],
         "Accept-Ranges": "bytes",
+        **version_headers(obj.get("vid")),
     }
     meta = obj.get("meta", {})
+    headers.update(object_lock.response_headers(meta))
     for name, value in meta.get("headers", {}).items():
         headers[name] = value
     for name, value in meta.get("user", {}).items():
@@ -122,7 +130,8 @@ def object_headers(obj: dict[str, Any]) -> dict[str, str]:
 
 
 async def get_object(ctx: Context, request: Any, bucket: str, key: str, params: dict[str, str]) -> Response:
-    obj = (await meta_call(ctx.meta.read({"q": "object", "bucket": bucket, "key": key})))["obj"]
+    obj = (await meta_call(ctx.meta.read({"q": "object", "bucket": bucket, "key": key,
+                                          "vid": version_param(params)})))["obj"]
     size = obj["size"]
     headers = object_headers(obj)
     if conditions.check_read(request.headers, obj["etag"], obj["created"]):
@@ -166,5 +175,11 @@ async def get_object(ctx: Context, request: Any, bucket: str, key: str, params: 
 
 
 async def delete_object(ctx: Context, request: Any, bucket: str, key: str, params: dict[str, str]) -> Response:
-    await meta_call(ctx.meta.write({"op": "delete_object", "bucket": bucket, "key": key, "ts": time.time()}))
-    return empty_response(204)
+    """DeleteObject: with ``versionId`` that version for good (object lock permitting:
+    GOVERNANCE yields to x-amz-bypass-governance-retention from a principal allowed to),
+    else the object, or a new delete marker in a versioned bucket."""
+    vid = version_param(params)
+    bypass = vid is not None and await object_lock.bypass_requested(ctx, request, bucket)
+    reply = await meta_call(ctx.meta.write({"op": "delete_object", "bucket": bucket, "key": key, "vid": vid,
+                                            "bypass": bypass, "ts": time.time()}))
+    return empty_response(204, version_headers(reply.get("vid"), bool(reply.get("marker"))))

@@ -196,15 +196,16 @@ async def presigned_post(ctx: Context, request: Any, bucket: str) -> Response:
         await ctx.data.discard(stored.chunks)
         raise
     user = {k[len("x-amz-meta-"):]: v for k, v in fields.items() if k.startswith("x-amz-meta-")}
-    etag = await commit_object(ctx.meta, ctx.data, bucket, key, stored,
-                               content_type=fields.get("content-type", "binary/octet-stream"),
-                               meta_fields={"user": user, "headers": {}, "checksum": {}})
+    etag, vid = await commit_object(ctx.meta, ctx.data, bucket, key, stored,
+                                    content_type=fields.get("content-type", "binary/octet-stream"),
+                                    meta_fields={"user": user, "headers": {}, "checksum": {}})
     location = f"{request.scheme}://{request.host}/{bucket}/{quote(key)}"
     redirect = fields.get("success_action_redirect")
     if redirect:
         sep = "&" if "?" in redirect else "?"
         target = f"{redirect}{sep}bucket={quote(bucket)}&key={quote(key)}&etag=%22{etag}%22"
-        return empty_response(303, {"Location": target, "ETag": f'"{etag}"'})
+        return empty_response(303, {"Location": target, "ETag": f'"{etag}"',
+                                    **({"x-amz-version-id": vid} if vid else {})})
     status = fields.get("success_action_status", "204")
     if status == "201":
         body = (f'{s3xml.HEAD}<PostResponse><Location>{escape(location)}</Location><Bucket>{escape(bucket)}</Bucket>'
@@ -214,6 +215,8 @@ async def presigned_post(ctx: Context, request: Any, bucket: str) -> Response:
         response = empty_response(200 if status == "200" else 204)
     response.headers["ETag"] = f'"{etag}"'
     response.headers["Location"] = location
+    if vid:
+        response.headers["x-amz-version-id"] = vid
     return response
 
 

@@ -1,8 +1,9 @@
-"""ListObjectVersions (``GET /bucket?versions``). Cairn keeps one version of each key, the
-``null`` version S3 gives objects of a bucket that never had versioning, so every object
-is listed as that version, latest, and no delete markers exist. Paging follows S3:
-``key-marker`` (with ``version-id-marker`` ``null`` or absent) continues after that key;
-a truncated page names its NextKeyMarker and, after a key, NextVersionIdMarker."""
+"""ListObjectVersions (``GET /bucket?versions``): every version and delete marker, key
+ascending and newest first within a key, with prefix, delimiter, max-keys and
+encoding-type; a bucket never versioned lists each object as its ``null`` version.
+Paging follows S3: ``key-marker`` alone continues after that key, with
+``version-id-marker`` after that version of it; a truncated page names
+NextKeyMarker and, after a version, NextVersionIdMarker."""
 
 from __future__ import annotations
 
@@ -22,17 +23,14 @@ async def list_object_versions(ctx: Context, bucket: str, params: dict[str, str]
     if version_marker and not key_marker:
         raise S3Error("InvalidArgument", "A version-id marker cannot be specified without a key marker.",
                       ArgumentName="version-id-marker", ArgumentValue=version_marker)
-    if version_marker not in ("", "null"):
-        raise S3Error("InvalidArgument", "Invalid version id specified", ArgumentName="version-id-marker",
-                      ArgumentValue=version_marker)
     p: dict[str, Any] = {
         "bucket": bucket, "prefix": params.get("prefix", ""), "delimiter": params.get("delimiter", ""),
         "max_keys": max_keys(params), "encoding_type": encoding_type(params), "key_marker": key_marker,
         "version_marker": version_marker,
     }
     bucket_info, page = await meta_call_many(ctx, [{"q": "bucket", "bucket": bucket}, {
-        "q": "list", "bucket": bucket, "prefix": p["prefix"], "delimiter": p["delimiter"],
-        "after": key_marker, "max_keys": p["max_keys"],
+        "q": "list_versions", "bucket": bucket, "prefix": p["prefix"], "delimiter": p["delimiter"],
+        "key_marker": key_marker, "vid_marker": version_marker or None, "max_keys": p["max_keys"],
     }])
     p["owner"] = bucket_info["owner"]
     return xml_response(s3xml.list_versions(page, p))

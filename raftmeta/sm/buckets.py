@@ -1,13 +1,14 @@
 """Buckets: creation and ownership, deletion (refused while objects remain; in-progress
 uploads, grants and configuration go with the bucket), and per-bucket sub-resource
-documents (``bucket_config``: CORS today; versioning, lifecycle, policy to come)."""
+documents (``bucket_config``: CORS, lifecycle; versioning and object lock, which their
+own commands in ``versions`` write)."""
 
 from __future__ import annotations
 
 import sqlite3
 from typing import Any
 
-from raftmeta.sm import iam, multipart
+from raftmeta.sm import iam, multipart, versions
 from raftmeta.sm.tables import Failed, bucket_exists, packb, unpackb
 
 SCHEMA = """
@@ -20,6 +21,11 @@ CREATE TABLE IF NOT EXISTS bucket_config (
 """
 
 
+# Settings with rules of their own (versioning never returns to unversioned, object lock
+# never turns off): only their commands in ``versions`` write them.
+GUARDED = ("versioning", "object_lock")
+
+
 def cmd_create_bucket(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str, Any]:
     row = db.execute("SELECT owner FROM buckets WHERE name=?", (cmd["bucket"],)).fetchone()
     if row is not None:
@@ -28,14 +34,17 @@ def cmd_create_bucket(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str, 
         "INSERT INTO buckets (name, owner, created, acl) VALUES (?,?,?,?)",
         (cmd["bucket"], cmd["owner"], cmd["ts"], cmd.get("acl", "private")),
     )
+    if cmd.get("object_lock"):
+        versions.enable_lock_at_creation(db, cmd["bucket"])
     return {}
 
 
 def cmd_delete_bucket(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str, Any]:
     if not bucket_exists(db, cmd["bucket"]):
         raise Failed("NoSuchBucket")
-    if db.execute("SELECT 1 FROM objects WHERE bucket=? LIMIT 1", (cmd["bucket"],)).fetchone():
-        raise Failed("BucketNotEmpty")
+    for table in ("objects", "versions"):  # noncurrent versions and delete markers count
+        if db.execute(f"SELECT 1 FROM {table} WHERE bucket=? LIMIT 1", (cmd["bucket"],)).fetchone():
+            raise Failed("BucketNotEmpty")
     for (upload_id,) in db.execute("SELECT upload_id FROM uploads WHERE bucket=?", (cmd["bucket"],)).fetchall():
         multipart.drop_upload(db, upload_id, cmd["ts"])  # in-progress uploads go with the bucket
     iam.drop_bucket_grants(db, cmd["bucket"])
@@ -48,6 +57,8 @@ def cmd_set_bucket_config(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[s
     """A bucket's sub-resource document (e.g. ``cors``); ``value`` None removes it."""
     if not bucket_exists(db, cmd["bucket"]):
         raise Failed("NoSuchBucket")
+    if cmd["name"] in GUARDED:
+        raise Failed("InvalidRequest", f"{cmd['name']} is set by its own command")
     if cmd.get("value") is None:
         db.execute("DELETE FROM bucket_config WHERE bucket=? AND name=?", (cmd["bucket"], cmd["name"]))
     else:

@@ -67,10 +67,9 @@ def q_chunk_refs(db: sqlite3.Connection, q: dict[str, Any]) -> dict[str, Any]:
     """Every chunk id that an object or a live upload's part references, and those queued
     for GC (tests and audits; O(objects))."""
     ids: list[str] = []
-    for (chunks,) in db.execute("SELECT chunks FROM objects"):
-        ids.extend(c[0] for c in unpackb(chunks) if len(c) <= 4)
-    for (chunks,) in db.execute("SELECT chunks FROM parts"):
-        ids.extend(c[0] for c in unpackb(chunks) if len(c) <= 4)
+    for table in ("objects", "versions", "parts"):
+        for (chunks,) in db.execute(f"SELECT chunks FROM {table}"):
+            ids.extend(c[0] for c in unpackb(chunks) if len(c) <= 4)
     pending = [r[0] for r in db.execute("SELECT chunk FROM gc")]
     return {"referenced": ids, "gc": pending}
 

@@ -139,10 +139,10 @@ def cmd_complete_upload(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str
     obj["chunks"] = chunks
     obj["size"] = sum(p[0] for p in part_table)
     obj.setdefault("meta", {})["parts"] = part_table
-    version = replace_object(db, cmd["bucket"], cmd["key"], obj, cmd["ts"], cmd["index"], cmd.get("cond"))
+    written = replace_object(db, cmd["bucket"], cmd["key"], obj, cmd["ts"], cmd["index"], cmd.get("cond"))
     used = {c[0] for c in chunks}
     drop_upload(db, upload_id, cmd["ts"], keep=used)
-    result = {"version": version, "etag": obj["etag"], "size": obj["size"]}
+    result = {**written, "etag": obj["etag"], "size": obj["size"]}
     db.execute("INSERT OR REPLACE INTO completed VALUES (?,?,?,?)", (upload_id, digest, packb(result), cmd["ts"]))
     db.execute("DELETE FROM completed WHERE at < ?", (cmd["ts"] - COMPLETED_MEMORY,))
     return result

@@ -1,21 +1,23 @@
-"""Objects: one row per (bucket, key) holding the whole manifest, replaced atomically;
-conditional writes decided inside the commit; CopyObject sharing chunks; tags; the
-listing (a covering index scan)."""
+"""Objects: one row per (bucket, key) holding its current version's whole manifest
+(older versions and delete markers live in ``versions``); writes and deletes as the
+bucket's versioning says, conditional writes decided inside the commit; CopyObject
+sharing chunks; tags; the listing of current objects (a covering index scan)."""
 
 from __future__ import annotations
 
 import sqlite3
 from typing import Any
 
-from raftmeta.sm.gcqueue import add_refs, queue_gc
-from raftmeta.sm.tables import Failed, bucket_exists, packb, successor, unpackb
+from raftmeta.sm import versions
+from raftmeta.sm.gcqueue import add_refs
+from raftmeta.sm.tables import Failed, bucket_exists, successor, unpackb
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS objects (
     bucket TEXT NOT NULL, key TEXT NOT NULL,
     size INTEGER NOT NULL, etag TEXT NOT NULL, sha256 TEXT NOT NULL,
     content_type TEXT NOT NULL, created REAL NOT NULL, version INTEGER NOT NULL,
-    meta BLOB NOT NULL, chunks BLOB NOT NULL,
+    meta BLOB NOT NULL, chunks BLOB NOT NULL, null_id INTEGER NOT NULL DEFAULT 1,
     PRIMARY KEY (bucket, key)
 ) WITHOUT ROWID;
 -- Listings scan this covering index, not the table, whose rows carry whole manifests
@@ -23,125 +25,158 @@ CREATE TABLE IF NOT EXISTS objects (
 CREATE INDEX IF NOT EXISTS objects_listing ON objects (bucket, key, size, etag, created);
 """
 
-OBJECT_COLS = "key, size, etag, sha256, content_type, created, version, meta, chunks"
+
+def migrate(db: sqlite3.Connection) -> None:
+    """Objects from before versioning are every key's null version."""
+    if "null_id" not in {row[1] for row in db.execute("PRAGMA table_info(objects)")}:
+        db.execute("ALTER TABLE objects ADD COLUMN null_id INTEGER NOT NULL DEFAULT 1")
+
+
+OBJECT_COLS = "key, size, etag, sha256, content_type, created, version, meta, chunks, null_id"
 
 
 def object_row(row: tuple[Any, ...]) -> dict[str, Any]:
     return {
         "key": row[0], "size": row[1], "etag": row[2], "sha256": row[3], "content_type": row[4],
         "created": row[5], "version": row[6], "meta": unpackb(row[7]), "chunks": unpackb(row[8]),
+        "vid": versions.vid_of(row[6], row[9]),
     }
+
+
+def _check(cond: dict[str, Any] | None, now: versions.Version | None) -> None:
+    """A conditional write, judged against the key's current object (a key whose latest
+    version is a delete marker has none), inside the commit so racing writers cannot
+    both win: ``if_none_match`` (only if absent), ``if_match`` (only if the ETag is one
+    of these)."""
+    if not cond:
+        return
+    if cond.get("if_none_match") and now is not None:
+        raise Failed("PreconditionFailed")
+    if "if_match" in cond:
+        if now is None:
+            raise Failed("NoSuchKey")
+        if "*" not in cond["if_match"] and now.etag not in cond["if_match"]:
+            raise Failed("PreconditionFailed")
 
 
 def replace_object(
     db: sqlite3.Connection, bucket: str, key: str, obj: dict[str, Any], ts: float, index: int,
-    cond: dict[str, Any] | None = None,
-) -> int:
-    """Make ``obj`` the object at (bucket, key) atomically; the replaced version's chunks
-    (except any the new one reuses) go to the GC queue. Returns the new version.
-    ``cond`` is a conditional write, decided here so racing writers cannot both win:
-    ``if_none_match`` (only if absent) and ``if_match`` (only if the ETag is one of these)."""
+    cond: dict[str, Any] | None = None, keep: set[str] | None = None,
+) -> dict[str, Any]:
+    """Make ``obj`` the newest version at (bucket, key) atomically, as the bucket's
+    versioning says (``versions.write``); a version it replaces keeps its chunks in
+    ``keep`` (default: the new manifest's) out of the GC queue. Returns ``version`` (its
+    seq) and ``vid`` (its version id; absent in a never-versioned bucket)."""
     if not bucket_exists(db, bucket):
         raise Failed("NoSuchBucket")
-    old = db.execute("SELECT chunks, etag FROM objects WHERE bucket=? AND key=?", (bucket, key)).fetchone()
-    if cond:
-        if cond.get("if_none_match") and old is not None:
-            raise Failed("PreconditionFailed")
-        if "if_match" in cond:
-            if old is None:
-                raise Failed("NoSuchKey")
-            if "*" not in cond["if_match"] and old[1] not in cond["if_match"]:
-                raise Failed("PreconditionFailed")
-    if old is not None:
-        queue_gc(db, unpackb(old[0]), ts, {c[0] for c in obj["chunks"]})
-    db.execute(
-        "INSERT OR REPLACE INTO objects VALUES (?,?,?,?,?,?,?,?,?,?)",
-        (
-            bucket, key, obj["size"], obj["etag"], obj["sha256"], obj["content_type"],
-            obj["created"], index, packb(obj.get("meta", {})), packb(obj["chunks"]),
-        ),
-    )
-    return index
+    _check(cond, versions.current(db, bucket, key))
+    seq = versions.seq_of(index)
+    kept = {c[0] for c in obj["chunks"]} if keep is None else keep
+    vid = versions.write(db, bucket, key, obj, ts, seq, kept)
+    return {"version": seq, **({"vid": vid} if versions.versioning(db, bucket) else {})}
 
 
 def cmd_put_object(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str, Any]:
-    """Commit a whole object atomically: its manifest replaces the previous version."""
-    return {"version": replace_object(db, cmd["bucket"], cmd["key"], cmd["obj"], cmd["ts"], cmd["index"],
-                                      cmd.get("cond"))}
+    """Commit a whole object atomically: its manifest becomes the key's newest version."""
+    return replace_object(db, cmd["bucket"], cmd["key"], cmd["obj"], cmd["ts"], cmd["index"], cmd.get("cond"))
+
+
+_LOCK_FIELDS = ("retention", "hold")
 
 
 def cmd_copy_object(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str, Any]:
     """CopyObject without copying a byte: the copy shares the source's chunks (counted
-    in ``shared``), read and checked against ``source_etag`` in this same transaction."""
-    src = db.execute(
-        f"SELECT {OBJECT_COLS} FROM objects WHERE bucket=? AND key=?", (cmd["src_bucket"], cmd["src_key"])
-    ).fetchone()
-    if src is None:
-        raise Failed("NoSuchBucket" if not bucket_exists(db, cmd["src_bucket"]) else "NoSuchKey")
-    source = object_row(src)
-    if cmd.get("source_etag") and source["etag"] != cmd["source_etag"]:
+    in ``shared``), read and checked against ``source_etag`` in this same transaction.
+    ``src_vid`` names a source version; the copy's object lock comes from ``lock`` (the
+    request's headers) or the bucket's default, never from the source."""
+    try:
+        source = versions.addressed(db, cmd["src_bucket"], cmd["src_key"], cmd.get("src_vid"))
+    except Failed as exc:
+        if exc.code == "MethodNotAllowed":
+            raise Failed("InvalidRequest", "The source of a copy request may not specifically refer to a "
+                         "delete marker by version id.") from None
+        raise
+    if cmd.get("source_etag") and source.etag != cmd["source_etag"]:
         raise Failed("PreconditionFailed")
-    meta = source["meta"] if cmd.get("meta") is None else {**cmd["meta"], **{
-        k: source["meta"][k] for k in ("parts", "checksum", "checksum_type") if k in source["meta"]}}
+    kept = {k: v for k, v in source.meta.items() if k not in _LOCK_FIELDS}
+    meta = kept if cmd.get("meta") is None else {**cmd["meta"], **{
+        k: kept[k] for k in ("parts", "checksum", "checksum_type") if k in kept}}
+    meta.update(cmd.get("lock") or {})
     obj = {
-        "size": source["size"], "etag": source["etag"], "sha256": source["sha256"],
-        "content_type": cmd.get("content_type") or source["content_type"], "created": cmd["ts"],
-        "meta": meta, "chunks": source["chunks"],
+        "size": source.size, "etag": source.etag, "sha256": source.sha256,
+        "content_type": cmd.get("content_type") or source.content_type, "created": cmd["ts"],
+        "meta": meta, "chunks": source.chunks,
     }
-    current = db.execute("SELECT chunks FROM objects WHERE bucket=? AND key=?", (cmd["bucket"], cmd["key"])).fetchone()
-    already = {c[0] for c in unpackb(current[0])} if current is not None else set()
-    add_refs(db, [c for c in source["chunks"] if c[0] not in already])
-    version = replace_object(db, cmd["bucket"], cmd["key"], obj, cmd["ts"], cmd["index"], cmd.get("cond"))
-    return {"version": version, "etag": obj["etag"], "created": obj["created"]}
+    # Every chunk gains a reference first: whatever the write removes (an unversioned
+    # key's old object, possibly this very source) loses one again.
+    add_refs(db, source.chunks)
+    result = replace_object(db, cmd["bucket"], cmd["key"], obj, cmd["ts"], cmd["index"], cmd.get("cond"), keep=set())
+    return {**result, "etag": obj["etag"], "created": obj["created"], "src_vid": source.vid,
+            "src_versioned": bool(versions.versioning(db, cmd["src_bucket"]))}
+
+
+def _delete_one(db: sqlite3.Connection, bucket: str, key: str, vid: str | None, ts: float, seq: int,
+                bypass: bool) -> dict[str, Any]:
+    if vid is None:
+        return versions.delete_latest(db, bucket, key, ts, seq)
+    return versions.delete_version(db, bucket, key, vid, ts, bypass)
 
 
 def cmd_delete_object(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str, Any]:
-    bucket, key = cmd["bucket"], cmd["key"]
-    if not bucket_exists(db, bucket):
+    """DeleteObject: with ``vid`` that version for good (unless object lock keeps it),
+    else the object, or a delete marker in a versioned bucket."""
+    if not bucket_exists(db, cmd["bucket"]):
         raise Failed("NoSuchBucket")
-    old = db.execute("SELECT chunks FROM objects WHERE bucket=? AND key=?", (bucket, key)).fetchone()
-    if old is None:
-        return {"existed": False}
-    queue_gc(db, unpackb(old[0]), cmd["ts"])
-    db.execute("DELETE FROM objects WHERE bucket=? AND key=?", (bucket, key))
-    return {"existed": True}
+    return _delete_one(db, cmd["bucket"], cmd["key"], cmd.get("vid"), cmd["ts"], versions.seq_of(cmd["index"]),
+                       bool(cmd.get("bypass")))
 
 
 def cmd_delete_objects(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str, Any]:
-    """DeleteObjects: up to 1000 keys in one entry; deleting a missing key succeeds."""
+    """DeleteObjects: up to 1000 ``entries`` ([key, vid or None]) in one entry, each its
+    own success or error (deleting a missing key succeeds). Entries from before
+    versioning carry ``keys``."""
     if not bucket_exists(db, cmd["bucket"]):
         raise Failed("NoSuchBucket")
-    deleted = []
-    for key in cmd["keys"]:
-        old = db.execute("SELECT chunks FROM objects WHERE bucket=? AND key=?", (cmd["bucket"], key)).fetchone()
-        if old is not None:
-            queue_gc(db, unpackb(old[0]), cmd["ts"])
-            db.execute("DELETE FROM objects WHERE bucket=? AND key=?", (cmd["bucket"], key))
-        deleted.append(key)
-    return {"deleted": deleted}
+    entries = cmd.get("entries") or [[key, None] for key in cmd.get("keys", ())]
+    if len(entries) > versions.SEQ_SPAN:
+        raise Failed("MalformedXML")
+    deleted, errors = [], []
+    for position, (key, vid) in enumerate(entries):
+        try:
+            done = _delete_one(db, cmd["bucket"], key, vid, cmd["ts"], versions.seq_of(cmd["index"], position),
+                               bool(cmd.get("bypass")))
+        except Failed as exc:  # raised before the entry changed anything
+            errors.append({"key": key, "vid": vid, "code": exc.code, "msg": exc.msg})
+            continue
+        deleted.append({"key": key, **({"req_vid": vid} if vid is not None else {}),
+                        **{k: v for k, v in done.items() if k in ("marker", "vid")}})
+    return {"deleted": deleted, "errors": errors}
 
 
 def cmd_set_tags(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str, Any]:
-    """Replace (or with ``tags`` None, remove) an object's tag set, nothing else."""
-    row = db.execute("SELECT meta FROM objects WHERE bucket=? AND key=?", (cmd["bucket"], cmd["key"])).fetchone()
-    if row is None:
-        raise Failed("NoSuchBucket" if not bucket_exists(db, cmd["bucket"]) else "NoSuchKey")
-    meta = unpackb(row[0])
+    """Replace (or with ``tags`` None, remove) a version's tag set, nothing else."""
+    version = versions.addressed(db, cmd["bucket"], cmd["key"], cmd.get("vid"))
+    meta = version.meta
     if cmd.get("tags"):
         meta["tags"] = cmd["tags"]
     else:
         meta.pop("tags", None)
-    db.execute("UPDATE objects SET meta=? WHERE bucket=? AND key=?", (packb(meta), cmd["bucket"], cmd["key"]))
-    return {}
+    versions.update_meta(db, version, meta)
+    return {"vid": version.vid} if versions.versioning(db, cmd["bucket"]) else {}
 
 
 def q_object(db: sqlite3.Connection, q: dict[str, Any]) -> dict[str, Any]:
-    row = db.execute(
-        f"SELECT {OBJECT_COLS} FROM objects WHERE bucket=? AND key=?", (q["bucket"], q["key"])
-    ).fetchone()
-    if row is None:
-        raise Failed("NoSuchBucket" if not bucket_exists(db, q["bucket"]) else "NoSuchKey")
-    return {"obj": object_row(row)}
+    """A version (``vid``, else the latest); ``versioned``: whether its bucket ever was."""
+    row = None if q.get("vid") is not None else db.execute(
+        f"SELECT {OBJECT_COLS} FROM objects WHERE bucket=? AND key=?", (q["bucket"], q["key"])).fetchone()
+    if row is not None:  # the common case: the current object, one lookup
+        obj = object_row(row)
+    else:
+        obj = versions.addressed(db, q["bucket"], q["key"], q.get("vid")).as_obj()
+    versioned = bool(versions.versioning(db, q["bucket"]))
+    if not versioned:
+        obj.pop("vid", None)
+    return {"obj": obj, "versioned": versioned}
 
 
 def q_list(db: sqlite3.Connection, q: dict[str, Any]) -> dict[str, Any]:
@@ -211,6 +246,9 @@ def q_stats(db: sqlite3.Connection, q: dict[str, Any]) -> dict[str, Any]:
         "objects": one("SELECT count(*) FROM objects"),
         "bytes": one("SELECT coalesce(sum(size), 0) FROM objects"),
         "gc_queue": one("SELECT count(*) FROM gc"),
+        "noncurrent_versions": one("SELECT count(*) FROM versions WHERE marker=0"),
+        "noncurrent_bytes": one("SELECT coalesce(sum(size), 0) FROM versions"),
+        "delete_markers": one("SELECT count(*) FROM versions WHERE marker=1"),
     }
 
 

@@ -12,58 +12,74 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-from raftmeta.sm.tables import Failed, packb, unpackb
+from raftmeta.sm.tables import Failed, unpackb
+from raftmeta.sm.versions import MANIFEST_TABLES, manifest_at, set_manifest
 
 SCHEMA = ""
 
 
+def _under(b: str, k: str, seq: int, chunks: bytes, alive: set[str], want: int) -> list[list[Any]]:
+    return [[b, k, seq, c[0], c[1], c[2], c[3]] for c in unpackb(chunks)
+            if len(c) <= 4 and len(alive.intersection(c[3])) < want]  # inline chunks live in Raft
+
+
 def q_repair_scan(db: sqlite3.Connection, q: dict[str, Any]) -> dict[str, Any]:
-    """Chunks of objects after the (bucket, key) cursor whose replicas on ``alive`` nodes
-    number fewer than ``want``: [bucket, key, version, chunk id, size, sha256, nodes]."""
-    alive, want, limit = set(q["alive"]), int(q["want"]), int(q.get("limit", 100))
-    bucket, key = q.get("after", ["", ""])
+    """Chunks of versions after the cursor whose replicas on ``alive`` nodes number fewer
+    than ``want``: [bucket, key, version, chunk id, size, sha256, nodes]. Current objects
+    come first (cursor [bucket, key]), then noncurrent versions (cursor [bucket, key, seq])."""
+    alive, want, limit, scan = set(q["alive"]), int(q["want"]), int(q.get("limit", 100)), int(q.get("scan", 2000))
+    after = list(q.get("after", ["", ""]))
     items: list[list[Any]] = []
-    scanned = 0
-    cursor = (bucket, key)
-    rows = db.execute(
-        "SELECT bucket, key, version, chunks FROM objects WHERE (bucket, key) > (?, ?) ORDER BY bucket, key LIMIT ?",
-        (bucket, key, int(q.get("scan", 2000))),
-    ).fetchall()
-    for b, k, version, chunks in rows:
-        scanned += 1
-        cursor = (b, k)
-        for c in unpackb(chunks):
-            if len(c) <= 4 and len(alive.intersection(c[3])) < want:  # inline chunks live in Raft
-                items.append([b, k, version, c[0], c[1], c[2], c[3]])
+    if len(after) == 2:
+        rows = db.execute(
+            "SELECT bucket, key, version, chunks FROM objects WHERE (bucket, key) > (?, ?) ORDER BY bucket, key LIMIT ?",
+            (after[0], after[1], scan)).fetchall()
+        for b, k, version, chunks in rows:
+            after = [b, k]
+            items += _under(b, k, version, chunks, alive, want)
+            if len(items) >= limit:
+                return {"items": items, "next": after, "done": False}
+        if len(rows) == scan:
+            return {"items": items, "next": after, "done": False}
+        after = ["", "", 0]  # current objects done: the noncurrent versions next
+    b0, k0, s0 = after
+    rows = db.execute("SELECT bucket, key, seq, chunks FROM versions WHERE bucket=? AND key=? AND seq<? "
+                      "ORDER BY seq DESC LIMIT ?", (b0, k0, s0, scan)).fetchall() if k0 else []
+    if len(rows) < scan:
+        rows += db.execute("SELECT bucket, key, seq, chunks FROM versions WHERE (bucket, key) > (?, ?) "
+                           "ORDER BY bucket, key, seq DESC LIMIT ?", (b0, k0, scan - len(rows))).fetchall()
+    for b, k, seq, chunks in rows:
+        after = [b, k, seq]
+        items += _under(b, k, seq, chunks, alive, want)
         if len(items) >= limit:
-            break
-    done = scanned == len(rows) and len(rows) < int(q.get("scan", 2000))
-    return {"items": items, "next": list(cursor), "done": done}
+            return {"items": items, "next": after, "done": False}
+    return {"items": items, "next": after, "done": len(rows) < scan}
+
+
+def _manifest(db: sqlite3.Connection, cmd: dict[str, Any]) -> list[list[Any]]:
+    chunks = manifest_at(db, cmd["bucket"], cmd["key"], cmd["version"])
+    if chunks is None:
+        raise Failed("Stale")
+    return chunks
 
 
 def cmd_set_replicas(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str, Any]:
-    row = db.execute("SELECT version, chunks FROM objects WHERE bucket=? AND key=?", (cmd["bucket"], cmd["key"])).fetchone()
-    if row is None or row[0] != cmd["version"]:
-        raise Failed("Stale")
-    chunks = unpackb(row[1])
+    chunks = _manifest(db, cmd)
     for c in chunks:
         if c[0] == cmd["chunk"]:
             c[3] = list(cmd["nodes"])
-    db.execute("UPDATE objects SET chunks=? WHERE bucket=? AND key=?", (packb(chunks), cmd["bucket"], cmd["key"]))
+    set_manifest(db, cmd["bucket"], cmd["key"], cmd["version"], chunks)
     return {}
 
 
 def cmd_drop_replica(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str, Any]:
     """Read repair: a reader found this replica missing or corrupt. It leaves the manifest
     (never the last replica), so the repair scan sees the chunk under-replicated."""
-    row = db.execute("SELECT version, chunks FROM objects WHERE bucket=? AND key=?", (cmd["bucket"], cmd["key"])).fetchone()
-    if row is None or row[0] != cmd["version"]:
-        raise Failed("Stale")
-    chunks = unpackb(row[1])
+    chunks = _manifest(db, cmd)
     for c in chunks:
         if c[0] == cmd["chunk"] and cmd["node"] in c[3] and len(c[3]) > 1:
             c[3] = [n for n in c[3] if n != cmd["node"]]
-    db.execute("UPDATE objects SET chunks=? WHERE bucket=? AND key=?", (packb(chunks), cmd["bucket"], cmd["key"]))
+    set_manifest(db, cmd["bucket"], cmd["key"], cmd["version"], chunks)
     return {}
 
 
@@ -73,7 +89,9 @@ def cmd_replicas_lost(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str, 
     index would make it O(chunks)."""
     lost, node = set(cmd["chunks"]), cmd["node"]
     changed = 0
-    for bucket, key, chunks in db.execute("SELECT bucket, key, chunks FROM objects").fetchall():
+    rows = [*db.execute("SELECT bucket, key, version, chunks FROM objects").fetchall(),
+            *db.execute("SELECT bucket, key, seq, chunks FROM versions").fetchall()]
+    for bucket, key, seq, chunks in rows:
         manifest = unpackb(chunks)
         touched = False
         for c in manifest:
@@ -81,7 +99,7 @@ def cmd_replicas_lost(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str, 
                 c[3] = [n for n in c[3] if n != node]
                 touched = True
         if touched:
-            db.execute("UPDATE objects SET chunks=? WHERE bucket=? AND key=?", (packb(manifest), bucket, key))
+            set_manifest(db, bucket, key, seq, manifest)
             changed += 1
     return {"objects": changed}
 
@@ -90,7 +108,7 @@ def q_node_refs(db: sqlite3.Connection, q: dict[str, Any]) -> dict[str, Any]:
     """Every chunk id that a manifest (object or live upload part) places on ``node``."""
     node = q["node"]
     ids: set[str] = set()
-    for table in ("objects", "parts"):
+    for table in (*MANIFEST_TABLES, "parts"):
         for (chunks,) in db.execute(f"SELECT chunks FROM {table}"):
             ids.update(c[0] for c in unpackb(chunks) if node in c[3])
     return {"ids": sorted(ids)}
@@ -99,7 +117,7 @@ def q_node_refs(db: sqlite3.Connection, q: dict[str, Any]) -> dict[str, Any]:
 def manifests_place_on(db: sqlite3.Connection, node: str) -> bool:
     """Whether any object's or live upload's part's manifest places a chunk on ``node``
     (O(objects); a decommission checks it once)."""
-    for table in ("objects", "parts"):
+    for table in (*MANIFEST_TABLES, "parts"):
         for (chunks,) in db.execute(f"SELECT chunks FROM {table}"):
             if any(node in c[3] for c in unpackb(chunks)):
                 return True

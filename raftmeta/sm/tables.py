@@ -24,10 +24,11 @@ def unpackb(data: bytes) -> Any:
 class Failed(Exception):
     """Raised inside a command to roll it back and answer ``{ok: False, err: code}``."""
 
-    def __init__(self, code: str, msg: str = "") -> None:
+    def __init__(self, code: str, msg: str = "", **extra: Any) -> None:
         super().__init__(code)
         self.code = code
         self.msg = msg
+        self.extra = extra  # more fields of the reply (a delete marker's ``marker`` and ``vid``)
 
 
 def successor(prefix: str) -> str | None:
@@ -43,3 +44,9 @@ def successor(prefix: str) -> str | None:
 
 def bucket_exists(db: sqlite3.Connection, bucket: str) -> bool:
     return db.execute("SELECT 1 FROM buckets WHERE name=?", (bucket,)).fetchone() is not None
+
+
+def bucket_setting(db: sqlite3.Connection, bucket: str, name: str) -> Any:
+    """A bucket's sub-resource document (``bucket_config``), None if unset."""
+    row = db.execute("SELECT value FROM bucket_config WHERE bucket=? AND name=?", (bucket, name)).fetchone()
+    return unpackb(row[0]) if row else None

@@ -64,23 +64,35 @@ CASES: list[tuple[str, str, str | None, dict[str, str], dict[str, str], str, str
     ("GET", "b", None, {"acl": "", "location": ""}, {}, "GetBucketAcl", FULL),
     # bucket sub-resources S3 has and Cairn does not (yet)
     ("GET", "b", None, {"policy": ""}, {}, "GetBucketPolicy", LIST),
-    ("GET", "b", None, {"lifecycle": ""}, {}, "GetBucketLifecycleConfiguration", LIST),
     ("GET", "b", None, {"tagging": ""}, {}, "GetBucketTagging", LIST),
     ("GET", "b", None, {"website": ""}, {}, "GetBucketWebsite", LIST),
     ("GET", "b", None, {"replication": ""}, {}, "GetBucketReplication", LIST),
     ("GET", "b", None, {"encryption": ""}, {}, "GetBucketEncryption", LIST),
     ("GET", "b", None, {"notification": ""}, {}, "GetBucketNotificationConfiguration", LIST),
     ("GET", "b", None, {"logging": ""}, {}, "GetBucketLogging", LIST),
-    ("GET", "b", None, {"object-lock": ""}, {}, "GetObjectLockConfiguration", LIST),
     ("GET", "b", None, {"ownershipControls": ""}, {}, "GetBucketOwnershipControls", LIST),
     ("GET", "b", None, {"policy": "", "list-type": "2"}, {}, "GetBucketPolicy", LIST),
+    # versioning, lifecycle, object lock: configuring a bucket takes full control
+    ("PUT", "b", None, {"lifecycle": ""}, {}, "PutBucketLifecycleConfiguration", FULL),
+    ("GET", "b", None, {"lifecycle": ""}, {}, "GetBucketLifecycleConfiguration", FULL),
+    ("DELETE", "b", None, {"lifecycle": ""}, {}, "DeleteBucketLifecycle", FULL),
+    ("POST", "b", None, {"lifecycle": ""}, {}, MNA, FULL),
+    ("PUT", "b", None, {"object-lock": ""}, {}, "PutObjectLockConfiguration", FULL),
+    ("GET", "b", None, {"object-lock": ""}, {}, "GetObjectLockConfiguration", FULL),
+    ("DELETE", "b", None, {"object-lock": ""}, {}, MNA, FULL),
+    ("PUT", "b", "k", {"retention": "", "versionId": "v"}, {}, "PutObjectRetention", WRITE),
+    ("GET", "b", "k", {"retention": ""}, {}, "GetObjectRetention", READ),
+    ("DELETE", "b", "k", {"retention": ""}, {}, MNA, WRITE),
+    ("PUT", "b", "k", {"legal-hold": ""}, {}, "PutObjectLegalHold", WRITE),
+    ("GET", "b", "k", {"legal-hold": ""}, {}, "GetObjectLegalHold", READ),
+    ("POST", "b", "k", {"legal-hold": ""}, {}, MNA, WRITE),
     # methods a bucket does not answer
     ("DELETE", "b", None, {"location": ""}, {}, MNA, FULL),
     ("DELETE", "b", None, {"prefix": ""}, {}, MNA, FULL),
     ("POST", "b", None, {"acl": ""}, {}, MNA, FULL),
     ("PATCH", "b", None, {"acl": ""}, {}, MNA, FULL),
     ("PUT", "b", None, {"location": ""}, {}, MNA, ANY),
-    ("PUT", "b", None, {"versioning": ""}, {}, MNA, ANY),
+    ("PUT", "b", None, {"versioning": ""}, {}, "PutBucketVersioning", FULL),
     ("POST", "b", None, {"versioning": ""}, {}, MNA, ANY),
     ("POST", "b", None, {"uploads": ""}, {}, MNA, WRITE),
     ("PUT", "b", None, {"policy": ""}, {}, MNA, LIST),
@@ -137,7 +149,7 @@ def test_every_route_is_in_the_table() -> None:
 
 
 def test_not_implemented_names_the_sub_resource() -> None:
-    route = routes.match("GET", "b", "k", {"retention": ""}, {})
-    assert route.query == "retention"
-    route = routes.match("GET", "b", None, {"lifecycle": ""}, {})
-    assert route.query == "lifecycle" and route.operation == "GetBucketLifecycleConfiguration"
+    route = routes.match("GET", "b", "k", {"torrent": ""}, {})
+    assert route.query == "torrent"
+    route = routes.match("GET", "b", None, {"policy": ""}, {})
+    assert route.query == "policy" and route.operation == "GetBucketPolicy"

@@ -14,8 +14,11 @@ from typing import Any
 
 import pytest
 
+from raftmeta.sm.versions import seq_of
 from raftmeta.state import REQUEST_MEMORY, MetaState
 from tests.unit.metastate import Replica, chunk, create, delete, obj, put, replica
+
+NO_VERSIONS = {"noncurrent_versions": 0, "noncurrent_bytes": 0, "delete_markers": 0}
 
 
 @pytest.fixture
@@ -65,10 +68,10 @@ def test_reopened_state_remembers_applied_index_and_skips_replays(tmp_path: Path
             assert second.apply(i, cmd) == {"ok": False, "err": "Replayed"}
         assert list(second.db.iterdump()) == before
         assert second.query({"q": "stats"}) == stats == {
-            "ok": True, "buckets": 1, "objects": 1, "bytes": 7, "gc_queue": 3,
+            "ok": True, "buckets": 1, "objects": 1, "bytes": 7, "gc_queue": 3, **NO_VERSIONS,
         }
         # and the log continues from where it was
-        assert second.apply(len(log) + 1, put("k", obj([chunk("c5")]))) == {"ok": True, "version": len(log) + 1}
+        assert second.apply(len(log) + 1, put("k", obj([chunk("c5")]))) == {"ok": True, "version": seq_of(len(log) + 1)}
     finally:
         second.close()
 
@@ -99,7 +102,7 @@ def test_barrier_changes_nothing_and_consumes_its_index(rep: Replica) -> None:
     dump = rep.dump()
     assert rep.state.apply(2, {"op": "barrier"}) == {"ok": True, "index": 2}
     assert rep.dump() == dump
-    assert rep.q(q="stats") == {"ok": True, "buckets": 1, "objects": 0, "bytes": 0, "gc_queue": 0}
+    assert rep.q(q="stats") == {"ok": True, "buckets": 1, "objects": 0, "bytes": 0, "gc_queue": 0, **NO_VERSIONS}
     assert rep.state.apply(2, create("other"))["err"] == "Replayed"
     assert rep.state.apply(3, create("other")) == {"ok": True}
 
@@ -144,13 +147,13 @@ def test_retried_put_object_does_not_queue_its_own_chunks(rep: Replica) -> None:
     rep.apply(create())
     cmd = put("k", obj([chunk("c1"), chunk("c2")]), rid=b"put-1")
     first = rep.apply(cmd)
-    assert first == {"ok": True, "version": 2}
+    assert first == {"ok": True, "version": seq_of(2)}
     dump = rep.dump()
     again = rep.apply(cmd)
-    assert again == {"ok": True, "version": 2, "retried": True}
+    assert again == {"ok": True, "version": seq_of(2), "retried": True}
     assert rep.gc_chunks() == []
     o = rep.q(q="object", bucket="b", key="k")["obj"]
-    assert o["version"] == 2
+    assert o["version"] == seq_of(2)
     assert [c[0] for c in o["chunks"]] == ["c1", "c2"]
     # nothing but the applied index changed
     assert [line for line in rep.dump() if "'applied'" not in line] == [
@@ -241,7 +244,7 @@ def test_malformed_command_is_an_internal_error_not_an_exception(rep: Replica, c
     assert not rep.state.db.in_transaction  # rolled back, not left open
     assert rep.dump() == dump  # nothing half-applied
     # the state machine keeps going, and the failed entry is not replayed over later ones
-    assert rep.apply(put("k2", obj([chunk("z")]))) == {"ok": True, "version": rep.index}
+    assert rep.apply(put("k2", obj([chunk("z")]))) == {"ok": True, "version": seq_of(rep.index)}
     assert rep.state.apply(rep.index - 1, cmd)["err"] == "Replayed"
 
 
