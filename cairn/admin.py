@@ -92,6 +92,10 @@ def main(argv: list[str]) -> int:
     replace = raft_sub.add_parser("replace", help="add NEW, then remove OLD (start NEW first, --peers = members)")
     replace.add_argument("old")
     replace.add_argument("new")
+    bucket = sub.add_parser("bucket", help="a bucket's versioning, object lock and lifecycle rules")
+    bucket.add_argument("name")
+    lifecycle = sub.add_parser("lifecycle", help="the lifecycle worker: rules and progress per bucket")
+    lifecycle.add_argument("--run-now", action="store_true")
     gc = sub.add_parser("gc", help="chunk garbage collection")
     gc.add_argument("--run-now", action="store_true")
     args = p.parse_args(argv)
@@ -116,6 +120,8 @@ def main(argv: list[str]) -> int:
                                            "uploads/expire" if args.expire_now else "uploads"),
         ("scrub", None): lambda: request(args, "POST" if args.run_now else "GET", "scrub"),
         ("gc", None): lambda: request(args, "POST" if args.run_now else "GET", "gc"),
+        ("bucket", None): lambda: request(args, "GET", f"buckets/{q(args.name)}"),
+        ("lifecycle", None): lambda: request(args, "POST" if args.run_now else "GET", "lifecycle"),
         ("raft", None): lambda: request(args, "GET", "raft"),
         ("raft", "add"): lambda: request(args, "POST", f"raft/add?raft={q(args.raft_addr)}"),
         ("raft", "remove"): lambda: request(args, "POST", f"raft/remove?raft={q(args.raft_addr)}"),

@@ -2,7 +2,7 @@
 
 Per request: counts by S3 operation (the route's name, ``frontend.routes``) and status, latency histograms, bytes in and out.
 At scrape time, the cluster as this frontend sees it: each raftmeta node's role, term
-and commit index, each blob node's disk, the GC queue, upload expiry and repair state.
+and commit index, each blob node's disk, the GC queue, upload expiry, repair and lifecycle state.
 """
 
 from __future__ import annotations
@@ -40,6 +40,13 @@ REPAIR_BACKLOG = Gauge("cairn_repair_backlog_bytes", "Bytes of missing replicas 
                        registry=REGISTRY)
 REPAIR_ETA = Gauge("cairn_repair_eta_seconds", "Estimated time to full replication (-1: unknown)", registry=REGISTRY)
 UPLOADS = Gauge("cairn_multipart_uploads", "Incomplete multipart uploads", registry=REGISTRY)
+LC_EXAMINED = Gauge("cairn_lifecycle_examined_keys", "Keys the current leader's lifecycle worker examined",
+                    registry=REGISTRY)
+LC_EXPIRED = Gauge("cairn_lifecycle_expired", "Versions expired and uploads aborted by the current leader's "
+                   "lifecycle worker", registry=REGISTRY)
+LC_RULES = Gauge("cairn_lifecycle_rules", "Enabled lifecycle rules, per bucket", ["bucket"], registry=REGISTRY)
+LC_LAST_PASS = Gauge("cairn_lifecycle_last_completed_timestamp_seconds", "When the lifecycle worker last finished "
+                     "a pass over the bucket", ["bucket"], registry=REGISTRY)
 BUFFERS_FREE = Gauge("cairn_frontend_chunk_buffers_free", "Chunk buffers free in this frontend", registry=REGISTRY)
 
 
@@ -83,6 +90,12 @@ async def render(ctx: Context) -> bytes:
             REPAIR_BACKLOG.set(chores["repair"]["backlog_bytes"])
             eta = chores["repair"]["eta_s"]
             REPAIR_ETA.set(-1 if eta is None else eta)
+            lifecycle = chores.get("lifecycle") or {}
+            LC_EXAMINED.set(lifecycle.get("examined_total", 0))
+            LC_EXPIRED.set(lifecycle.get("expired_total", 0) + lifecycle.get("aborted_total", 0))
+            for bucket, info in (lifecycle.get("buckets") or {}).items():
+                LC_RULES.labels(bucket).set(info.get("enabled_rules", 0))
+                LC_LAST_PASS.labels(bucket).set(info.get("last_completed") or 0)
     except wire.WireError:
         pass
     return generate_latest(REGISTRY)

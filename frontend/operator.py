@@ -183,8 +183,24 @@ async def _write(ctx: Context, cmd: dict[str, Any]) -> dict[str, Any]:
     return reply
 
 
+async def bucket_state(ctx: Context, bucket: str) -> dict[str, Any]:
+    """A bucket's owner, versioning, object lock and lifecycle rules (GET /_cairn/buckets/B)."""
+    names = ("versioning", "object_lock", "lifecycle")
+    try:
+        info, *configs = await ctx.meta.read_many(
+            [{"q": "bucket", "bucket": bucket}, *({"q": "bucket_config", "bucket": bucket, "name": n} for n in names)])
+    except wire.WireError as exc:
+        raise AdminError(503, "Unavailable", str(exc)) from None
+    if not info.get("ok"):
+        raise AdminError(404, "NoSuchBucket", bucket)
+    versioning, lock, rules = (c.get("value") for c in configs)
+    return {"bucket": bucket, "owner": info["owner"], "created": info["created"],
+            "versioning": versioning or "Unversioned", "object_lock": lock or {"enabled": False},
+            "lifecycle_rules": [{"id": r.get("id"), "status": r.get("status")} for r in rules or []]}
+
+
 async def admin_users(ctx: Context, method: str, parts: list[str], body: dict[str, Any], ts: float) -> tuple[int, Any]:
-    """/_cairn/users..., /_cairn/keys/..., /_cairn/buckets/B/grants/U, /_cairn/nodes/N/...: (status, JSON)."""
+    """/_cairn/users..., /_cairn/keys/..., /_cairn/buckets/B[/grants/U], /_cairn/nodes/N/...: (status, JSON)."""
     if parts == ["users"] and method == "GET":
         return 200, (await ctx.meta.read({"q": "users"}))["users"]
     if parts == ["users"] and method == "POST":
@@ -204,6 +220,8 @@ async def admin_users(ctx: Context, method: str, parts: list[str], body: dict[st
     if len(parts) == 2 and parts[0] == "keys" and method == "DELETE":
         await _write(ctx, {"op": "delete_key", "access_key": parts[1]})
         return 204, None
+    if len(parts) == 2 and parts[0] == "buckets" and method == "GET":
+        return 200, await bucket_state(ctx, parts[1])
     if len(parts) == 4 and parts[0] == "buckets" and parts[2] == "grants":
         if method == "PUT":
             permission = body.get("permission")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-from raftmeta.sm import iam, multipart, versions
+from raftmeta.sm import iam, lifecycle, multipart, versions
 from raftmeta.sm.tables import Failed, bucket_exists, packb, unpackb
 
 SCHEMA = """
@@ -48,6 +48,7 @@ def cmd_delete_bucket(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str, 
     for (upload_id,) in db.execute("SELECT upload_id FROM uploads WHERE bucket=?", (cmd["bucket"],)).fetchall():
         multipart.drop_upload(db, upload_id, cmd["ts"])  # in-progress uploads go with the bucket
     iam.drop_bucket_grants(db, cmd["bucket"])
+    lifecycle.drop_bucket(db, cmd["bucket"])
     db.execute("DELETE FROM bucket_config WHERE bucket=?", (cmd["bucket"],))
     db.execute("DELETE FROM buckets WHERE name=?", (cmd["bucket"],))
     return {}

@@ -39,10 +39,10 @@ def q_lifecycle_scan(db: sqlite3.Connection, q: dict[str, Any]) -> dict[str, Any
     """Up to ``limit`` keys after ``after``, each with its whole history newest first
     (seq, null, marker, size, created, superseded, tags), for the rule evaluator."""
     bucket, after, limit = q["bucket"], q.get("after", ""), int(q.get("limit", 100))
-    keys = [r[0] for r in db.execute(
-        "SELECT key FROM (SELECT key FROM objects WHERE bucket=? AND key>? UNION "
-        "SELECT DISTINCT key FROM versions WHERE bucket=? AND key>?) ORDER BY key LIMIT ?",
-        (bucket, after, bucket, after, limit))]
+    keys = [r[0] for r in db.execute(  # each arm bounded: a batch costs O(limit), not O(bucket)
+        "SELECT key FROM (SELECT key FROM objects WHERE bucket=? AND key>? ORDER BY key LIMIT ?) UNION "
+        "SELECT key FROM (SELECT DISTINCT key FROM versions WHERE bucket=? AND key>? ORDER BY key LIMIT ?) "
+        "ORDER BY key LIMIT ?", (bucket, after, limit, bucket, after, limit, limit))]
     out = []
     for key in keys:
         history = []
@@ -76,9 +76,9 @@ def _act(db: sqlite3.Connection, bucket: str, key: str, action: str, seq: int, t
             return False
         versions.delete_latest(db, bucket, key, ts, new_seq)
         return True
-    if action == "noncurrent":
-        target = db.execute("SELECT 1 FROM versions WHERE bucket=? AND key=? AND seq=? AND marker=0",
-                            (bucket, key, seq)).fetchone()
+    if action == "noncurrent":  # a noncurrent version or delete marker, never the latest
+        target = db.execute("SELECT 1 FROM versions WHERE bucket=? AND key=? AND seq=? AND seq<?",
+                            (bucket, key, seq, now.seq)).fetchone()
         if target is None:
             return False
         versions.remove(db, versions.find(db, bucket, key, _vid(db, bucket, key, seq)), ts)
@@ -95,6 +95,11 @@ def _act(db: sqlite3.Connection, bucket: str, key: str, action: str, seq: int, t
 def _vid(db: sqlite3.Connection, bucket: str, key: str, seq: int) -> str:
     row = db.execute("SELECT null_id FROM versions WHERE bucket=? AND key=? AND seq=?", (bucket, key, seq)).fetchone()
     return versions.vid_of(seq, row[0])
+
+
+def drop_bucket(db: sqlite3.Connection, bucket: str) -> None:
+    """A deleted bucket's progress goes with it (a new bucket of that name starts afresh)."""
+    db.execute("DELETE FROM lifecycle_progress WHERE bucket=?", (bucket,))
 
 
 def cmd_lifecycle_apply(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str, Any]:

@@ -395,7 +395,7 @@ _ARM = ("SELECT key, version AS seq, null_id, 0 AS marker, size, etag, created, 
         "SELECT key, seq, null_id, marker, size, etag, created, superseded IS NULL FROM versions "
         "WHERE bucket=? AND {cond} ORDER BY key, seq DESC LIMIT ?")
 _SAME_KEY = _ARM.format(cond="key=? AND seq<?")
-_AFTER_KEY = _ARM.format(cond="key>? AND key>=?{hi}")
+_AFTER_KEY = _ARM.format(cond="key{lo}?{hi}")  # one lower bound, so the index seeks straight to it
 
 
 def _rows(db: sqlite3.Connection, bucket: str, after: tuple[str, int | None], lo: str, hi: str | None,
@@ -407,8 +407,9 @@ def _rows(db: sqlite3.Connection, bucket: str, after: tuple[str, int | None], lo
     if seq is not None and key >= lo and (hi is None or key < hi):
         rows = db.execute(_SAME_KEY, (bucket, key, seq, bucket, key, seq, limit)).fetchall()
     if len(rows) < limit:
-        args: tuple[Any, ...] = (key, lo) if hi is None else (key, lo, hi)
-        sql = _AFTER_KEY.replace("{hi}", "" if hi is None else " AND key<?")
+        bound, op = (lo, ">=") if lo > key else (key, ">")
+        args: tuple[Any, ...] = (bound,) if hi is None else (bound, hi)
+        sql = _AFTER_KEY.replace("{lo}", op).replace("{hi}", "" if hi is None else " AND key<?")
         rows += db.execute(sql, (bucket, *args, bucket, *args, limit - len(rows))).fetchall()
     return rows
 
