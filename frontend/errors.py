@@ -10,6 +10,7 @@ HEAD responses carry no body, only the status.
 
 from __future__ import annotations
 
+import email.utils
 import logging
 import re
 from collections.abc import Mapping
@@ -144,4 +145,6 @@ def from_reply(reply: Mapping[str, Any]) -> S3Error:
         headers["x-amz-delete-marker"] = "true"
         if reply.get("vid") is not None:
             headers["x-amz-version-id"] = str(reply["vid"])
+        if code == "MethodNotAllowed" and isinstance(reply.get("created"), (int, float)):
+            headers["Last-Modified"] = email.utils.formatdate(reply["created"], usegmt=True)
     return S3Error(code, reply.get("msg") or None, headers=headers)

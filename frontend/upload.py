@@ -158,7 +158,7 @@ class UploadBody:
 
 async def commit_object(
     meta: MetaClient, data: DataPath, bucket: str, key: str, stored: Stored, *, content_type: str,
-    meta_fields: dict[str, Any], cond: dict[str, Any] | None = None,
+    meta_fields: dict[str, Any], cond: dict[str, Any] | None = None, integrity: bool = True,
 ) -> tuple[str, str | None]:
     """Make the stored chunks the object at (bucket, key) through Raft; returns its ETag
     and version id (None in a bucket that was never versioned).
@@ -170,7 +170,7 @@ async def commit_object(
            "created": time.time(), "meta": meta_fields, "chunks": stored.chunks}
     try:
         reply = await meta.write({"op": "put_object", "bucket": bucket, "key": key, "obj": obj, "ts": obj["created"],
-                                  "cond": cond or {}})
+                                  "cond": cond or {}, "integrity": integrity})
     except WireError as exc:
         raise from_wire(exc) from None
     if not reply.get("ok"):

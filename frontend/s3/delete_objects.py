@@ -53,8 +53,8 @@ async def delete_objects(ctx: Context, request: Any, bucket: str) -> Response:
         for done in reply["deleted"]:
             marker = ""
             if done.get("marker"):
-                marker = "<DeleteMarker>true</DeleteMarker>"
-                if done.get("req_vid") is None and done.get("vid"):
+                marker = "<DeleteMarker>true</DeleteMarker>"  # a marker made, or one removed by its id
+                if done.get("vid"):
                     marker += f"<DeleteMarkerVersionId>{escape(done['vid'])}</DeleteMarkerVersionId>"
             out.append(f"<Deleted>{_entry(done['key'], done.get('req_vid'))}{marker}</Deleted>")
     for error in reply.get("errors", []):

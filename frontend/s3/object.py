@@ -47,6 +47,7 @@ async def put_object(ctx: Context, request: Any, bucket: str, key: str, params: 
     stored, checksum = await body.store(ctx.data)
     etag, vid = await commit_object(
         ctx.meta, ctx.data, bucket, key, stored, cond=cond,
+        integrity=object_lock.has_integrity_header(request.headers),
         content_type=request.headers.get("content-type", "binary/octet-stream"),
         meta_fields={"user": user_meta, "headers": headers, "checksum": checksum, **({"tags": tags} if tags else {}),
                      **lock})

@@ -168,13 +168,18 @@ def _hold_header(hold: str) -> bool:
     return hold == "ON"
 
 
-def require_integrity_header(headers: Mapping[str, str]) -> None:
-    """AWS refuses a locked write (lock headers, or a bucket's default retention) whose
-    body carries no integrity check: Content-MD5 or a checksum (header, trailer, or
-    only ``x-amz-sdk-checksum-algorithm``)."""
+def has_integrity_header(headers: Mapping[str, str]) -> bool:
+    """Whether the body carries an integrity check: Content-MD5 or a checksum (header,
+    trailer, or only ``x-amz-sdk-checksum-algorithm``)."""
     trailer = (headers.get("x-amz-trailer") or "").lower().replace(" ", "").split(",")
-    if not (headers.get("content-md5") or headers.get("x-amz-sdk-checksum-algorithm")
-            or any(headers.get(f"x-amz-checksum-{a}") or f"x-amz-checksum-{a}" in trailer for a in ALGORITHMS)):
+    return bool(headers.get("content-md5") or headers.get("x-amz-sdk-checksum-algorithm")
+                or any(headers.get(f"x-amz-checksum-{a}") or f"x-amz-checksum-{a}" in trailer for a in ALGORITHMS))
+
+
+def require_integrity_header(headers: Mapping[str, str]) -> None:
+    """AWS refuses a locked write (lock headers, or a bucket's default retention: that
+    one the state machine checks) whose body carries no integrity check."""
+    if not has_integrity_header(headers):
         raise S3Error("InvalidRequest", INTEGRITY)
 
 

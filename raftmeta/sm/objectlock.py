@@ -22,9 +22,16 @@ def locked(meta: dict[str, Any], ts: float, bypass: bool = False) -> bool:
     return bool(retention) and retention[1] > ts and (retention[0] == "COMPLIANCE" or not bypass)
 
 
-def apply_lock_defaults(db: sqlite3.Connection, bucket: str, obj: dict[str, Any], ts: float) -> None:
+INTEGRITY = ("Content-MD5 OR x-amz-checksum- HTTP header is required for Put Object requests with Object Lock "
+             "parameters")
+
+
+def apply_lock_defaults(db: sqlite3.Connection, bucket: str, obj: dict[str, Any], ts: float,
+                        integrity: bool = True) -> None:
     """A new version gets the bucket's default retention unless it names its own; lock
-    settings on a bucket without object lock are refused."""
+    settings on a bucket without object lock are refused. ``integrity``: the upload
+    carried Content-MD5 or a checksum, which S3 demands of a PUT that retention applies
+    to (the frontend checks it for explicit headers; a default is only known here)."""
     meta = obj.setdefault("meta", {})
     config = bucket_setting(db, bucket, "object_lock")
     if not config:
@@ -32,6 +39,8 @@ def apply_lock_defaults(db: sqlite3.Connection, bucket: str, obj: dict[str, Any]
             raise Failed("InvalidRequest", "Bucket is missing Object Lock Configuration")
         return
     if not meta.get("retention") and config.get("mode"):
+        if not integrity:
+            raise Failed("InvalidRequest", INTEGRITY)
         days = config.get("days") or 365 * (config.get("years") or 0)
         meta["retention"] = [config["mode"], ts + days * DAY]
 

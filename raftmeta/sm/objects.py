@@ -61,7 +61,7 @@ def _check(cond: dict[str, Any] | None, now: versions.Version | None) -> None:
 
 def replace_object(
     db: sqlite3.Connection, bucket: str, key: str, obj: dict[str, Any], ts: float, index: int,
-    cond: dict[str, Any] | None = None, keep: set[str] | None = None,
+    cond: dict[str, Any] | None = None, keep: set[str] | None = None, integrity: bool = True,
 ) -> dict[str, Any]:
     """Make ``obj`` the newest version at (bucket, key) atomically, as the bucket's
     versioning says (``versions.write``); a version it replaces keeps its chunks in
@@ -72,13 +72,16 @@ def replace_object(
     _check(cond, versions.current(db, bucket, key))
     seq = versions.seq_of(index)
     kept = {c[0] for c in obj["chunks"]} if keep is None else keep
-    vid = versions.write(db, bucket, key, obj, ts, seq, kept)
+    vid = versions.write(db, bucket, key, obj, ts, seq, kept, integrity)
     return {"version": seq, **({"vid": vid} if versions.versioning(db, bucket) else {})}
 
 
 def cmd_put_object(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str, Any]:
-    """Commit a whole object atomically: its manifest becomes the key's newest version."""
-    return replace_object(db, cmd["bucket"], cmd["key"], cmd["obj"], cmd["ts"], cmd["index"], cmd.get("cond"))
+    """Commit a whole object atomically: its manifest becomes the key's newest version.
+    ``integrity`` false: the upload had no Content-MD5 or checksum (absent: entries from
+    before it was sent, taken as true)."""
+    return replace_object(db, cmd["bucket"], cmd["key"], cmd["obj"], cmd["ts"], cmd["index"], cmd.get("cond"),
+                          integrity=cmd.get("integrity", True))
 
 
 _LOCK_FIELDS = ("retention", "hold")
@@ -146,6 +149,8 @@ def cmd_delete_objects(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str,
             done = _delete_one(db, cmd["bucket"], key, vid, cmd["ts"], versions.seq_of(cmd["index"], position),
                                bool(cmd.get("bypass")))
         except Failed as exc:  # raised before the entry changed anything
+            if exc.code == "InvalidArgument":  # a malformed id names no version (S3 answers so per key)
+                exc = Failed("NoSuchVersion", "The specified version does not exist.")
             errors.append({"key": key, "vid": vid, "code": exc.code, "msg": exc.msg})
             continue
         deleted.append({"key": key, **({"req_vid": vid} if vid is not None else {}),

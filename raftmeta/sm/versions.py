@@ -228,13 +228,13 @@ def _drop_null(db: sqlite3.Connection, bucket: str, key: str, ts: float, keep: s
 
 
 def write(db: sqlite3.Connection, bucket: str, key: str, obj: dict[str, Any], ts: float, seq: int,
-          keep: set[str] = frozenset()) -> str:
+          keep: set[str] = frozenset(), integrity: bool = True) -> str:
     """Make ``obj`` the key's newest version as the bucket's versioning state says:
     never versioned, it replaces the object; enabled, the object before it becomes
     noncurrent; suspended, it replaces the null version. A replaced version's chunks
     in ``keep`` stay referenced (the new version reuses them). Returns its version id."""
     state = versioning(db, bucket)
-    apply_lock_defaults(db, bucket, obj, ts)
+    apply_lock_defaults(db, bucket, obj, ts, integrity)
     null_id = state != "Enabled"
     if state == "":
         old = current(db, bucket, key)

@@ -148,7 +148,7 @@ def test_delete_objects_reports_locked_entries_and_deletes_the_rest(rep: Replica
         ["locked", locked], ["free", free], ["held", held], ["other", None], ["free", "junk"]]})
     assert r["ok"] is True
     assert [(e["key"], e["vid"], e["code"]) for e in r["errors"]] == [
-        ("locked", locked, "AccessDenied"), ("held", held, "AccessDenied"), ("free", "junk", "InvalidArgument")]
+        ("locked", locked, "AccessDenied"), ("held", held, "AccessDenied"), ("free", "junk", "NoSuchVersion")]
     assert [d["key"] for d in r["deleted"]] == ["free", "other"]
     assert r["deleted"][0]["req_vid"] == free and r["deleted"][1]["marker"] is True
     assert rep.gc_chunks() == ["f"]
