@@ -288,6 +288,10 @@ def inject(cluster: Cluster, rng: random.Random, fault: str, log: list[dict[str,
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.workload == "versioned":  # one versioned bucket, checked version by version
+        from chaos.versioned_run import run_versioned
+
+        return run_versioned(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(args.seed)
@@ -401,7 +405,10 @@ def main(argv: list[str]) -> int:
     r = sub.add_parser("run", help="one seeded chaos run")
     r.add_argument("--seed", type=int, default=1)
     r.add_argument("--duration", type=float, default=60, help="seconds of faults under load")
-    r.add_argument("--keys", type=int, default=8)
+    r.add_argument("--keys", type=int, default=None, help="default 8 (versioned: 4, so histories are long)")
+    r.add_argument("--workload", choices=("register", "versioned"), default="register",
+                   help="register: PUT/GET/DELETE/LIST, linearizability per key (default); versioned: "
+                   "an Enabled bucket, its version histories checked (chaos.versioned)")
     r.add_argument("--threads", type=int, default=6)
     r.add_argument("--blobs", type=int, default=4)
     r.add_argument("--settle", type=float, default=90, help="seconds allowed to heal after the faults stop")
@@ -409,6 +416,8 @@ def main(argv: list[str]) -> int:
     r.add_argument("--partitions", choices=("auto", "on", "off"), default="auto",
                    help="network partitions (namespaces) and full disks (tmpfs); need root. auto: when possible")
     args = p.parse_args(argv)
+    if args.keys is None:
+        args.keys = 4 if args.workload == "versioned" else 8
     return run(args)
 
 
