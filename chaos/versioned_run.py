@@ -4,9 +4,9 @@
     cairn chaos run --workload versioned --seed 1 --duration 60 --out chaos-out
 
 After the faults stop and the cluster is healthy again: every chunk (noncurrent
-versions' too) back to full replication within ``--settle`` as raftmeta sees it, then an
-audit of the disks (a replica a manifest names whose file is gone: reported, not yet a
-verdict), one paged ListObjectVersions of the whole bucket, a GET by id of every listed
+versions' too) back to full replication within ``--settle``, as raftmeta sees it and as
+the disks have it (a replica a manifest names whose file is gone is an anomaly until the
+orphan sweep reports it and repair re-creates it), then one paged ListObjectVersions of the whole bucket, a GET by id of every listed
 version and of every version we deleted, ``check_versioned``, and no orphan chunk. Writes
 ``history.json`` and ``report.json`` to ``--out``; exit 1 on any anomaly.
 """
@@ -134,12 +134,15 @@ def run_versioned(args: argparse.Namespace) -> int:
             history = list(work.history)
         repl_deadline = time.monotonic() + args.settle
         under: list[str] = []
+        missing: list[str] = []
         while time.monotonic() < repl_deadline:
+            # replication as the disks have it (before the final reads, whose read repair
+            # would hide a lost replica): the orphan sweep reports those, repair re-creates
             under = cluster.under_replicated(3)
-            if not under:
+            missing = missing_replicas(cluster)
+            if not under and not missing:
                 break
             time.sleep(1)
-        missing = missing_replicas(cluster)  # before the final reads, whose read repair would hide it
         final, reads = final_state(cluster, work)
         (out / "history.json").write_text(json.dumps({"history": history, "final": final, "reads": reads}, indent=0))
         anomalies = check_versioned(history, final, reads)
@@ -158,7 +161,7 @@ def run_versioned(args: argparse.Namespace) -> int:
         under_replicated_after_settle=len(under), orphans_after_settle=len(orphans),
         replicas_missing_on_disk=missing[:20], replicas_missing_on_disk_count=len(missing),
     )
-    bad = any(anomalies.values()) or under or orphans or not recovered or stuck or work.harness_errors
+    bad = any(anomalies.values()) or under or missing or orphans or not recovered or stuck or work.harness_errors
     report["verdict"] = "ANOMALIES" if bad else "OK"
     (out / "report.json").write_text(json.dumps(report, indent=1))
     print(json.dumps({k: v for k, v in report.items() if k != "faults"}, indent=1))

@@ -1,5 +1,6 @@
-"""The orphan sweep: delete chunk files that no manifest places on their node and that
-are older than ``grace`` (written by a frontend that died mid-upload, cut-off slow
+"""The orphan sweep, both ways: replicas that manifests place on a node whose disk lacks
+them are reported lost (so repair re-creates them), and chunk files that no manifest
+places on their node and that are older than ``grace`` are deleted (written by a frontend that died mid-upload, cut-off slow
 replicas, copies superseded by repair on a node that came back). Nodes that are not up
 now are swept when they are back. The grace must exceed the longest upload: an upload's
 chunks are unreferenced until its commit."""
@@ -26,6 +27,7 @@ class OrphanStats:
     interval: float
     last_run: float | None = None
     deleted_total: int = 0
+    missing_total: int = 0  # replicas a manifest names that were not on their node's disk
 
 
 class OrphanSweep(Chore):
@@ -45,8 +47,9 @@ class OrphanSweep(Chore):
             if not node.is_up(now):
                 continue  # not reachable now; its files are looked at when it is back
             refs = set((await self.leader.query({"q": "node_refs", "node": node.node_id}))["ids"])
-            after, more = "", True
             try:
+                await self._missing(node, refs)
+                after, more = "", True
                 while more:
                     ids, more = await self.leader.blobs.list(node.addr, after, PAGE, older_than=now - self.stats.grace)
                     orphans = [i for i in ids if i not in refs]
@@ -61,6 +64,30 @@ class OrphanSweep(Chore):
         if deleted:
             log.info("orphan sweep: %d unreferenced chunk files deleted", deleted)
         return deleted
+
+    async def _missing(self, node: BlobNode, refs: set[str]) -> None:
+        """The other direction: replicas the manifests (read before the listing) place on
+        this node whose file is not there (deleted, a disk replaced). A manifest names a
+        replica only after its file was written, and a chunk still referenced is never
+        collected, so an absent one is lost: ``replicas_lost`` drops it from the
+        manifests (never a chunk's last replica) and repair makes a new one. Only a
+        listing that completed counts."""
+        present: set[str] = set()
+        after, more = "", True
+        while more:
+            ids, more = await self.leader.blobs.list(node.addr, after, PAGE)
+            present.update(ids)
+            if ids:
+                after = ids[-1]
+        missing = sorted(refs - present)
+        for start in range(0, len(missing), PAGE):
+            batch = missing[start:start + PAGE]
+            result = await self.leader.propose({"op": "replicas_lost", "node": node.node_id, "chunks": batch})
+            if result.get("ok"):
+                self.stats.missing_total += len(batch)
+        if missing:
+            log.warning("orphan sweep: %d replicas named by manifests are missing from node %s; repair re-creates "
+                        "them", len(missing), node.node_id)
 
     async def status(self) -> dict[str, Any]:
         return {"orphans": asdict(self.stats)}

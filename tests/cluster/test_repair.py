@@ -172,6 +172,32 @@ def test_orphans_of_a_dead_frontend_are_reclaimed(tmp_path_factory):
         assert len(s3.get_object(Bucket="heal", Key="kept")["Body"].read()) == 2 * MIB
 
 
+def test_a_replica_deleted_from_disk_is_noticed_and_recreated(tmp_path_factory):
+    """Nobody reads the object: the orphan sweep's listing of the node, compared with the
+    manifests, finds the replica gone, and repair makes a new one."""
+    flags = ["--repair-interval", "0.5", "--orphan-interval", "3600"]
+    with Cluster(tmp_path_factory.mktemp("missing"), frontends=1, chunk_size=MIB, raftmeta_flags=flags) as cluster:
+        s3 = cluster.s3(0)
+        s3.create_bucket(Bucket="heal")
+        body = os.urandom(MIB + 7)
+        s3.put_object(Bucket="heal", Key="quiet", Body=body)
+        chunk_id, _size, _sha256, nodes = _manifests(cluster, ["quiet"])["quiet"][0]
+        assert len(nodes) == 3
+        victim = cluster.chunk_files()[chunk_id][0]
+        victim.unlink()
+        status, reply = cluster.admin("POST", "orphans")
+        assert status == 200 and reply["orphans"]["missing_total"] == 1, reply
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if len(cluster.chunk_files().get(chunk_id, [])) == 3 and \
+                    len(_manifests(cluster, ["quiet"])["quiet"][0][3]) == 3:
+                break
+            time.sleep(0.3)
+        else:
+            pytest.fail("the missing replica was not re-created")
+        assert s3.get_object(Bucket="heal", Key="quiet")["Body"].read() == body
+
+
 def test_drain_then_decommission(tmp_path_factory):
     with Cluster(tmp_path_factory.mktemp("drain"), blobs=4, frontends=1, chunk_size=MIB,
                  raftmeta_flags=["--repair-interval", "0.5"]) as cluster:
