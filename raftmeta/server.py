@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +42,9 @@ from raftmeta.state import MetaState
 log = logging.getLogger("raftmeta")
 
 PROPOSE_TIMEOUT = 5.0
+
+
+MAX_CLOCK_AHEAD = 1.0  # seconds a command's ts may be ahead of this node's clock
 
 
 @dataclass
@@ -158,6 +162,12 @@ class MetaServer:
                 return {"ok": False, "err": wire.ERR_BAD_REQUEST, "msg": "cmd missing"}
             if request.get("rid") is not None:
                 cmd["rid"] = request["rid"]
+            ts = cmd.get("ts")
+            if isinstance(ts, (int, float)) and ts > time.time() + MAX_CLOCK_AHEAD:
+                # Time in commands decides object lock and lifecycle: a client whose clock
+                # runs ahead must not bring a retention's end closer. Stamped here, once,
+                # before the entry is logged, so every replica applies the same value.
+                cmd["ts"] = time.time() + MAX_CLOCK_AHEAD
             return await self.propose(cmd)
         if op == "read":
             q = request.get("q")

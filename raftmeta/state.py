@@ -256,7 +256,14 @@ class MetaState:
             if handler is None:
                 return {"ok": False, "err": "BadRequest", "msg": f"unknown query {name!r}"}
             with self.reader_lock:
-                result = handler(self.reader, q)
+                # One read transaction: a query of several statements (node_refs scans
+                # objects, then versions, then parts) sees one snapshot, never a version
+                # mid-move between tables.
+                self.reader.execute("BEGIN")
+                try:
+                    result = handler(self.reader, q)
+                finally:
+                    self.reader.execute("COMMIT")
         except Failed as exc:
             return {**exc.extra, "ok": False, "err": exc.code, "msg": exc.msg}
         except (KeyError, TypeError, ValueError, OverflowError, sqlite3.Error) as exc:

@@ -52,19 +52,20 @@ class Lifecycle(Chore):
     async def run_pass(self) -> int:
         if not self.leader.is_leader():
             return 0
-        budget = self.stats.keys_per_pass
+        buckets = (await self.leader.query({"q": "lifecycle_buckets"}))["buckets"]
+        # each bucket its share of the pass, so one large bucket never starves the rest
+        share = max(BATCH, self.stats.keys_per_pass // max(len(buckets), 1))
         acted = 0
-        for bucket in (await self.leader.query({"q": "lifecycle_buckets"}))["buckets"]:
-            if budget <= 0:
-                break
+        for bucket in buckets:
             try:
-                done, used = await self._bucket(bucket, budget)
+                done, _used = await self._bucket(bucket, share)
+            except _RulesChanged:
+                continue  # evaluated against rules since replaced: the next pass reads the new ones
             except _Refused as exc:
                 self.stats.errors += 1
                 log.info("lifecycle of bucket %s stopped: %s", bucket["bucket"], exc)
                 continue
             acted += done
-            budget -= used
         self.stats.last_run = time.time()
         return acted
 
@@ -77,10 +78,16 @@ class Lifecycle(Chore):
         fresh = not cursor
         acted = used = 0
         aborts: list[str] = []
-        if fresh and any(rule.get("abort_days") for rule in rules):
+        if fresh:
             now = time.time()
-            uploads = (await self.leader.query({"q": "lifecycle_uploads", "bucket": name, "before": now}))["uploads"]
-            aborts = upload_actions(rules, uploads, now, self.stats.day)
+            for rule in rules:  # each rule's own candidates: old uploads under its prefix
+                if rule.get("status") == "Enabled" and rule.get("abort_days"):
+                    prefix = (rule.get("filter") or {}).get("prefix") or ""
+                    uploads = (await self.leader.query({
+                        "q": "lifecycle_uploads", "bucket": name, "prefix": prefix,
+                        "before": now - (rule["abort_days"] - 1) * self.stats.day}))["uploads"]
+                    aborts += [u for u in upload_actions(rules, uploads, now, self.stats.day) if u not in aborts]
+            aborts = aborts[:MAX_ACTIONS]
         while used < budget:
             now = time.time()
             scan = await self.leader.query({"q": "lifecycle_scan", "bucket": name, "after": cursor,
@@ -89,13 +96,15 @@ class Lifecycle(Chore):
                        for action, seq in key_actions(rules, versioning, history, now, self.stats.day, key=key)]
             slices = [actions[i:i + MAX_ACTIONS] for i in range(0, len(actions), MAX_ACTIONS)] or [[]]
             for piece in slices[:-1]:  # the cursor moves with the batch's last entry only
-                acted += await self._apply(name, {"actions": piece, "cursor": cursor, "fresh": fresh})
+                acted += await self._apply(name, {"actions": piece, "cursor": cursor, "fresh": fresh,
+                                                  "rules": bucket["digest"]})
                 fresh = False
             last = slices[-1]
             cursor = scan["keys"][-1][0] if scan["keys"] else cursor
             used += len(scan["keys"])
             acted += await self._apply(name, {"actions": last, "aborts": aborts, "cursor": cursor, "fresh": fresh,
-                                              "examined": len(scan["keys"]), "done": scan["done"]})
+                                              "examined": len(scan["keys"]), "done": scan["done"],
+                                              "rules": bucket["digest"]})
             aborts, fresh = [], False
             if scan["done"]:
                 break
@@ -106,6 +115,8 @@ class Lifecycle(Chore):
         result = await self.leader.propose({"op": "lifecycle_apply", "bucket": bucket, "ts": time.time(), **batch})
         if not result.get("ok"):
             raise _Refused(result.get("err"), result.get("msg"))
+        if result.get("changed"):
+            raise _RulesChanged()
         self.stats.expired_total += result["expired"]
         self.stats.aborted_total += result["aborted"]
         self.stats.skipped_total += result["skipped"]
@@ -126,4 +137,8 @@ class Lifecycle(Chore):
 
 
 class _Refused(Exception):
+    pass
+
+
+class _RulesChanged(Exception):
     pass

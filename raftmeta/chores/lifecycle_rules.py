@@ -106,9 +106,11 @@ def _noncurrent_actions(rules: list[dict[str, Any]], key: str, versions: list[di
     Only data versions count toward NewerNoncurrentVersions (a delete marker holds no data
     to keep), so a rule never removes more data than it promises to keep."""
     gone: list[int] = []
+    newer = 0  # noncurrent data versions newer than this one (a running count: O(versions))
     for index in range(1, len(versions)):
         version = versions[index]
-        newer = sum(1 for v in versions[1:index] if not v.get("marker"))
+        if index > 1 and not versions[index - 1].get("marker"):
+            newer += 1
         since = _noncurrent_since(versions, index)
         for rule in rules:
             noncurrent = rule.get("noncurrent")

@@ -6,11 +6,12 @@ recording the chore's cursor so a new leader resumes where the old one stopped."
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 from typing import Any
 
 from raftmeta.sm import multipart, versions
-from raftmeta.sm.tables import Failed, bucket_exists, unpackb
+from raftmeta.sm.tables import Failed, bucket_exists, bucket_setting, packb, successor, unpackb
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS lifecycle_progress (
@@ -30,8 +31,9 @@ def q_lifecycle_buckets(db: sqlite3.Connection, q: dict[str, Any]) -> dict[str, 
         row = db.execute(f"SELECT {', '.join(_PROGRESS)} FROM lifecycle_progress WHERE bucket=?",
                          (bucket,)).fetchone()
         progress = dict(zip(_PROGRESS, row, strict=True)) if row else None
-        out.append({"bucket": bucket, "rules": unpackb(value), "versioning": versions.versioning(db, bucket),
-                    "progress": progress})
+        rules = unpackb(value)
+        out.append({"bucket": bucket, "rules": rules, "digest": rules_digest(rules),
+                    "versioning": versions.versioning(db, bucket), "progress": progress})
     return {"buckets": out}
 
 
@@ -39,10 +41,7 @@ def q_lifecycle_scan(db: sqlite3.Connection, q: dict[str, Any]) -> dict[str, Any
     """Up to ``limit`` keys after ``after``, each with its whole history newest first
     (seq, null, marker, size, created, superseded, tags), for the rule evaluator."""
     bucket, after, limit = q["bucket"], q.get("after", ""), int(q.get("limit", 100))
-    keys = [r[0] for r in db.execute(  # each arm bounded: a batch costs O(limit), not O(bucket)
-        "SELECT key FROM (SELECT key FROM objects WHERE bucket=? AND key>? ORDER BY key LIMIT ?) UNION "
-        "SELECT key FROM (SELECT DISTINCT key FROM versions WHERE bucket=? AND key>? ORDER BY key LIMIT ?) "
-        "ORDER BY key LIMIT ?", (bucket, after, limit, bucket, after, limit, limit))]
+    keys = _next_keys(db, bucket, after, limit)
     out = []
     for key in keys:
         history = []
@@ -56,13 +55,42 @@ def q_lifecycle_scan(db: sqlite3.Connection, q: dict[str, Any]) -> dict[str, Any
     return {"keys": out, "done": len(keys) < limit}
 
 
+def _next_keys(db: sqlite3.Connection, bucket: str, after: str, limit: int) -> list[str]:
+    """The next ``limit`` keys with any version: current objects by their index, keys of
+    ``versions`` one seek each (a key's many versions are skipped, not read)."""
+    current = [r[0] for r in db.execute("SELECT key FROM objects WHERE bucket=? AND key>? ORDER BY key LIMIT ?",
+                                        (bucket, after, limit))]
+    others: list[str] = []
+    last = after
+    while len(others) < limit:
+        row = db.execute("SELECT key FROM versions WHERE bucket=? AND key>? ORDER BY key LIMIT 1",
+                         (bucket, last)).fetchone()
+        if row is None or (len(current) == limit and row[0] > current[-1]):
+            break
+        others.append(row[0])
+        last = row[0]
+    return sorted(set(current) | set(others))[:limit]
+
+
+def rules_digest(rules: Any) -> str:
+    """What the chore evaluated against, so the apply can tell the rules changed since."""
+    return hashlib.sha256(packb(rules)).hexdigest()
+
+
 def _fields(r: tuple[Any, ...]) -> tuple[Any, ...]:
     return (r[0], bool(r[1]), bool(r[2]), r[3], r[4], r[5], r[6], r[7], r[8], unpackb(r[9]), unpackb(r[10]))
 
 
 def q_lifecycle_uploads(db: sqlite3.Connection, q: dict[str, Any]) -> dict[str, Any]:
-    rows = db.execute("SELECT upload_id, key, created FROM uploads WHERE bucket=? AND created < ? "
-                      "ORDER BY created LIMIT ?", (q["bucket"], q["before"], int(q.get("limit", 1000)))).fetchall()
+    """The oldest uploads under ``prefix`` initiated before ``before`` (one rule's candidates)."""
+    prefix = q.get("prefix", "")
+    hi = successor(prefix)
+    sql = "SELECT upload_id, key, created FROM uploads WHERE bucket=? AND created < ? AND key >= ?"
+    args: list[Any] = [q["bucket"], q["before"], prefix]
+    if hi is not None:
+        sql += " AND key < ?"
+        args.append(hi)
+    rows = db.execute(sql + " ORDER BY created LIMIT ?", (*args, int(q.get("limit", 1000)))).fetchall()
     return {"uploads": [{"upload_id": u, "key": k, "created": c} for u, k, c in rows]}
 
 
@@ -84,7 +112,8 @@ def _act(db: sqlite3.Connection, bucket: str, key: str, action: str, seq: int, t
         versions.remove(db, versions.find(db, bucket, key, _vid(db, bucket, key, seq)), ts)
         return True
     if action == "marker":  # an expired delete marker: the latest, and the only version left
-        count = db.execute("SELECT count(*) FROM versions WHERE bucket=? AND key=?", (bucket, key)).fetchone()[0]
+        count = db.execute("SELECT count(*) FROM (SELECT 1 FROM versions WHERE bucket=? AND key=? LIMIT 2)",
+                           (bucket, key)).fetchone()[0]
         if not now.marker or now.seq != seq or count != 1:
             return False
         versions.remove(db, now, ts)
@@ -114,6 +143,8 @@ def cmd_lifecycle_apply(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str
     actions = cmd.get("actions", [])
     if len(actions) > versions.SEQ_SPAN:
         raise Failed("InvalidArgument", "too many lifecycle actions in one entry")
+    if "rules" in cmd and cmd["rules"] != rules_digest(bucket_setting(db, bucket, "lifecycle")):
+        return {"expired": 0, "skipped": len(actions), "aborted": 0, "changed": True}  # evaluated against old rules
     expired = skipped = 0
     for position, (key, action, seq) in enumerate(actions):
         try:

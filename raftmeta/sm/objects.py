@@ -70,7 +70,7 @@ def replace_object(
     if not bucket_exists(db, bucket):
         raise Failed("NoSuchBucket")
     _check(cond, versions.current(db, bucket, key))
-    seq = versions.seq_of(index)
+    seq = versions.seq_for(db, bucket, index)
     kept = {c[0] for c in obj["chunks"]} if keep is None else keep
     vid = versions.write(db, bucket, key, obj, ts, seq, kept, integrity)
     return {"version": seq, **({"vid": vid} if versions.versioning(db, bucket) else {})}
@@ -155,6 +155,8 @@ def cmd_delete_objects(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str,
             continue
         deleted.append({"key": key, **({"req_vid": vid} if vid is not None else {}),
                         **{k: v for k, v in done.items() if k in ("marker", "vid")}})
+    if "entries" not in cmd:  # a frontend from before versioning reads a list of keys
+        return {"deleted": [d["key"] for d in deleted]}
     return {"deleted": deleted, "errors": errors}
 
 

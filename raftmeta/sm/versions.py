@@ -9,7 +9,8 @@ by every function here: a key has an ``objects`` row iff its newest version is n
 delete marker, and that row is the newest version.
 
 A version's order is ``seq``: ``raft index * SEQ_SPAN + position in the entry`` (an entry
-may write several, e.g. DeleteObjects), unique and time-ordered. Its id is ``seq`` in
+may write several, e.g. DeleteObjects), unique and time-ordered; an object of a bucket
+never versioned keeps the plain Raft index, which orders below every later seq. Its id is ``seq`` in
 hex, or ``null`` for a version written while the bucket was never versioned or
 suspended (``null_id``); a key has at most one null version.
 
@@ -39,6 +40,8 @@ CREATE TABLE IF NOT EXISTS versions (
     PRIMARY KEY (bucket, key, seq DESC)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS versions_null ON versions (bucket, key) WHERE null_id=1;
+-- status counts noncurrent versions, markers and their bytes without reading manifests
+CREATE INDEX IF NOT EXISTS versions_stats ON versions (marker, size);
 """
 
 SEQ_SPAN = 1024  # versions one entry may write (DeleteObjects: at most 1000 keys)
@@ -51,6 +54,13 @@ O_COLS = "version, null_id, 0, size, etag, sha256, content_type, created, NULL, 
 
 def seq_of(index: int, position: int = 0) -> int:
     return index * SEQ_SPAN + position
+
+
+def seq_for(db: sqlite3.Connection, bucket: str, index: int) -> int:
+    """The seq of a version an entry writes: in a bucket never versioned, the Raft index
+    itself, as before versioning existed (an entry from then, replayed now, must give
+    every replica the same row); in a versioned one ``seq_of`` (always larger)."""
+    return seq_of(index) if versioning(db, bucket) else index
 
 
 def vid_of(seq: int, null_id: int | bool) -> str:
@@ -244,8 +254,9 @@ def write(db: sqlite3.Connection, bucket: str, key: str, obj: dict[str, Any], ts
         if state == "Suspended":
             _drop_null(db, bucket, key, ts, keep)
         before = current(db, bucket, key)
-        if before is not None:  # kept as noncurrent: a chunk both manifests name gains a reference
-            add_refs(db, [c for c in obj["chunks"] if c[0] in {b[0] for b in before.chunks}])
+        if before is not None and keep:  # kept as noncurrent: a chunk both manifests name gains a reference
+            shared = {b[0] for b in before.chunks}.intersection(keep)  # (CopyObject counted its own)
+            add_refs(db, [c for c in obj["chunks"] if c[0] in shared])
         _supersede(db, bucket, key, ts)
     db.execute(
         "INSERT INTO objects (bucket, key, size, etag, sha256, content_type, created, version, meta, chunks, "

@@ -41,9 +41,9 @@ class FakeBlobs:
         self.deletes.append((addr, list(ids)))
         return len(ids)
 
-    async def list(self, addr: str, after: str, limit: int, older_than: float) -> tuple[list[str], bool]:
+    async def list(self, addr: str, after: str, limit: int, older_than: float | None = None) -> tuple[list[str], bool]:
         self.listed.append(addr)
-        ids = sorted(i for i, mtime in self.files.items() if i > after and mtime < older_than)
+        ids = sorted(i for i, mtime in self.files.items() if i > after and (older_than is None or mtime < older_than))
         return ids[:limit], len(ids) > limit
 
 
@@ -87,7 +87,7 @@ async def test_status_keeps_the_chore_reply_shape(rep: Replica) -> None:
     status = await runner(Harness(rep)).status()
     assert list(status) == ["uploads", "expired_waiting", "expiry", "repair", "orphans", "gc"]
     assert set(status["expiry"]) == {"ttl", "interval", "last_run", "last_aborted", "aborted_total"}
-    assert set(status["orphans"]) == {"grace", "interval", "last_run", "deleted_total"}
+    assert set(status["orphans"]) == {"grace", "interval", "last_run", "deleted_total", "missing_total"}
     assert set(status["repair"]) == {
         "replicas", "dead_after", "interval", "rate_mb_s", "last_run", "last_under_replicated", "repaired_total",
         "bytes_total", "dead_nodes", "backlog_chunks", "backlog_bytes", "pass_bytes", "pass_started",
@@ -149,8 +149,27 @@ async def test_orphan_sweep_skips_nodes_that_are_not_up(rep: Replica) -> None:
     h.blobs.files = {"kept": old, "orphan": old, "young": time.time()}
     sweep = OrphanSweep(h.leader, 600.0, 3600.0)
     assert await sweep.run_pass() == 1
-    assert h.blobs.listed == ["addr-n1"] and h.blobs.deletes == [("addr-n1", ["orphan"])]
+    # listed twice (every file, for replicas gone; old files, for orphans), only the node that is up
+    assert h.blobs.listed == ["addr-n1", "addr-n1"] and h.blobs.deletes == [("addr-n1", ["orphan"])]
     assert (await sweep.status())["orphans"]["deleted_total"] == 1
+    assert (await sweep.status())["orphans"]["missing_total"] == 0
+
+
+async def test_orphan_sweep_reports_replicas_missing_from_disk(rep: Replica) -> None:
+    h = Harness(rep)
+    h.heartbeat("n1", 0)
+    h.heartbeat("n2", 0)
+    assert rep.apply(create())["ok"]
+    assert rep.apply(put("k", obj([chunk("here", ("n1", "n2")), chunk("gone", ("n1", "n2"))])))["ok"]
+    h.blobs.files = {"here": time.time() - 7200}  # both "nodes" show the same files: "gone" is on neither
+    sweep = OrphanSweep(h.leader, 600.0, 3600.0)
+    await sweep.run_pass()
+    lost = [c for c in h.proposed if c["op"] == "replicas_lost"]
+    assert [(c["node"], c["chunks"]) for c in lost] == [("n1", ["gone"]), ("n2", ["gone"])]
+    assert (await sweep.status())["orphans"]["missing_total"] == 2
+    # the last replica is never dropped: the manifest still names one node, repair has a source
+    replicas = rep.q(q="object", bucket="b", key="k")["obj"]["chunks"][1][3]
+    assert len(replicas) == 1
 
 
 async def test_gc_deletes_queued_chunks_and_records_it(rep: Replica) -> None:

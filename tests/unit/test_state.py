@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 
-from raftmeta.sm.versions import seq_of
 from raftmeta.state import REQUEST_MEMORY, MetaState
 from tests.unit.metastate import Replica, chunk, create, delete, obj, put, replica
 
@@ -71,7 +70,7 @@ def test_reopened_state_remembers_applied_index_and_skips_replays(tmp_path: Path
             "ok": True, "buckets": 1, "objects": 1, "bytes": 7, "gc_queue": 3, **NO_VERSIONS,
         }
         # and the log continues from where it was
-        assert second.apply(len(log) + 1, put("k", obj([chunk("c5")]))) == {"ok": True, "version": seq_of(len(log) + 1)}
+        assert second.apply(len(log) + 1, put("k", obj([chunk("c5")]))) == {"ok": True, "version": len(log) + 1}
     finally:
         second.close()
 
@@ -147,13 +146,13 @@ def test_retried_put_object_does_not_queue_its_own_chunks(rep: Replica) -> None:
     rep.apply(create())
     cmd = put("k", obj([chunk("c1"), chunk("c2")]), rid=b"put-1")
     first = rep.apply(cmd)
-    assert first == {"ok": True, "version": seq_of(2)}
+    assert first == {"ok": True, "version": 2}
     dump = rep.dump()
     again = rep.apply(cmd)
-    assert again == {"ok": True, "version": seq_of(2), "retried": True}
+    assert again == {"ok": True, "version": 2, "retried": True}
     assert rep.gc_chunks() == []
     o = rep.q(q="object", bucket="b", key="k")["obj"]
-    assert o["version"] == seq_of(2)
+    assert o["version"] == 2
     assert [c[0] for c in o["chunks"]] == ["c1", "c2"]
     # nothing but the applied index changed
     assert [line for line in rep.dump() if "'applied'" not in line] == [
@@ -244,7 +243,7 @@ def test_malformed_command_is_an_internal_error_not_an_exception(rep: Replica, c
     assert not rep.state.db.in_transaction  # rolled back, not left open
     assert rep.dump() == dump  # nothing half-applied
     # the state machine keeps going, and the failed entry is not replayed over later ones
-    assert rep.apply(put("k2", obj([chunk("z")]))) == {"ok": True, "version": seq_of(rep.index)}
+    assert rep.apply(put("k2", obj([chunk("z")]))) == {"ok": True, "version": rep.index}
     assert rep.state.apply(rep.index - 1, cmd)["err"] == "Replayed"
 
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from raftmeta.sm.versions import seq_of
 from tests.unit.metastate import Replica, chunk, create, delete, obj, put, replica
 
 NO_VERSIONS = {"noncurrent_versions": 0, "noncurrent_bytes": 0, "delete_markers": 0}
@@ -69,17 +68,17 @@ def test_bucket_not_empty_only_counts_its_own_objects(rep: Replica) -> None:
 # ---------------------------------------------------------------------- objects
 
 
-def test_put_object_version_derives_from_the_raft_index_and_fields_round_trip(rep: Replica) -> None:
+def test_put_object_version_is_the_raft_index_and_fields_round_trip(rep: Replica) -> None:
     rep.apply(create())
     meta = {"user": {"colour": "blue"}, "headers": {"cache-control": "no-cache"}, "checksum": {"crc32": "AAAA"}}
     o = obj([chunk("c1", ("n1", "n2", "n3")), chunk("c2")], size=12345, etag="e1", created=42.5, meta=meta)
-    assert rep.state.apply(17, put("dir/key é", o, ts=99.0)) == {"ok": True, "version": seq_of(17)}
+    assert rep.state.apply(17, put("dir/key é", o, ts=99.0)) == {"ok": True, "version": 17}
     got = rep.q(q="object", bucket="b", key="dir/key é")
     assert got == {
         "ok": True,
         "obj": {
             "key": "dir/key é", "size": 12345, "etag": "e1", "sha256": "sha-e1", "content_type": "text/plain",
-            "created": 42.5, "version": seq_of(17), "meta": meta, "chunks": o["chunks"],
+            "created": 42.5, "version": 17, "meta": meta, "chunks": o["chunks"],
         },
         "versioned": False,
     }
@@ -87,17 +86,17 @@ def test_put_object_version_derives_from_the_raft_index_and_fields_round_trip(re
 
 def test_version_cannot_be_forged_by_the_command(rep: Replica) -> None:
     rep.apply(create())
-    assert rep.state.apply(9, {**put("k", obj()), "index": 1}) == {"ok": True, "version": seq_of(9)}
-    assert rep.q(q="object", bucket="b", key="k")["obj"]["version"] == seq_of(9)
+    assert rep.state.apply(9, {**put("k", obj()), "index": 1}) == {"ok": True, "version": 9}
+    assert rep.q(q="object", bucket="b", key="k")["obj"]["version"] == 9
 
 
 def test_put_replaces_and_queues_only_chunks_the_new_version_drops(rep: Replica) -> None:
     rep.apply(create())
     rep.apply(put("k", obj([chunk("a", ("n1",)), chunk("b", ("n2",)), chunk("c", ("n3", "n4"))], size=300)))
     r = rep.apply(put("k", obj([chunk("b", ("n2",)), chunk("d", ("n5",))], size=200, etag="v2"), ts=50.0))
-    assert r == {"ok": True, "version": seq_of(3)}
+    assert r == {"ok": True, "version": 3}
     o = rep.q(q="object", bucket="b", key="k")["obj"]
-    assert (o["size"], o["etag"], o["version"]) == (200, "v2", seq_of(3))
+    assert (o["size"], o["etag"], o["version"]) == (200, "v2", 3)
     assert [c[0] for c in o["chunks"]] == ["b", "d"]
     pending = rep.q(q="gc_pending", before=50.0)
     # the dropped chunks, with the nodes that hold them, queued at the command's ts
