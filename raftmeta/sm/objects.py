@@ -43,9 +43,9 @@ def object_row(row: tuple[Any, ...]) -> dict[str, Any]:
     }
 
 
-def _check(cond: dict[str, Any] | None, now: versions.Version | None) -> None:
-    """A conditional write, judged against the key's current object (a key whose latest
-    version is a delete marker has none), inside the commit so racing writers cannot
+def _check(cond: dict[str, Any] | None, now: tuple[str] | None) -> None:
+    """A conditional write, judged against the key's current object (``now``: its ETag
+    row; a key whose latest version is a delete marker has none), inside the commit so racing writers cannot
     both win: ``if_none_match`` (only if absent), ``if_match`` (only if the ETag is one
     of these)."""
     if not cond:
@@ -55,7 +55,7 @@ def _check(cond: dict[str, Any] | None, now: versions.Version | None) -> None:
     if "if_match" in cond:
         if now is None:
             raise Failed("NoSuchKey")
-        if "*" not in cond["if_match"] and now.etag not in cond["if_match"]:
+        if "*" not in cond["if_match"] and now[0] not in cond["if_match"]:
             raise Failed("PreconditionFailed")
 
 
@@ -69,11 +69,12 @@ def replace_object(
     seq) and ``vid`` (its version id; absent in a never-versioned bucket)."""
     if not bucket_exists(db, bucket):
         raise Failed("NoSuchBucket")
-    _check(cond, versions.current(db, bucket, key))
-    seq = versions.seq_for(db, bucket, index)
+    _check(cond, db.execute("SELECT etag FROM objects WHERE bucket=? AND key=?", (bucket, key)).fetchone())
+    state = versions.versioning(db, bucket)
+    seq = versions.seq_for(state, index)
     kept = {c[0] for c in obj["chunks"]} if keep is None else keep
-    vid = versions.write(db, bucket, key, obj, ts, seq, kept, integrity)
-    return {"version": seq, **({"vid": vid} if versions.versioning(db, bucket) else {})}
+    vid = versions.write(db, bucket, key, obj, ts, seq, kept, integrity, state)
+    return {"version": seq, **({"vid": vid} if state else {})}
 
 
 def cmd_put_object(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str, Any]:

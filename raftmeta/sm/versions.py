@@ -56,11 +56,11 @@ def seq_of(index: int, position: int = 0) -> int:
     return index * SEQ_SPAN + position
 
 
-def seq_for(db: sqlite3.Connection, bucket: str, index: int) -> int:
-    """The seq of a version an entry writes: in a bucket never versioned, the Raft index
-    itself, as before versioning existed (an entry from then, replayed now, must give
-    every replica the same row); in a versioned one ``seq_of`` (always larger)."""
-    return seq_of(index) if versioning(db, bucket) else index
+def seq_for(state: str, index: int) -> int:
+    """The seq of a version an entry writes in a bucket of versioning ``state``: never
+    versioned, the Raft index itself, as before versioning existed (an entry from then,
+    replayed now, must give every replica the same row); else ``seq_of`` (always larger)."""
+    return seq_of(index) if state else index
 
 
 def vid_of(seq: int, null_id: int | bool) -> str:
@@ -183,12 +183,13 @@ def _insert(db: sqlite3.Connection, v: Version) -> None:
 
 
 def _supersede(db: sqlite3.Connection, bucket: str, key: str, ts: float) -> None:
-    """The key's latest version becomes noncurrent at ``ts`` (a newer one follows)."""
-    now = current(db, bucket, key)
-    if now is not None:
+    """The key's latest version becomes noncurrent at ``ts`` (a newer one follows). The
+    current row moves table to table in SQL: its manifest is never unpacked."""
+    moved = db.execute(
+        f"INSERT INTO versions ({V_COLS}, bucket, key) SELECT version, null_id, 0, size, etag, sha256, content_type, "
+        "created, ?, meta, chunks, bucket, key FROM objects WHERE bucket=? AND key=?", (ts, bucket, key)).rowcount
+    if moved:
         db.execute("DELETE FROM objects WHERE bucket=? AND key=?", (bucket, key))
-        now.superseded, now.current = ts, False
-        _insert(db, now)
         return
     top = newest_noncurrent(db, bucket, key)
     if top is not None and top.superseded is None:
@@ -238,12 +239,13 @@ def _drop_null(db: sqlite3.Connection, bucket: str, key: str, ts: float, keep: s
 
 
 def write(db: sqlite3.Connection, bucket: str, key: str, obj: dict[str, Any], ts: float, seq: int,
-          keep: set[str] = frozenset(), integrity: bool = True) -> str:
+          keep: set[str] = frozenset(), integrity: bool = True, state: str | None = None) -> str:
     """Make ``obj`` the key's newest version as the bucket's versioning state says:
     never versioned, it replaces the object; enabled, the object before it becomes
     noncurrent; suspended, it replaces the null version. A replaced version's chunks
-    in ``keep`` stay referenced (the new version reuses them). Returns its version id."""
-    state = versioning(db, bucket)
+    in ``keep`` stay referenced (the new version reuses them). Returns its version id.
+    ``state``: the bucket's versioning, if the caller has read it already."""
+    state = versioning(db, bucket) if state is None else state
     apply_lock_defaults(db, bucket, obj, ts, integrity)
     null_id = state != "Enabled"
     if state == "":
@@ -253,9 +255,10 @@ def write(db: sqlite3.Connection, bucket: str, key: str, obj: dict[str, Any], ts
     else:
         if state == "Suspended":
             _drop_null(db, bucket, key, ts, keep)
-        before = current(db, bucket, key)
-        if before is not None and keep:  # kept as noncurrent: a chunk both manifests name gains a reference
-            shared = {b[0] for b in before.chunks}.intersection(keep)  # (CopyObject counted its own)
+        row = db.execute("SELECT chunks FROM objects WHERE bucket=? AND key=?", (bucket, key)).fetchone() \
+            if keep else None
+        if row is not None:  # kept as noncurrent: a chunk both manifests name gains a reference
+            shared = {b[0] for b in unpackb(row[0])}.intersection(keep)  # (CopyObject counted its own)
             add_refs(db, [c for c in obj["chunks"] if c[0] in shared])
         _supersede(db, bucket, key, ts)
     db.execute(
