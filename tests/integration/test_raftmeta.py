@@ -139,6 +139,23 @@ async def test_same_rid_returns_first_result(tmp_path: Path) -> None:
             assert not cluster.crashes()
 
 
+async def test_a_command_from_a_clock_ahead_is_stamped_with_the_servers_time(tmp_path: Path) -> None:
+    """Command time decides object lock and lifecycle: a client whose clock runs an hour
+    ahead gets the raftmeta node's time (plus a second), on every replica alike."""
+    with trio.fail_after(60):
+        async with open_cluster(tmp_path) as cluster:
+            await cluster.wait_leader()
+            client = cluster.client(cluster.replicas[1])
+            ahead = time.time() + 3600
+            await must(client.write({"op": "create_bucket", "bucket": "future", "owner": "alice", "ts": ahead}))
+            await must(client.write({"op": "create_bucket", "bucket": "past", "owner": "alice", "ts": 1000.0}))
+            for replica in cluster.replicas:
+                got = await must(cluster.client(replica).read({"q": "bucket", "bucket": "future"}))
+                assert got["created"] <= time.time() + 1.5
+                past = await must(cluster.client(replica).read({"q": "bucket", "bucket": "past"}))
+                assert past["created"] == 1000.0  # a clock behind is left alone: it only lengthens a lock
+
+
 async def test_leader_failover(tmp_path: Path) -> None:
     with trio.fail_after(60):
         async with open_cluster(tmp_path) as cluster:
