@@ -44,13 +44,14 @@ def q_lifecycle_scan(db: sqlite3.Connection, q: dict[str, Any]) -> dict[str, Any
     keys = _next_keys(db, bucket, after, limit)
     out = []
     for key in keys:
-        history = []
-        now = versions.current(db, bucket, key)
-        rows = db.execute(f"SELECT {versions.V_COLS} FROM versions WHERE bucket=? AND key=? ORDER BY seq DESC",
-                          (bucket, key)).fetchall()
-        for v in ([now] if now else []) + [versions.Version(bucket, key, *_fields(r), False) for r in rows]:
-            history.append({"seq": v.seq, "null": v.null_id, "marker": v.marker, "size": v.size,
-                            "created": v.created, "superseded": v.superseded, "tags": dict(v.meta.get("tags") or [])})
+        # what the evaluator needs, never the manifests: a long history costs its rows only
+        rows = db.execute(
+            "SELECT version, null_id, 0, size, created, NULL, meta FROM objects WHERE bucket=? AND key=? UNION ALL "
+            "SELECT seq, null_id, marker, size, created, superseded, meta FROM versions WHERE bucket=? AND key=? "
+            "ORDER BY 1 DESC", (bucket, key, bucket, key)).fetchall()
+        history = [{"seq": seq, "null": bool(null_id), "marker": bool(marker), "size": size, "created": created,
+                    "superseded": superseded, "tags": dict(unpackb(meta).get("tags") or [])}
+                   for seq, null_id, marker, size, created, superseded, meta in rows]
         out.append([key, history])
     return {"keys": out, "done": len(keys) < limit}
 
@@ -75,10 +76,6 @@ def _next_keys(db: sqlite3.Connection, bucket: str, after: str, limit: int) -> l
 def rules_digest(rules: Any) -> str:
     """What the chore evaluated against, so the apply can tell the rules changed since."""
     return hashlib.sha256(packb(rules)).hexdigest()
-
-
-def _fields(r: tuple[Any, ...]) -> tuple[Any, ...]:
-    return (r[0], bool(r[1]), bool(r[2]), r[3], r[4], r[5], r[6], r[7], r[8], unpackb(r[9]), unpackb(r[10]))
 
 
 def q_lifecycle_uploads(db: sqlite3.Connection, q: dict[str, Any]) -> dict[str, Any]:
