@@ -83,10 +83,10 @@ def _period(element: Any, name: str) -> int:
         raise S3Error("MalformedXML")
     value = int(text)
     if value <= 0:
-        raise S3Error("InvalidArgument", "Default retention period must be a positive integer value.",
+        raise S3Error("InvalidRetentionPeriod", "Default retention period must be a positive integer value.",
                       ArgumentName=name, ArgumentValue=text)
     if value > (MAX_DAYS if name == "Days" else MAX_YEARS):
-        raise S3Error("InvalidArgument", "Default retention period is too large.", ArgumentName=name,
+        raise S3Error("InvalidRetentionPeriod", "Default retention period is too large.", ArgumentName=name,
                       ArgumentValue=text)
     return value
 

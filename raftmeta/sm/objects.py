@@ -66,7 +66,7 @@ def replace_object(
     """Make ``obj`` the newest version at (bucket, key) atomically, as the bucket's
     versioning says (``versions.write``); a version it replaces keeps its chunks in
     ``keep`` (default: the new manifest's) out of the GC queue. Returns ``version`` (its
-    seq) and ``vid`` (its version id; absent in a never-versioned bucket)."""
+    seq) and ``vid`` (its version id; only in a versioning-enabled bucket)."""
     if not bucket_exists(db, bucket):
         raise Failed("NoSuchBucket")
     _check(cond, db.execute("SELECT etag FROM objects WHERE bucket=? AND key=?", (bucket, key)).fetchone())
@@ -74,7 +74,8 @@ def replace_object(
     seq = versions.seq_for(state, index)
     kept = {c[0] for c in obj["chunks"]} if keep is None else keep
     vid = versions.write(db, bucket, key, obj, ts, seq, kept, integrity, state)
-    return {"version": seq, **({"vid": vid} if state else {})}
+    # S3 names the version written only in an Enabled bucket (a Suspended one's is "null")
+    return {"version": seq, **({"vid": vid} if state == "Enabled" else {})}
 
 
 def cmd_put_object(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str, Any]:

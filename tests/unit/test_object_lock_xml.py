@@ -98,7 +98,7 @@ def test_lock_config_malformed(body: bytes) -> None:
 def test_lock_config_invalid_period(fields: str, name: str, message: str) -> None:
     with pytest.raises(S3Error) as exc:
         ol.parse_lock_config(config_xml(rule(fields)))
-    assert code(exc) == "InvalidArgument" and exc.value.fields["ArgumentName"] == name
+    assert code(exc) == "InvalidRetentionPeriod" and exc.value.fields["ArgumentName"] == name
     assert message in exc.value.message
 
 
