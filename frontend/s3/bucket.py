@@ -44,6 +44,9 @@ async def create_bucket(ctx: Context, request: Any, bucket: str) -> Response:
     await meta_call(ctx.meta.write({
         "op": "create_bucket", "bucket": bucket, "owner": request.principal.user, "acl": canned, "ts": time.time(),
         **({"object_lock": True} if lock == "true" else {}),
+        # S3 in us-east-1 answers 200 to re-creating a bucket you own (and resets its ACL);
+        # every other region says BucketAlreadyOwnedByYou
+        **({"legacy_recreate": True} if ctx.region == "us-east-1" else {}),
     }))
     return empty_response(headers={"Location": f"/{bucket}"})
 

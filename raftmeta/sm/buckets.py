@@ -29,7 +29,13 @@ GUARDED = ("versioning", "object_lock")
 def cmd_create_bucket(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str, Any]:
     row = db.execute("SELECT owner FROM buckets WHERE name=?", (cmd["bucket"],)).fetchone()
     if row is not None:
-        raise Failed("BucketAlreadyOwnedByYou" if row[0] == cmd["owner"] else "BucketAlreadyExists")
+        if row[0] != cmd["owner"]:
+            raise Failed("BucketAlreadyExists")
+        if not cmd.get("legacy_recreate") or cmd.get("object_lock"):
+            raise Failed("BucketAlreadyOwnedByYou")
+        # us-east-1's legacy rule: re-creating your own bucket succeeds and resets its ACL
+        db.execute("UPDATE buckets SET acl=? WHERE name=?", (cmd.get("acl", "private"), cmd["bucket"]))
+        return {"recreated": True}
     db.execute(
         "INSERT INTO buckets (name, owner, created, acl) VALUES (?,?,?,?)",
         (cmd["bucket"], cmd["owner"], cmd["ts"], cmd.get("acl", "private")),

@@ -29,9 +29,11 @@ def test_bucket_lifecycle(s3, s3b):
     s3.create_bucket(Bucket="life-cycle")
     assert "life-cycle" in [b["Name"] for b in s3b.list_buckets()["Buckets"]]
     s3b.head_bucket(Bucket="life-cycle")
-    with pytest.raises(ClientError) as e:
-        s3.create_bucket(Bucket="life-cycle")
-    assert code(e) == "BucketAlreadyOwnedByYou"
+    # us-east-1 (the cluster's region): re-creating your own bucket is a 200 that resets its ACL
+    s3.put_bucket_acl(Bucket="life-cycle", ACL="public-read")
+    s3.create_bucket(Bucket="life-cycle")
+    grants = s3.get_bucket_acl(Bucket="life-cycle")["Grants"]
+    assert not any(g["Grantee"].get("URI", "").endswith("AllUsers") for g in grants), grants
     s3.put_object(Bucket="life-cycle", Key="k", Body=b"x")
     with pytest.raises(ClientError) as e:
         s3b.delete_bucket(Bucket="life-cycle")

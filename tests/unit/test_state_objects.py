@@ -43,6 +43,16 @@ def test_create_existing_bucket_owned_by_you_vs_someone_else(rep: Replica) -> No
     assert rep.q(q="stats")["buckets"] == 1
 
 
+def test_us_east_1_recreating_your_own_bucket_succeeds_and_resets_its_acl(rep: Replica) -> None:
+    rep.apply(create("b", owner="alice", acl="public-read"))
+    assert rep.apply(create("b", owner="alice", legacy_recreate=True)) == {"ok": True, "recreated": True}
+    assert rep.q(q="bucket", bucket="b")["acl"] == "private"
+    assert rep.apply(create("b", owner="bob", legacy_recreate=True))["err"] == "BucketAlreadyExists"
+    # asking for object lock on an existing bucket is never a re-creation
+    assert rep.apply(create("b", owner="alice", legacy_recreate=True, object_lock=True))["err"] == \
+        "BucketAlreadyOwnedByYou"
+
+
 def test_delete_bucket(rep: Replica) -> None:
     assert rep.apply({"op": "delete_bucket", "bucket": "b"})["err"] == "NoSuchBucket"
     rep.apply(create("b"))
