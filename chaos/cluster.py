@@ -408,8 +408,8 @@ class Cluster:
                 return orphans
             time.sleep(0.5)
 
-    def admin(self, method: str, path: str, index: int = 0) -> tuple[int, dict]:
-        """A signed request to a frontend's operator endpoint /_cairn/PATH."""
+    def admin(self, method: str, path: str, index: int = 0, body: dict | None = None) -> tuple[int, dict]:
+        """A signed request to a frontend's operator endpoint /_cairn/PATH (``body``: JSON)."""
         import urllib.error
         import urllib.request
 
@@ -418,9 +418,11 @@ class Cluster:
         from botocore.credentials import Credentials
 
         url = f"{self.endpoints[index]}/_cairn/{path}"
-        req = AWSRequest(method, url, data=b"", headers={"x-amz-content-sha256": "UNSIGNED-PAYLOAD"})
+        data = json.dumps(body).encode() if body is not None else b""
+        req = AWSRequest(method, url, data=data, headers={"x-amz-content-sha256": "UNSIGNED-PAYLOAD"})
         S3SigV4Auth(Credentials(ACCESS_KEY, SECRET_KEY), "s3", "us-east-1").add_auth(req)
-        http = urllib.request.Request(url, method=method, headers=dict(req.headers.items()), data=b"" if method == "POST" else None)
+        http = urllib.request.Request(url, method=method, headers=dict(req.headers.items()),
+                                      data=data if method in ("POST", "PUT") else None)
         try:
             with urllib.request.urlopen(http, timeout=30) as r:
                 raw = r.read()
