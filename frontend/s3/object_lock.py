@@ -230,9 +230,6 @@ async def require_lock(ctx: Context, bucket: str) -> dict[str, Any]:
     return config
 
 
-_vid = version_param
-
-
 async def _locked_object(ctx: Context, bucket: str, key: str, vid: str | None) -> dict[str, Any]:
     """The version's meta, read with the bucket's lock config behind one Raft barrier:
     a bucket without one is InvalidRequest before the object is looked at."""
@@ -270,7 +267,7 @@ async def get_lock_config(ctx: Context, bucket: str) -> Response:
 
 
 async def put_retention(ctx: Context, request: Any, bucket: str, key: str, params: dict[str, str]) -> Response:
-    vid = _vid(params)
+    vid = version_param(params)
     retention = parse_retention(await read_body(request, MAX_LOCK_BODY))
     await require_lock(ctx, bucket)
     bypass = await bypass_requested(ctx, request, bucket)
@@ -281,7 +278,7 @@ async def put_retention(ctx: Context, request: Any, bucket: str, key: str, param
 
 
 async def get_retention(ctx: Context, request: Any, bucket: str, key: str, params: dict[str, str]) -> Response:
-    meta = await _locked_object(ctx, bucket, key, _vid(params))
+    meta = await _locked_object(ctx, bucket, key, version_param(params))
     if not meta.get("retention"):
         raise S3Error("NoSuchObjectLockConfiguration")
     mode, until = meta["retention"]
@@ -290,7 +287,7 @@ async def get_retention(ctx: Context, request: Any, bucket: str, key: str, param
 
 
 async def put_legal_hold(ctx: Context, request: Any, bucket: str, key: str, params: dict[str, str]) -> Response:
-    vid = _vid(params)
+    vid = version_param(params)
     hold = parse_legal_hold(await read_body(request, MAX_LOCK_BODY))
     await require_lock(ctx, bucket)
     await meta_call(ctx.meta.write({"op": "set_legal_hold", "bucket": bucket, "key": key, "vid": vid, "hold": hold,
@@ -299,7 +296,7 @@ async def put_legal_hold(ctx: Context, request: Any, bucket: str, key: str, para
 
 
 async def get_legal_hold(ctx: Context, request: Any, bucket: str, key: str, params: dict[str, str]) -> Response:
-    meta = await _locked_object(ctx, bucket, key, _vid(params))
+    meta = await _locked_object(ctx, bucket, key, version_param(params))
     if "hold" not in meta:
         raise S3Error("NoSuchObjectLockConfiguration")
     status = "ON" if meta["hold"] else "OFF"

@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def aws(endpoint: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     env = dict(os.environ, AWS_ACCESS_KEY_ID=ACCESS_KEY, AWS_SECRET_ACCESS_KEY=SECRET_KEY,
                AWS_DEFAULT_REGION="us-east-1", AWS_CONFIG_FILE=os.devnull, AWS_SHARED_CREDENTIALS_FILE=os.devnull)
-    exe = shutil.which("aws")
+    local = Path(sys.executable).parent / "aws"  # the venv's, even when it is not on PATH
+    exe = str(local) if local.exists() else shutil.which("aws")
     assert exe, "the aws CLI is a test dependency (pip install -e '.[test]')"
     return subprocess.run([exe, "--endpoint-url", endpoint, *args], env=env, capture_output=True, text=True,
                           check=check, timeout=120)

@@ -8,17 +8,16 @@ import base64
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from botocore.exceptions import ClientError
 
 from chaos.cluster import ACCESS_KEY, SECRET_KEY
+from tests.cluster.test_cli_tools import aws
 
 pytestmark = pytest.mark.cluster
 
@@ -63,14 +62,6 @@ def close(a: datetime, b: datetime, within: float = 1.0) -> bool:
     return abs((a - b).total_seconds()) <= within
 
 
-def aws(endpoint: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = dict(os.environ, AWS_ACCESS_KEY_ID=ACCESS_KEY, AWS_SECRET_ACCESS_KEY=SECRET_KEY,
-               AWS_DEFAULT_REGION="us-east-1", AWS_CONFIG_FILE=os.devnull, AWS_SHARED_CREDENTIALS_FILE=os.devnull)
-    local = Path(sys.executable).parent / "aws"
-    exe = str(local) if local.exists() else shutil.which("aws")
-    assert exe, "the aws CLI is a test dependency (pip install -e '.[test]')"
-    return subprocess.run([exe, "--endpoint-url", endpoint, *args], env=env, capture_output=True, text=True,
-                          check=check, timeout=120)
 
 
 def admin(cluster, *args: str) -> subprocess.CompletedProcess:

@@ -9,19 +9,15 @@ import email.utils
 import hashlib
 import json
 import os
-import shutil
-import subprocess
-import sys
 import threading
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 from botocore.exceptions import ClientError
 from botocore.handlers import set_list_objects_encoding_type_url
 
-from chaos.cluster import ACCESS_KEY, SECRET_KEY
+from tests.cluster.test_cli_tools import aws
 
 pytestmark = pytest.mark.cluster
 
@@ -65,14 +61,6 @@ def body(s3, bucket: str, key: str, **kwargs) -> bytes:
     return s3.get_object(Bucket=bucket, Key=key, **kwargs)["Body"].read()
 
 
-def aws(endpoint: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = dict(os.environ, AWS_ACCESS_KEY_ID=ACCESS_KEY, AWS_SECRET_ACCESS_KEY=SECRET_KEY,
-               AWS_DEFAULT_REGION="us-east-1", AWS_CONFIG_FILE=os.devnull, AWS_SHARED_CREDENTIALS_FILE=os.devnull)
-    local = Path(sys.executable).parent / "aws"
-    exe = str(local) if local.exists() else shutil.which("aws")
-    assert exe, "the aws CLI is a test dependency (pip install -e '.[test]')"
-    return subprocess.run([exe, "--endpoint-url", endpoint, *args], env=env, capture_output=True, text=True,
-                          check=check, timeout=120)
 
 
 # ---------------------------------------------------------------- bucket state
