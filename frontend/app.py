@@ -34,6 +34,7 @@ from frontend import iam, metrics, routes
 from frontend.budget import OWNER
 from frontend.context import Context, read_body
 from frontend.errors import SERVICE_UNAVAILABLE, S3Error, from_wire
+from frontend.names import virtual_host_bucket
 from frontend.s3 import cors
 
 log = logging.getLogger("frontend")
@@ -176,16 +177,6 @@ def error_response(exc: BaseException, request: Any) -> Response:
     # never starts the next request on a connection whose request it has not read to
     # its end, and hypercorn closes that connection once the answer is sent.
     return response
-
-
-def virtual_host_bucket(host: str, domains: tuple[str, ...]) -> str | None:
-    """The bucket named by a virtual-hosted-style Host header, if any."""
-    name = host.rsplit(":", 1)[0].lower() if not host.startswith("[") else ""
-    for domain in domains:
-        suffix = "." + domain.lower()
-        if name.endswith(suffix) and len(name) > len(suffix):
-            return name[: -len(suffix)]
-    return None
 
 
 def split_path(raw_path: bytes) -> tuple[str, str | None]:

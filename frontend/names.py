@@ -35,3 +35,13 @@ def check_key(key: str) -> None:
     if NOT_XML.search(key):  # such a key could never be listed in a document a client can parse
         raise S3Error("InvalidArgument", "Object keys cannot contain control characters that XML 1.0 cannot "
                       "represent (U+0000-U+0008, U+000B, U+000C, U+000E-U+001F).", ArgumentName="key")
+
+
+def virtual_host_bucket(host: str, domains: tuple[str, ...]) -> str | None:
+    """The bucket named by a virtual-hosted-style Host header, if any."""
+    name = host.rsplit(":", 1)[0].lower() if not host.startswith("[") else ""
+    for domain in domains:
+        suffix = "." + domain.lower()
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return None

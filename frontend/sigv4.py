@@ -20,6 +20,11 @@ give); they are re-encoded as latin-1 so the signature covers the bytes on the w
 
 As S3 does, every ``x-amz-*`` header present must be signed (``x-amz-content-sha256``
 excepted), otherwise AccessDenied with ``HeadersNotSigned``; ``host`` must be signed.
+
+``verify_request`` is also where the scheme is chosen: ``Authorization: AWS AKID:sig``
+and presigned URLs with ``AWSAccessKeyId``/``Signature``/``Expires`` are Signature
+Version 2, verified by ``frontend.sigv2`` and answered with the same ``AuthResult``
+(no signing key or scope; the payload unsigned).
 """
 
 from __future__ import annotations
@@ -454,21 +459,27 @@ def verify_request(
     lookup_secret: Callable[[str], str | None],
     now: float | None = None,
     region: str | None = None,
+    domains: tuple[str, ...] | None = None,
 ) -> AuthResult | None:
-    """Verify a request's SigV4 authentication (signed for ``region``, if given).
+    """Verify a request's SigV4 (signed for ``region``, if given) or SigV2 authentication.
 
     Returns None for an anonymous request (no Authorization header and no presigned-URL
     parameters), an AuthResult when the signature is valid, and raises S3Error
     otherwise. ``lookup_secret(access_key)`` returns the secret key or None if unknown.
-    ``now`` defaults to time.time().
+    ``now`` defaults to time.time(). ``Authorization: AWS AKID:signature`` and the
+    ``AWSAccessKeyId``/``Signature``/``Expires`` query parameters are Signature Version 2,
+    verified by ``frontend.sigv2`` (``domains``: the frontend's virtual-hosted domains,
+    whose bucket is part of V2's string to sign; None, not known: V2 only for a Host
+    that is an IP address or localhost).
     """
     if now is None:
         now = time.time()
     header_map = _header_map(headers)
     authorization = header_map.get("authorization")
-    params = _parse_query(query_string) if b"X-Amz-" in query_string or b"Signature" in query_string else {}
+    markers = (b"X-Amz-", b"Signature", b"AWSAccessKeyId")
+    params = _parse_query(query_string) if any(m in query_string for m in markers) else {}
     query_auth = any(marker in params for marker in _QUERY_AUTH_MARKERS)
-    v2_query_auth = "AWSAccessKeyId" in params and "Signature" in params
+    v2_query_auth = not query_auth and ("AWSAccessKeyId" in params or "Signature" in params)
     if authorization and (query_auth or v2_query_auth):
         raise S3Error(
             "InvalidArgument",
@@ -476,17 +487,19 @@ def verify_request(
             "parameter or the Authorization header should be specified",
         )
     if authorization:
+        if authorization[0].strip().partition(" ")[0] == sigv2.ALGORITHM:
+            return sigv2.verify_header(method, raw_path, query_string, header_map, authorization[0], lookup_secret,
+                                       now, domains)
         return _verify_header_auth(method, raw_path, query_string, header_map, authorization[0], lookup_secret, now,
                                    region)
     if query_auth:
         return _verify_query_auth(method, raw_path, query_string, header_map, params, lookup_secret, now, region)
     if v2_query_auth:
-        raise S3Error(
-            "InvalidRequest",
-            "The authorization mechanism you have provided is not supported. Please use AWS4-HMAC-SHA256.",
-        )
+        return sigv2.verify_query(method, raw_path, query_string, header_map, params, lookup_secret, now, domains)
     return None
 
+
+from frontend import sigv2  # noqa: E402  (sigv2 builds on this module's AuthResult and date helpers)
 
 # ---------------------------------------------------------------------------
 # client side (tests, internal tools)
