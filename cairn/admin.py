@@ -65,6 +65,7 @@ def main(argv: list[str]) -> int:
     add = users.add_parser("add", help="create a user")
     add.add_argument("name")
     add.add_argument("--admin", action="store_true", help="may use the operator endpoints")
+    add.add_argument("--email", help="an e-mail address ACL grants may name (AmazonCustomerByEmail)")
     users.add_parser("ls", help="list users, their access key ids and grants")
     users.add_parser("rm", help="delete a user (its keys and grants go too)").add_argument("name")
     keys = sub.add_parser("key", help="access keys").add_subparsers(dest="action", required=True)
@@ -105,7 +106,8 @@ def main(argv: list[str]) -> int:
         ("health", None): lambda: request(args, "GET", "health"),
         ("status", None): lambda: request(args, "GET", "status"),
         ("repair", None): lambda: request(args, "POST" if args.run_now else "GET", "repair"),
-        ("user", "add"): lambda: request(args, "POST", "users", {"name": args.name, "admin": args.admin}),
+        ("user", "add"): lambda: request(args, "POST", "users", {"name": args.name, "admin": args.admin,
+                                                              **({"email": args.email} if args.email else {})}),
         ("user", "ls"): lambda: request(args, "GET", "users"),
         ("user", "rm"): lambda: request(args, "DELETE", f"users/{q(args.name)}"),
         ("key", "add"): lambda: request(args, "POST", f"users/{q(args.user)}/keys"),

@@ -72,6 +72,17 @@ async def meta_call_many(ctx: Context, queries: list[dict[str, Any]]) -> list[di
     return results
 
 
+def object_query(request: Any, bucket: str, key: str, vid: str | None,
+                 check: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The read of a version for a request: with the check its object ACL must pass
+    (``check``, else the request's own ``object_check``; ``iam.authorize``)."""
+    query = {"q": "object", "bucket": bucket, "key": key, "vid": vid}
+    check = check if check is not None else getattr(request, "object_check", None)
+    if check:
+        query["check"] = check
+    return query
+
+
 def version_param(params: Mapping[str, str]) -> str | None:
     """The ``versionId`` a request names (None: the latest); its form is checked by the
     state machine, which answers InvalidArgument for one that is not a version id."""

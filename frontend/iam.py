@@ -5,12 +5,13 @@ the frontend's configuration, every other one in Raft with a linearizable read, 
 revoked key stops working everywhere the moment its revocation returns) and the SigV4
 signature is verified with its secret.
 
-Authorization, per bucket: the owner and admins may do everything; a grant gives
-``read`` (GET/HEAD objects), ``write`` (PUT/DELETE objects, multipart), ``list``
-(listings) or ``full`` (all of it, plus ACLs, grants and deleting the bucket). The
-bucket's canned ACL opens reads and listings: ``public-read`` to anyone,
-``authenticated-read`` to any valid key. (Cairn applies a bucket's canned ACL to its
-objects too, as a bucket policy would; there are no per-object ACLs.)
+Authorization: admins may do everything. On a bucket, its owner may do everything; a
+Cairn grant (made by an operator) gives ``read`` (every object's GET/HEAD), ``write``
+(PUT/DELETE objects, multipart), ``list`` (listings) or ``full`` (all of it, plus ACLs
+and configuration); the bucket's ACL gives what S3's does (READ: listings, WRITE:
+writes and deletes, READ_ACP / WRITE_ACP: its ACL). Reading an object, or its ACL, is
+decided by that version's own ACL (``core.acl``) unless a Cairn grant covers it. With
+BucketOwnerEnforced ownership, ACLs are off.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from urllib.parse import unquote
 
 import trio
 
-from core import wire
+from core import acl, wire
 from frontend.context import Context
 from frontend.errors import S3Error, from_wire
 from frontend.sigv4 import AuthResult, verify_request
@@ -44,13 +45,22 @@ ANONYMOUS = Principal(None)
 
 
 def requested_access_key(headers: list[tuple[str, str]], query_string: bytes) -> str | None:
+    """The access key a request names: SigV4's Credential (header or X-Amz-Credential),
+    SigV2's ``Authorization: AWS AKID:signature`` or ``AWSAccessKeyId`` parameter."""
     for name, value in headers:
         if name.lower() == "authorization":
+            scheme, _, rest = value.strip().partition(" ")
+            if scheme == "AWS":  # SigV2; a malformed one is refused by sigv2 without a look-up
+                akid, sep, signature = rest.strip().rpartition(":")
+                return (akid.strip() or None) if sep and signature.strip() else None
             match = _CREDENTIAL.search(value)
             return match.group(1) if match else None
     match = re.search(rb"(?:^|&)X-Amz-Credential=([^&]+)", query_string)
     if match:
         return unquote(match.group(1).decode("latin-1")).split("/", 1)[0]
+    match = re.search(rb"(?:^|&)AWSAccessKeyId=([^&]+)", query_string)
+    if match:
+        return unquote(match.group(1).decode("latin-1")) or None
     return None
 
 
@@ -88,10 +98,12 @@ async def authenticate(ctx: Context, method: str, raw_path: bytes, query_string:
     if access_key == ctx.root_access_key or not access_key:
         secret, principal = await lookup_key(ctx, access_key, bucket)
         found = {access_key: secret} if access_key and secret is not None else {}
-        auth = verify_request(method, raw_path, query_string, headers, found.get, region=ctx.region)
+        auth = verify_request(method, raw_path, query_string, headers, found.get, region=ctx.region,
+                              domains=ctx.domains)
         return auth, (principal if auth is not None else ANONYMOUS)
     secret = _SECRETS.get(access_key) or await _candidate_secret(ctx, access_key)
-    auth = verify_request(method, raw_path, query_string, headers, {access_key: secret}.get, region=ctx.region)
+    auth = verify_request(method, raw_path, query_string, headers, {access_key: secret}.get, region=ctx.region,
+                          domains=ctx.domains)
     if auth is None:  # no signature at all after all (a credential-looking string elsewhere)
         return None, ANONYMOUS
     confirmed, principal = await lookup_key(ctx, access_key, bucket)
@@ -144,29 +156,60 @@ async def _candidate_secret(ctx: Context, access_key: str) -> str | None:
     return reply["secret"] if reply.get("found") else None
 
 
-async def authorize(ctx: Context, principal: Principal, bucket: str, need: str) -> None:
-    """Raise AccessDenied (or NoSuchBucket) unless ``principal`` may ``need`` on ``bucket``.
-    ``need``: read, write, list, full, or any (any grant at all, e.g. HeadBucket)."""
-    if principal.admin:
-        return  # admins may do anything; a missing bucket is the handler's NoSuchBucket
-    # The access read with the key holds for the request's own bucket only: a copy
-    # source (or any other bucket a request touches) is read for itself.
+# What each need asks of a bucket's ACL (None: nothing a bucket ACL can give).
+_ACL_NEED = {"list": acl.READ, "any": acl.READ, "write": acl.WRITE, "read_acp": acl.READ_ACP,
+             "write_acp": acl.WRITE_ACP, "full": None}
+# Needs on an object, settled by its version's ACL inside the read (or command) unless the
+# caller holds a Cairn grant that covers every object of the bucket.
+OBJECT_NEEDS = {"read": acl.READ, "obj_read_acp": acl.READ_ACP, "obj_write_acp": acl.WRITE_ACP}
+_GRANTS_FOR = {"list": ("list", "full"), "write": ("write", "full"), "full": ("full",), "read_acp": ("full",),
+               "write_acp": ("full",), "read": ("read", "full"), "obj_read_acp": ("full",),
+               "obj_write_acp": ("full",)}
+
+
+async def bucket_access(ctx: Context, principal: Principal, bucket: str) -> dict[str, Any]:
+    """The bucket's owner, grants, ownership rule and public access block, with the
+    caller's Cairn grant (read with the caller's key when that named this bucket)."""
     access = principal.bucket_access if bucket and principal.access_bucket == bucket else None
     if access is None:
         try:
             access = await ctx.meta.read({"q": "access", "bucket": bucket, "user": principal.user or ""})
         except wire.WireError as exc:
             raise from_wire(exc) from None
-    if not access.get("exists"):
-        if principal.user is None:
-            raise S3Error("AccessDenied")
-        raise S3Error("NoSuchBucket", BucketName=bucket)
-    if principal.user is not None and principal.user == access["owner"]:
-        return
+    return access
+
+
+def _bucket_allows(access: dict[str, Any], user: str | None, need: str) -> bool:
+    if user is not None and user == access["owner"]:
+        return True
     granted = access.get("permission")
-    if granted == "full" or granted == need or (need == "any" and granted):
-        return
-    if need in ("read", "list", "any"):
-        if access["acl"] == "public-read" or (access["acl"] == "authenticated-read" and principal.user is not None):
-            return
-    raise S3Error("AccessDenied")
+    if granted in _GRANTS_FOR.get(need, ()) or (need == "any" and granted):
+        return True
+    permission = _ACL_NEED.get(need)
+    if permission is None or access.get("ownership") == acl.OWNER_ENFORCED:  # ACLs are off there
+        return False
+    return acl.may(access["grants"], access["owner"], user, permission,
+                   bool((access.get("pab") or {}).get("IgnorePublicAcls")))
+
+
+async def authorize(ctx: Context, principal: Principal, bucket: str, need: str) -> dict[str, Any] | None:
+    """Raise AccessDenied (or NoSuchBucket) unless ``principal`` may ``need`` on ``bucket``.
+
+    Bucket needs: list, write, full (the owner's: configuration), read_acp, write_acp,
+    any (HeadBucket and the like). Object needs (``OBJECT_NEEDS``): read, obj_read_acp,
+    obj_write_acp; unless a Cairn grant covers them, they return the check the object's
+    read carries (``{"user", "need", "list"}``), decided by the version's ACL in the
+    state machine, in the same snapshot as the version read."""
+    if principal.admin:
+        return None  # admins may do anything; a missing bucket is the handler's NoSuchBucket
+    access = await bucket_access(ctx, principal, bucket)
+    if not access.get("exists"):  # bucket names are one public namespace: S3 says so to anyone
+        raise S3Error("NoSuchBucket", BucketName=bucket)
+    if need in OBJECT_NEEDS:
+        if access.get("permission") in _GRANTS_FOR[need]:
+            return None
+        return {"user": principal.user, "need": OBJECT_NEEDS[need],
+                "list": _bucket_allows(access, principal.user, "list")}
+    if not _bucket_allows(access, principal.user, need):
+        raise S3Error("AccessDenied")
+    return None

@@ -14,7 +14,7 @@ from urllib.parse import unquote
 
 from quart import Response
 
-from core import wire
+from core import acl, wire
 from core.nodes import DEFAULT_DEAD_AFTER, BlobNode, liveness
 from frontend import metrics
 from frontend.context import Context, read_body
@@ -170,7 +170,7 @@ class AdminError(Exception):
 
 _STATUS = {"UserAlreadyExists": 409, "NoSuchUser": 404, "UserOwnsBuckets": 409, "KeyAlreadyExists": 409,
            "NoSuchNode": 404, "NodeNotEmpty": 409,
-           "NoSuchKeyId": 404, "NoSuchBucket": 404, "InvalidArgument": 400}
+           "NoSuchKeyId": 404, "NoSuchBucket": 404, "InvalidArgument": 400, "EmailInUse": 409}
 
 
 async def _write(ctx: Context, cmd: dict[str, Any]) -> dict[str, Any]:
@@ -204,9 +204,12 @@ async def admin_users(ctx: Context, method: str, parts: list[str], body: dict[st
     if parts == ["users"] and method == "GET":
         return 200, (await ctx.meta.read({"q": "users"}))["users"]
     if parts == ["users"] and method == "POST":
-        name = _name(body.get("name"))
-        await _write(ctx, {"op": "create_user", "name": name, "admin": bool(body.get("admin")), "ts": ts})
-        return 201, {"name": name}
+        name, email = _name(body.get("name")), body.get("email")
+        if email is not None and (not isinstance(email, str) or not re.fullmatch(r"[^@\s]{1,64}@[^@\s]{1,190}", email)):
+            raise AdminError(400, "InvalidArgument", "email must be an e-mail address")
+        await _write(ctx, {"op": "create_user", "name": name, "admin": bool(body.get("admin")), "ts": ts,
+                           **({"email": email} if email else {})})
+        return 201, {"name": name, "canonical_id": acl.canonical_id(name), **({"email": email} if email else {})}
     if len(parts) == 2 and parts[0] == "users" and method == "DELETE":
         await _write(ctx, {"op": "delete_user", "name": _name(parts[1])})
         return 204, None

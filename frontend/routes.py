@@ -14,8 +14,10 @@ Needs, checked by ``dispatch`` (an object's key is checked first):
   documented defaults (the operator endpoints under ``/_cairn/``);
 - ``signed``: whoever signed, or anonymous; ``user``: a signed user;
 - ``policy``: the browser form's signed policy, checked by its handler;
-- ``read``, ``write``, ``list``, ``full``, ``any``: that access to the request's
-  bucket (``iam.authorize``).
+- ``read``, ``write``, ``list``, ``full``, ``any``, ``read_acp``, ``write_acp``: that
+  access to the request's bucket (``iam.authorize``); ``read``, ``obj_read_acp`` and
+  ``obj_write_acp`` leave to the object's ACL what the bucket access does not settle
+  (``request.object_check``, carried by the handler's read or command).
 """
 
 from __future__ import annotations
@@ -27,19 +29,23 @@ from typing import Any
 
 from quart import Response
 
+from core.acl import canonical_id
 from frontend import iam, operator
-from frontend.context import Context
+from frontend.context import Context, meta_call
 from frontend.errors import S3Error
 from frontend.names import check_key
 from frontend.s3 import (
     acl,
+    attributes,
     bucket,
+    bucket_tagging,
     copy_object,
     cors,
     delete_objects,
     lifecycle,
     multipart,
     object_lock,
+    ownership,
     post_object,
     service,
     tagging,
@@ -56,7 +62,8 @@ ALL_LEVELS = (SERVICE, OPERATOR, BUCKET, OBJECT)
 # needs
 OPEN, ADMIN, SIGNED, USER, POLICY = "open", "admin", "signed", "user", "policy"
 READ, WRITE, LIST, FULL, ANY = "read", "write", "list", "full", "any"
-BUCKET_ACCESS = (READ, WRITE, LIST, FULL, ANY)
+READ_ACP, WRITE_ACP, OBJ_READ_ACP, OBJ_WRITE_ACP = "read_acp", "write_acp", "obj_read_acp", "obj_write_acp"
+BUCKET_ACCESS = (READ, WRITE, LIST, FULL, ANY, READ_ACP, WRITE_ACP, OBJ_READ_ACP, OBJ_WRITE_ACP)
 
 Handler = Callable[[Context, Any, str, str | None, dict[str, str]], Awaitable[Response]]
 
@@ -119,14 +126,32 @@ def _route(operation: str, level_: str, methods: str, need: str, handler: Handle
 
 _MNA = _refuse("MethodNotAllowed")
 # Sub-resources of an object that S3 defines and Cairn does not implement (yet).
-OBJECT_UNSUPPORTED = ("uploads", "acl", "torrent", "restore", "select")
-# Bucket sub-resources read with GET that Cairn does not implement (yet), with AWS's names.
-BUCKET_UNSUPPORTED = (
-    ("policy", "GetBucketPolicy"),
-    ("tagging", "GetBucketTagging"), ("website", "GetBucketWebsite"), ("replication", "GetBucketReplication"),
-    ("encryption", "GetBucketEncryption"), ("notification", "GetBucketNotificationConfiguration"),
-    ("logging", "GetBucketLogging"),
-    ("ownershipControls", "GetBucketOwnershipControls"))
+OBJECT_UNSUPPORTED = ("uploads", "torrent", "restore", "select")
+# Bucket sub-resources S3 defines and Cairn does not implement (yet): each method S3 has
+# for it, with AWS's operation names (reads need list, changes the owner's full control).
+BUCKET_UNSUPPORTED: tuple[tuple[str, str, str], ...] = tuple(
+    (sub, method, name) for sub, names in (
+        ("policy", ("GetBucketPolicy", "PutBucketPolicy", "DeleteBucketPolicy")),
+        ("policyStatus", ("GetBucketPolicyStatus", None, None)),
+        ("website", ("GetBucketWebsite", "PutBucketWebsite", "DeleteBucketWebsite")),
+        ("replication", ("GetBucketReplication", "PutBucketReplication", "DeleteBucketReplication")),
+        ("encryption", ("GetBucketEncryption", "PutBucketEncryption", "DeleteBucketEncryption")),
+        ("notification", ("GetBucketNotificationConfiguration", "PutBucketNotificationConfiguration", None)),
+        ("logging", ("GetBucketLogging", "PutBucketLogging", None)),
+        ("accelerate", ("GetBucketAccelerateConfiguration", "PutBucketAccelerateConfiguration", None)),
+        ("requestPayment", ("GetBucketRequestPayment", "PutBucketRequestPayment", None)),
+        ("analytics", ("GetBucketAnalyticsConfiguration", "PutBucketAnalyticsConfiguration",
+                       "DeleteBucketAnalyticsConfiguration")),
+        ("metrics", ("GetBucketMetricsConfiguration", "PutBucketMetricsConfiguration",
+                     "DeleteBucketMetricsConfiguration")),
+        ("inventory", ("GetBucketInventoryConfiguration", "PutBucketInventoryConfiguration",
+                       "DeleteBucketInventoryConfiguration")),
+        ("intelligent-tiering", ("GetBucketIntelligentTieringConfiguration",
+                                 "PutBucketIntelligentTieringConfiguration",
+                                 "DeleteBucketIntelligentTieringConfiguration")),
+        ("metadataTable", ("GetBucketMetadataTableConfiguration", "CreateBucketMetadataTableConfiguration",
+                           "DeleteBucketMetadataTableConfiguration")),
+    ) for method, name in zip(("GET", "PUT", "DELETE"), names, strict=True) if name is not None)
 
 ROUTES: tuple[Route, ...] = (
     # ------------------------------------------------------------------ before any signature
@@ -134,7 +159,7 @@ ROUTES: tuple[Route, ...] = (
     Route("Preflight", ALL_LEVELS, ("OPTIONS",), OPEN, lambda c, r, b, k, p: cors.preflight(c, r, b)),
     Route("Admin", (OPERATOR,), (), ADMIN, _operator),
     # ------------------------------------------------------------------ service
-    _route("ListBuckets", SERVICE, "GET", USER, lambda c, r, b, k, p: service.list_buckets(c, r)),
+    _route("ListBuckets", SERVICE, "GET", USER, lambda c, r, b, k, p: service.list_buckets(c, r, p)),
     _route("MethodNotAllowed", SERVICE, "", SIGNED, _MNA),
     # ------------------------------------------------------------------ bucket
     _route("CreateBucket", BUCKET, "PUT", USER, lambda c, r, b, k, p: bucket.create_bucket(c, r, b), bare=True),
@@ -144,8 +169,22 @@ ROUTES: tuple[Route, ...] = (
     _route("GetBucketCors", BUCKET, "GET", FULL, lambda c, r, b, k, p: cors.get_cors(c, b), query="cors"),
     _route("DeleteBucketCors", BUCKET, "DELETE", FULL, lambda c, r, b, k, p: cors.delete_cors(c, b), query="cors"),
     _route("MethodNotAllowed", BUCKET, "", FULL, _MNA, query="cors"),
-    _route("GetBucketAcl", BUCKET, "GET", FULL, lambda c, r, b, k, p: acl.get_bucket_acl(c, b), query="acl"),
-    _route("PutBucketAcl", BUCKET, "PUT", FULL, lambda c, r, b, k, p: acl.put_bucket_acl(c, r, b), query="acl"),
+    _route("GetBucketAcl", BUCKET, "GET", READ_ACP, lambda c, r, b, k, p: acl.get_bucket_acl(c, b), query="acl"),
+    _route("PutBucketAcl", BUCKET, "PUT", WRITE_ACP, lambda c, r, b, k, p: acl.put_bucket_acl(c, r, b), query="acl"),
+    _route("GetBucketOwnershipControls", BUCKET, "GET", FULL, lambda c, r, b, k, p: ownership.get_ownership(c, b),
+           query="ownershipControls"),
+    _route("PutBucketOwnershipControls", BUCKET, "PUT", FULL,
+           lambda c, r, b, k, p: ownership.put_ownership(c, r, b), query="ownershipControls"),
+    _route("DeleteBucketOwnershipControls", BUCKET, "DELETE", FULL,
+           lambda c, r, b, k, p: ownership.delete_ownership(c, b), query="ownershipControls"),
+    _route("MethodNotAllowed", BUCKET, "", FULL, _MNA, query="ownershipControls"),
+    _route("GetPublicAccessBlock", BUCKET, "GET", FULL,
+           lambda c, r, b, k, p: ownership.get_public_access_block(c, b), query="publicAccessBlock"),
+    _route("PutPublicAccessBlock", BUCKET, "PUT", FULL,
+           lambda c, r, b, k, p: ownership.put_public_access_block(c, r, b), query="publicAccessBlock"),
+    _route("DeletePublicAccessBlock", BUCKET, "DELETE", FULL,
+           lambda c, r, b, k, p: ownership.delete_public_access_block(c, b), query="publicAccessBlock"),
+    _route("MethodNotAllowed", BUCKET, "", FULL, _MNA, query="publicAccessBlock"),
     # HEAD ignores sub-resources, but naming the ACL takes full control, as it always has
     _route("HeadBucket", BUCKET, "HEAD", FULL, lambda c, r, b, k, p: bucket.head_bucket(c, b), query="acl"),
     _route("HeadBucket", BUCKET, "HEAD", ANY, lambda c, r, b, k, p: bucket.head_bucket(c, b)),
@@ -168,9 +207,19 @@ ROUTES: tuple[Route, ...] = (
     _route("GetObjectLockConfiguration", BUCKET, "GET", FULL,
            lambda c, r, b, k, p: object_lock.get_lock_config(c, b), query="object-lock"),
     _route("MethodNotAllowed", BUCKET, "", FULL, _MNA, query="object-lock"),
+    _route("PutBucketTagging", BUCKET, "PUT", FULL,
+           lambda c, r, b, k, p: bucket_tagging.put_bucket_tagging(c, r, b), query="tagging"),
+    _route("GetBucketTagging", BUCKET, "GET", FULL,
+           lambda c, r, b, k, p: bucket_tagging.get_bucket_tagging(c, b), query="tagging"),
+    _route("DeleteBucketTagging", BUCKET, "DELETE", FULL,
+           lambda c, r, b, k, p: bucket_tagging.delete_bucket_tagging(c, b), query="tagging"),
+    _route("MethodNotAllowed", BUCKET, "", FULL, _MNA, query="tagging"),
     _route("ListMultipartUploads", BUCKET, "GET", LIST, lambda c, r, b, k, p: multipart.list_uploads(c, b, p),
            query="uploads"),
-    *(_route(name, BUCKET, "GET", LIST, _not_implemented(sub), query=sub) for sub, name in BUCKET_UNSUPPORTED),
+    *(_route(name, BUCKET, method, LIST if method == "GET" else FULL, _not_implemented(sub), query=sub)
+      for sub, method, name in BUCKET_UNSUPPORTED),
+    *(_route("MethodNotAllowed", BUCKET, "", FULL, _MNA, query=sub) for sub in dict.fromkeys(
+        sub for sub, _, _ in BUCKET_UNSUPPORTED)),
     _route("ListObjectVersions", BUCKET, "GET", LIST,
            lambda c, r, b, k, p: versions.list_object_versions(c, b, p), query="versions"),
     _route("ListObjectsV2", BUCKET, "GET", LIST, lambda c, r, b, k, p: bucket.list_objects(c, b, p),
@@ -200,7 +249,7 @@ ROUTES: tuple[Route, ...] = (
     _route("MethodNotAllowed", OBJECT, "", WRITE, _MNA, query="uploadId"),
     _route("PutObjectTagging", OBJECT, "PUT", WRITE, lambda c, r, b, k, p: tagging.put_tagging(c, r, b, k, p),
            query="tagging"),
-    _route("GetObjectTagging", OBJECT, "GET", READ, lambda c, r, b, k, p: tagging.get_tagging(c, b, k, p),
+    _route("GetObjectTagging", OBJECT, "GET", READ, lambda c, r, b, k, p: tagging.get_tagging(c, r, b, k, p),
            query="tagging"),
     _route("DeleteObjectTagging", OBJECT, "DELETE", WRITE,
            lambda c, r, b, k, p: tagging.delete_tagging(c, b, k, p), query="tagging"),
@@ -210,8 +259,13 @@ ROUTES: tuple[Route, ...] = (
     _route("PutObjectLegalHold", OBJECT, "PUT", WRITE, object_lock.put_legal_hold, query="legal-hold"),
     _route("GetObjectLegalHold", OBJECT, "GET", READ, object_lock.get_legal_hold, query="legal-hold"),
     _route("MethodNotAllowed", OBJECT, "", WRITE, _MNA, query="legal-hold"),
+    _route("GetObjectAcl", OBJECT, "GET", OBJ_READ_ACP, acl.get_object_acl, query="acl"),
+    _route("PutObjectAcl", OBJECT, "PUT", OBJ_WRITE_ACP, acl.put_object_acl, query="acl"),
+    _route("MethodNotAllowed", OBJECT, "", OBJ_READ_ACP, _MNA, query="acl"),
     _route("MethodNotAllowed", OBJECT, "HEAD", READ, _MNA, query="tagging"),
     _route("MethodNotAllowed", OBJECT, "", WRITE, _MNA, query="tagging"),
+    _route("GetObjectAttributes", OBJECT, "GET", READ, attributes.get_object_attributes, query="attributes"),
+    _route("MethodNotAllowed", OBJECT, "", READ, _MNA, query="attributes"),
     *(_route("NotImplemented", OBJECT, methods, need, _not_implemented(sub), query=sub)
       for sub in OBJECT_UNSUPPORTED for methods, need in (("GET HEAD", READ), ("PUT DELETE", WRITE))),
     _route("CopyObject", OBJECT, "PUT", WRITE, lambda c, r, b, k, p: copy_object.copy_object(c, r, b, k),
@@ -250,6 +304,19 @@ async def dispatch(ctx: Context, request: Any, route: Route, bucket_name: str, k
         raise S3Error("AccessDenied")
     if key is not None and level(bucket_name, key) == OBJECT:
         check_key(key)  # before any access is read
+    request.object_check = None  # what the object's own ACL must allow (``iam.authorize``)
     if route.need in BUCKET_ACCESS:
-        await iam.authorize(ctx, principal, bucket_name, route.need)
+        request.object_check = await iam.authorize(ctx, principal, bucket_name, route.need)
+    expected = request.headers.get("x-amz-expected-bucket-owner")
+    if expected is not None and bucket_name and route.need != ADMIN:
+        await _expected_owner(ctx, bucket_name, expected)
     return await route.handler(ctx, request, bucket_name, key, params)
+
+
+async def _expected_owner(ctx: Context, bucket_name: str, expected: str) -> None:
+    """x-amz-expected-bucket-owner: a bucket owned by someone else is 403 AccessDenied
+    (AWS names the owner by account id; here its canonical id or its user name)."""
+    reply = await meta_call(ctx.meta.read({"q": "bucket", "bucket": bucket_name}))
+    owner = str(reply.get("owner") or "")
+    if expected.strip() not in (owner, canonical_id(owner)):
+        raise S3Error("AccessDenied")

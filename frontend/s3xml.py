@@ -12,6 +12,7 @@ from xml.sax.saxutils import escape
 from defusedxml import DefusedXmlException
 from defusedxml import ElementTree as DefusedET
 
+from core.acl import canonical_id
 from frontend.errors import S3Error
 
 NS = "http://s3.amazonaws.com/doc/2006-03-01/"
@@ -42,13 +43,16 @@ def _key(value: str, url: bool) -> str:
     return value
 
 
-def list_buckets(buckets: list[list[Any]], owner: str) -> bytes:
+def list_buckets(buckets: list[list[Any]], owner: str, token: str | None = None, prefix: str | None = None) -> bytes:
+    """ListAllMyBucketsResult; ``token``: the next page's ContinuationToken, ``prefix``
+    the Prefix asked for (both only when there is one)."""
     items = "".join(
         f"<Bucket>{_el('Name', name)}{_el('CreationDate', iso8601(created))}</Bucket>" for name, created in buckets
     )
     return (
-        f'{HEAD}<ListAllMyBucketsResult xmlns="{NS}"><Owner>{_el("ID", owner)}{_el("DisplayName", owner)}</Owner>'
-        f"<Buckets>{items}</Buckets></ListAllMyBucketsResult>"
+        f'{HEAD}<ListAllMyBucketsResult xmlns="{NS}">{_owner(owner)}'
+        f"<Buckets>{items}</Buckets>{_el('ContinuationToken', token) if token else ''}"
+        f"{_el('Prefix', prefix) if prefix is not None else ''}</ListAllMyBucketsResult>"
     ).encode()
 
 
@@ -74,8 +78,13 @@ def list_objects(page: dict[str, Any], params: dict[str, Any], v2: bool) -> byte
     return "".join(out).encode()
 
 
+def _principal(user: str) -> str:
+    """A user as S3 names one: its canonical id and display name."""
+    return f"{_el('ID', canonical_id(user))}{_el('DisplayName', user)}"
+
+
 def _owner(owner: str) -> str:
-    return f"<Owner>{_el('ID', owner)}{_el('DisplayName', owner)}</Owner>"
+    return f"<Owner>{_principal(owner)}</Owner>"
 
 
 def _page_tail(page: dict[str, Any], params: dict[str, Any], url: bool, tag: str, fields: str,
@@ -171,7 +180,7 @@ def complete_upload(location: str, bucket: str, key: str, etag: str, checksum: d
 
 def list_parts(bucket: str, key: str, upload_id: str, page: dict[str, Any], marker: int, max_parts: int) -> bytes:
     upload = page["upload"]
-    owner = f"<ID>{escape(upload['initiator'])}</ID><DisplayName>{escape(upload['initiator'])}</DisplayName>"
+    owner = _principal(upload["initiator"])
     out = [f'{HEAD}<ListPartsResult xmlns="{NS}">', _el("Bucket", bucket), _el("Key", key), _el("UploadId", upload_id),
            f"<Initiator>{owner}</Initiator><Owner>{owner}</Owner><StorageClass>STANDARD</StorageClass>",
            _el("PartNumberMarker", marker)]
@@ -207,7 +216,7 @@ def list_uploads(bucket: str, page: dict[str, Any], params: dict[str, Any]) -> b
     if url:
         out.append(_el("EncodingType", "url"))
     for up in page["uploads"]:
-        who = f"<ID>{escape(up['initiator'])}</ID><DisplayName>{escape(up['initiator'])}</DisplayName>"
+        who = _principal(up["initiator"])
         out.append("<Upload>" + _el("Key", _key(up["key"], url)) + _el("UploadId", up["upload_id"])
                    + f"<Initiator>{who}</Initiator><Owner>{who}</Owner><StorageClass>STANDARD</StorageClass>"
                    + _el("Initiated", iso8601(up["created"])) + "</Upload>")

@@ -28,13 +28,13 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from raftmeta.sm import buckets, gcqueue, iam, lifecycle, members, multipart, nodes, objects, repair, versions
+from raftmeta.sm import acls, buckets, gcqueue, iam, lifecycle, members, multipart, nodes, objects, repair, versions
 from raftmeta.sm.tables import Command, Failed, Query, packb, unpackb
 
 log = logging.getLogger("raftmeta")
 
 # The state machine's concepts, each owning its tables, commands and queries (``raftmeta/sm/``).
-MODULES = (buckets, objects, versions, gcqueue, nodes, multipart, iam, repair, members, lifecycle)
+MODULES = (buckets, objects, versions, gcqueue, nodes, multipart, iam, repair, members, lifecycle, acls)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v) WITHOUT ROWID;

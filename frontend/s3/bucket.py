@@ -23,7 +23,7 @@ from frontend.context import (
 )
 from frontend.errors import S3Error
 from frontend.names import check_bucket_name
-from frontend.s3.acl import canned_acl
+from frontend.s3.acl import request_acl
 
 
 async def create_bucket(ctx: Context, request: Any, bucket: str) -> Response:
@@ -36,13 +36,15 @@ async def create_bucket(ctx: Context, request: Any, bucket: str) -> Response:
             if s3xml.local(child.tag) == "LocationConstraint" and (child.text or "") not in ("", ctx.region):
                 raise S3Error("InvalidLocationConstraint",
                               f"The {child.text} location constraint is not this cluster's region ({ctx.region}).")
-    canned = canned_acl(request)
+    spec = request_acl(request)
+    ownership = request.headers.get("x-amz-object-ownership")
     lock = request.headers.get("x-amz-bucket-object-lock-enabled", "").strip().lower()
     if lock not in ("", "true", "false"):
         raise S3Error("InvalidArgument", "x-amz-bucket-object-lock-enabled must be true or false",
                       ArgumentName="x-amz-bucket-object-lock-enabled", ArgumentValue=lock)
     await meta_call(ctx.meta.write({
-        "op": "create_bucket", "bucket": bucket, "owner": request.principal.user, "acl": canned, "ts": time.time(),
+        "op": "create_bucket", "bucket": bucket, "owner": request.principal.user, "acl_spec": spec, "ts": time.time(),
+        **({"ownership": ownership} if ownership is not None else {}),
         **({"object_lock": True} if lock == "true" else {}),
         # S3 in us-east-1 answers 200 to re-creating a bucket you own (and resets its ACL);
         # every other region says BucketAlreadyOwnedByYou

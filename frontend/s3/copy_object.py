@@ -14,6 +14,7 @@ from frontend import conditions, iam, s3xml
 from frontend.context import (
     Context,
     meta_call,
+    object_query,
     stored_headers,
     user_metadata,
     version_headers,
@@ -22,7 +23,7 @@ from frontend.context import (
 )
 from frontend.errors import S3Error
 from frontend.names import check_bucket_name, check_key
-from frontend.s3 import object_lock, tagging
+from frontend.s3 import acl, object_lock, tagging
 
 _SOURCE_CONDITIONS = {
     "x-amz-copy-source-if-match": "if-match",
@@ -67,10 +68,9 @@ async def copy_object(ctx: Context, request: Any, bucket: str, key: str) -> Resp
         raise S3Error("InvalidRequest", "This copy request is illegal because it is trying to copy an object to "
                       "itself without changing the object's metadata, storage class, website redirect location or "
                       "encryption attributes.")
-    await iam.authorize(ctx, request.principal, src_bucket, "read")
+    check = await iam.authorize(ctx, request.principal, src_bucket, "read")  # the source's own ACL too
     try:
-        src = (await meta_call(ctx.meta.read({"q": "object", "bucket": src_bucket, "key": src_key,
-                                              "vid": src_vid})))["obj"]
+        src = (await meta_call(ctx.meta.read(object_query(request, src_bucket, src_key, src_vid, check or {}))))["obj"]
     except S3Error as exc:
         if exc.code == "MethodNotAllowed":  # the version named is a delete marker
             raise S3Error("InvalidRequest", "The source of a copy request may not specifically refer to a delete "
@@ -93,7 +93,7 @@ async def copy_object(ctx: Context, request: Any, bucket: str, key: str) -> Resp
     reply = await meta_call(ctx.meta.write({
         "op": "copy_object", "src_bucket": src_bucket, "src_key": src_key, "src_vid": src_vid, "bucket": bucket,
         "key": key, "source_etag": src["etag"], "meta": meta, "content_type": content_type, "ts": time.time(),
-        "cond": conditions.write_condition(request.headers), "lock": lock,
+        "cond": conditions.write_condition(request.headers), "lock": lock, **acl.write_fields(request),
     }))
     body = (f'{s3xml.HEAD}<CopyObjectResult xmlns="{s3xml.NS}"><LastModified>{s3xml.iso8601(reply["created"])}'
             f'</LastModified><ETag>"{reply["etag"]}"</ETag></CopyObjectResult>')

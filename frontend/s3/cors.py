@@ -112,7 +112,7 @@ async def preflight(ctx: Context, request: Any, bucket: str) -> Response:
     origin = request.headers.get("origin")
     method = request.headers.get("access-control-request-method")
     if not origin or not method:
-        raise S3Error("AccessForbidden", "Insufficient information. Origin request header needed.")
+        raise S3Error("BadRequest", "Insufficient information. Origin request header needed.")
     wanted = [h.strip().lower() for h in request.headers.get("access-control-request-headers", "").split(",") if h.strip()]
     rules = await _rules(ctx, bucket) if bucket else None
     rule = _match(rules or [], origin, method, wanted)

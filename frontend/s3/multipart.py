@@ -26,6 +26,7 @@ from frontend.context import (
     empty_response,
     encoding_type,
     meta_call,
+    object_query,
     read_body,
     stored_headers,
     user_metadata,
@@ -34,7 +35,7 @@ from frontend.context import (
 )
 from frontend.datapath import Stored
 from frontend.errors import S3Error, from_reply
-from frontend.s3 import object_lock
+from frontend.s3 import acl, object_lock, tagging
 from frontend.s3.copy_object import parse_copy_source
 from frontend.upload import UploadBody
 
@@ -76,6 +77,7 @@ async def create(ctx: Context, request: Any, bucket: str, key: str) -> Response:
     if algorithm is not None and checksum_type is None:
         checksum_type = "FULL_OBJECT" if algorithm == "crc64nvme" else "COMPOSITE"  # S3's defaults
     headers = stored_headers(request)
+    tags = tagging.header_tags(request.headers.get("x-amz-tagging"))  # x-amz-tagging: the object's, at Complete
     lock = object_lock.lock_headers(request.headers)
     if lock:  # checked now, applied when the upload completes (a retention then still in the future)
         await object_lock.require_lock(ctx, bucket)
@@ -85,7 +87,8 @@ async def create(ctx: Context, request: Any, bucket: str, key: str) -> Response:
         "initiator": request.principal.user or "anonymous",
         "content_type": request.headers.get("content-type", "binary/octet-stream"),
         "meta": {"user": user_metadata(request), "headers": headers, "checksum_algorithm": algorithm,
-                 "checksum_type": checksum_type, **({"lock": lock} if lock else {})},
+                 "checksum_type": checksum_type, **({"lock": lock} if lock else {}), **acl.write_fields(request),
+                 **({"tags": tags} if tags else {})},
     }))
     response = xml_response(s3xml.initiate_upload(bucket, key, upload_id))
     if algorithm:
@@ -147,9 +150,8 @@ async def _copy_into(ctx: Context, request: Any, stored: Stored, algorithm: str 
     """UploadPartCopy: the source range moves blob nodes -> this frontend -> blob nodes,
     checked chunk by chunk on the way; never through the client."""
     src_bucket, src_key, src_vid = parse_copy_source(request.headers["x-amz-copy-source"])
-    await iam.authorize(ctx, request.principal, src_bucket, "read")
-    src = (await meta_call(ctx.meta.read({"q": "object", "bucket": src_bucket, "key": src_key,
-                                          "vid": src_vid})))["obj"]
+    check = await iam.authorize(ctx, request.principal, src_bucket, "read")  # the source's own ACL too
+    src = (await meta_call(ctx.meta.read(object_query(request, src_bucket, src_key, src_vid, check or {}))))["obj"]
     match = request.headers.get("x-amz-copy-source-if-match")
     if match is not None and match.strip('"') != src["etag"]:
         raise S3Error("PreconditionFailed", Condition="x-amz-copy-source-if-match")
@@ -221,6 +223,8 @@ async def complete(ctx: Context, request: Any, bucket: str, key: str, upload_id:
         if exc.code != "NoSuchUpload":
             raise
         return await _retried_complete(ctx, request, bucket, key, upload_id, listed)
+    if cond and isinstance(upload.get("created"), (int, float)):
+        cond["since"] = upload["created"]  # a delete after the initiation: AWS's 409
     algorithm = upload["meta"].get("checksum_algorithm")
     md5s = hashlib.md5()
     composite = new_checksum(algorithm) if algorithm else None
@@ -246,12 +250,18 @@ async def complete(ctx: Context, request: Any, bucket: str, key: str, upload_id:
                           "the one calculated from its parts.")
     elif composite is not None:
         checksum = {algorithm: f"{composite.b64digest()}-{len(listed)}"}
+        expected = request.headers.get(f"x-amz-checksum-{algorithm}")
+        if expected is not None and expected.strip() not in (checksum[algorithm], composite.b64digest()):
+            raise S3Error("BadDigest", f"The {algorithm.upper()} you specified for the whole object did not match "
+                          "the one calculated from its parts.")
     now = time.time()
     obj = {"etag": etag, "sha256": "", "content_type": upload["content_type"], "created": now,
            "meta": {"user": meta.get("user", {}), "headers": meta.get("headers", {}), "checksum": checksum,
-                    "checksum_type": meta.get("checksum_type"), **meta.get("lock", {})}}
+                    "checksum_type": meta.get("checksum_type"), **meta.get("lock", {}),
+                    **{k: meta[k] for k in ("acl_spec", "writer", "tags") if k in meta}}}
     reply = await ctx.meta.write({"op": "complete_upload", "upload_id": upload_id, "bucket": bucket, "key": key,
-                                  "parts": [[n, e] for n, e, _ in listed], "obj": obj, "ts": now, "cond": cond})
+                                  "parts": [[n, e] for n, e, _ in listed], "obj": obj, "ts": now, "cond": cond,
+                                  "part_checksums": True})
     if not reply.get("ok"):
         raise from_reply(reply)
     response = _complete_response(request, bucket, key, reply["etag"], checksum, meta.get("checksum_type"))

@@ -16,6 +16,7 @@ from frontend.context import (
     checksum_headers,
     empty_response,
     meta_call,
+    object_query,
     stored_headers,
     user_metadata,
     version_headers,
@@ -23,7 +24,7 @@ from frontend.context import (
 )
 from frontend.datapath import SMALL_BODY, PrefetchingBody
 from frontend.errors import S3Error
-from frontend.s3 import multipart, object_lock, tagging
+from frontend.s3 import acl, attributes, lifecycle, multipart, object_lock, tagging
 from frontend.s3.bucket import bucket_exists
 from frontend.upload import UploadBody, commit_object
 
@@ -32,7 +33,7 @@ _DIGITS = re.compile(r"[0-9]*")
 
 async def put_object(ctx: Context, request: Any, bucket: str, key: str, params: dict[str, str]) -> Response:
     body = UploadBody(request, request.auth)
-    cond = conditions.write_condition(request.headers)
+    cond = conditions.write_condition(request.headers, since=time.time())
     tags = tagging.header_tags(request.headers.get("x-amz-tagging"))
     user_meta = user_metadata(request)
     headers = stored_headers(request)
@@ -42,16 +43,19 @@ async def put_object(ctx: Context, request: Any, bucket: str, key: str, params: 
     lock = object_lock.lock_headers(request.headers)
     if lock:
         object_lock.require_integrity_header(request.headers)
+    access = acl.write_fields(request)  # parsed before a byte is stored
     if lock or body.length is None or body.length > ctx.data.settings.inline_max:
         await bucket_exists(ctx, bucket)  # fail fast before chunks are written (the commit checks anyway)
     stored, checksum = await body.store(ctx.data)
+    reply: dict[str, Any] = {}
     etag, vid = await commit_object(
-        ctx.meta, ctx.data, bucket, key, stored, cond=cond,
+        ctx.meta, ctx.data, bucket, key, stored, cond=cond, reply_out=reply,
         integrity=object_lock.has_integrity_header(request.headers),
         content_type=request.headers.get("content-type", "binary/octet-stream"),
         meta_fields={"user": user_meta, "headers": headers, "checksum": checksum, **({"tags": tags} if tags else {}),
-                     **lock})
-    return checksum_headers(empty_response(headers={"ETag": f'"{etag}"', **version_headers(vid)}), checksum)
+                     **lock, **access})
+    return checksum_headers(empty_response(headers={"ETag": f'"{etag}"', **version_headers(vid),
+                                                    **lifecycle.expiration_header(reply)}), checksum)
 
 
 def _http_date(ts: float) -> str:
@@ -131,17 +135,20 @@ def object_headers(obj: dict[str, Any]) -> dict[str, str]:
 
 
 async def get_object(ctx: Context, request: Any, bucket: str, key: str, params: dict[str, str]) -> Response:
-    obj = (await meta_call(ctx.meta.read({"q": "object", "bucket": bucket, "key": key,
-                                          "vid": version_param(params)})))["obj"]
+    reply = await meta_call(ctx.meta.read(object_query(request, bucket, key, version_param(params))))
+    obj = reply["obj"]
     size = obj["size"]
-    headers = object_headers(obj)
+    headers = {**object_headers(obj), **lifecycle.expiration_header(reply)}
     if conditions.check_read(request.headers, obj["etag"], obj["created"]):
         return empty_response(304, {k: v for k, v in headers.items() if k in ("ETag", "Last-Modified")})
     headers.update(response_overrides(request, params))
     if "partNumber" in params:
-        first, last, count = multipart.part_range(obj, multipart.part_number(params))
+        number = multipart.part_number(params)
+        first, last, count = multipart.part_range(obj, number)
         byte_range: tuple[int, int] | None = (first, last) if size else None
         headers["x-amz-mp-parts-count"] = str(count)
+        if request.headers.get("x-amz-checksum-mode", "").upper() == "ENABLED":
+            headers.update(attributes.part_checksum_headers(obj, number))  # the part's own
     else:
         byte_range = parse_range(request.headers.get("range"), size)
     status = 200
@@ -180,7 +187,8 @@ async def delete_object(ctx: Context, request: Any, bucket: str, key: str, param
     GOVERNANCE yields to x-amz-bypass-governance-retention from a principal allowed to),
     else the object, or a new delete marker in a versioned bucket."""
     vid = version_param(params)
+    cond = conditions.delete_condition(request.headers)
     bypass = vid is not None and await object_lock.bypass_requested(ctx, request, bucket)
     reply = await meta_call(ctx.meta.write({"op": "delete_object", "bucket": bucket, "key": key, "vid": vid,
-                                            "bypass": bypass, "ts": time.time()}))
+                                            "bypass": bypass, "ts": time.time(), **({"cond": cond} if cond else {})}))
     return empty_response(204, version_headers(reply.get("vid"), bool(reply.get("marker"))))

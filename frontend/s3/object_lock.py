@@ -20,7 +20,7 @@ from quart import Response
 from core import wire
 from frontend import iam, s3xml
 from frontend.checksums import ALGORITHMS
-from frontend.context import Context, empty_response, meta_call, read_body, version_param, xml_response
+from frontend.context import Context, empty_response, meta_call, object_query, read_body, version_param, xml_response
 from frontend.errors import S3Error, from_reply, from_wire
 
 MODES = ("GOVERNANCE", "COMPLIANCE")
@@ -230,12 +230,12 @@ async def require_lock(ctx: Context, bucket: str) -> dict[str, Any]:
     return config
 
 
-async def _locked_object(ctx: Context, bucket: str, key: str, vid: str | None) -> dict[str, Any]:
+async def _locked_object(ctx: Context, request: Any, bucket: str, key: str, vid: str | None) -> dict[str, Any]:
     """The version's meta, read with the bucket's lock config behind one Raft barrier:
     a bucket without one is InvalidRequest before the object is looked at."""
     try:
         config, obj = await ctx.meta.read_many(
-            [_config_query(bucket), {"q": "object", "bucket": bucket, "key": key, "vid": vid}])
+            [_config_query(bucket), object_query(request, bucket, key, vid)])
     except wire.WireError as exc:
         raise from_wire(exc) from None
     if not config.get("ok"):
@@ -278,7 +278,7 @@ async def put_retention(ctx: Context, request: Any, bucket: str, key: str, param
 
 
 async def get_retention(ctx: Context, request: Any, bucket: str, key: str, params: dict[str, str]) -> Response:
-    meta = await _locked_object(ctx, bucket, key, version_param(params))
+    meta = await _locked_object(ctx, request, bucket, key, version_param(params))
     if not meta.get("retention"):
         raise S3Error("NoSuchObjectLockConfiguration")
     mode, until = meta["retention"]
@@ -296,7 +296,7 @@ async def put_legal_hold(ctx: Context, request: Any, bucket: str, key: str, para
 
 
 async def get_legal_hold(ctx: Context, request: Any, bucket: str, key: str, params: dict[str, str]) -> Response:
-    meta = await _locked_object(ctx, bucket, key, version_param(params))
+    meta = await _locked_object(ctx, request, bucket, key, version_param(params))
     if "hold" not in meta:
         raise S3Error("NoSuchObjectLockConfiguration")
     status = "ON" if meta["hold"] else "OFF"

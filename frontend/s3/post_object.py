@@ -13,6 +13,7 @@ import binascii
 import hashlib
 import hmac
 import json
+import re
 import time
 from collections.abc import AsyncIterator
 from datetime import datetime
@@ -25,17 +26,20 @@ from quart import Response
 
 from frontend import iam, s3xml
 from frontend.budget import OWNER
+from frontend.checksums import requested_checksums
 from frontend.context import Context, empty_response, xml_response
 from frontend.datapath import Stored
 from frontend.errors import S3Error
 from frontend.names import check_key
+from frontend.s3 import acl
 from frontend.sigv4 import derive_signing_key
 from frontend.upload import commit_object
 
 MAX_FIELD = 64 * 1024
 MAX_FIELDS = 100
 FIELDS_BYTES = 64 * 1024  # all fields before the file (S3 allows 20 KB)
-_IGNORED = ("x-amz-signature", "file", "policy")
+_EXPIRATION = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z")
+_IGNORED = ("x-amz-signature", "file", "policy", "awsaccesskeyid", "signature")
 
 
 class FormReader:
@@ -110,13 +114,17 @@ class FormReader:
 
 def _check_policy(policy: dict[str, Any], fields: dict[str, str], bucket: str, size: int | None) -> tuple[int, int]:
     """Enforce the policy's conditions; returns the content-length range (min, max)."""
-    def fail(why: str) -> S3Error:
+    def fail(why: str) -> S3Error:  # a condition the form does not meet
         return S3Error("AccessDenied", f"Invalid according to Policy: {why}")
 
-    try:
-        expires = datetime.fromisoformat(policy["expiration"].replace("Z", "+00:00")).timestamp()
-    except (KeyError, ValueError, AttributeError):
-        raise fail("Policy could not be parsed") from None
+    def bad(why: str) -> S3Error:  # a policy that does not parse
+        return S3Error("InvalidPolicyDocument", f"Invalid Policy: {why}")
+
+    if not isinstance(policy, dict) or not isinstance(policy.get("conditions"), list):
+        raise bad("Policy missing conditions.")
+    if not isinstance(policy.get("expiration"), str) or not _EXPIRATION.fullmatch(policy["expiration"]):
+        raise bad("Invalid 'expiration' value: must be an ISO 8601 date and time in UTC.")
+    expires = datetime.fromisoformat(policy["expiration"].replace("Z", "+00:00")).timestamp()
     if expires < time.time():
         raise fail("Policy expired.")
     covered = {"bucket"}
@@ -124,6 +132,8 @@ def _check_policy(policy: dict[str, Any], fields: dict[str, str], bucket: str, s
     values = {**fields, "bucket": bucket}
     for cond in policy.get("conditions", []):
         if isinstance(cond, dict):
+            if len(cond) != 1:
+                raise bad("Invalid Simple-Condition: Simple-Conditions must have exactly one property specified.")
             for name, value in cond.items():
                 covered.add(name.lower())
                 if values.get(name.lower()) != value:
@@ -131,7 +141,10 @@ def _check_policy(policy: dict[str, Any], fields: dict[str, str], bucket: str, s
         elif isinstance(cond, list) and len(cond) == 3:
             op = str(cond[0]).lower()
             if op == "content-length-range":
-                length = (int(cond[1]), int(cond[2]))
+                try:
+                    length = (int(cond[1]), int(cond[2]))
+                except (TypeError, ValueError):
+                    raise bad("Invalid content-length-range.") from None
                 continue
             name = str(cond[1]).lstrip("$").lower()
             covered.add(name)
@@ -139,9 +152,9 @@ def _check_policy(policy: dict[str, Any], fields: dict[str, str], bucket: str, s
             if op == "eq" and actual != cond[2] or op == "starts-with" and not actual.startswith(cond[2]):
                 raise fail(f"Policy Condition failed: {json.dumps(cond)}")
             if op not in ("eq", "starts-with"):
-                raise fail("Policy could not be parsed")
+                raise bad(f"Invalid condition operator: {cond[0]}")
         else:
-            raise fail("Policy could not be parsed")
+            raise bad(f"Invalid condition: {json.dumps(cond)}")
     for name in fields:
         if name not in covered and name not in _IGNORED and not name.startswith("x-ignore-"):
             raise fail(f"Extra input fields: {name}")
@@ -180,25 +193,33 @@ async def presigned_post(ctx: Context, request: Any, bucket: str) -> Response:
     check_key(key)
     principal = await _verify(ctx, fields)
     OWNER.set(principal.user or "")
-    try:
-        policy = json.loads(base64.b64decode(fields["policy"]))
-        low, high = _check_policy(policy, {**fields, "key": key}, bucket, None)
-    except (ValueError, TypeError, KeyError, AttributeError, IndexError):  # not the JSON a policy is
-        raise S3Error("InvalidPolicyDocument", "Invalid Policy: Invalid JSON.") from None
+    low, high = 0, 5 * 1024**3
+    if principal.user is not None:  # an anonymous form (a public-write bucket's) has no policy to keep
+        try:
+            policy = json.loads(base64.b64decode(fields["policy"]))
+            low, high = _check_policy(policy, {**fields, "key": key}, bucket, None)
+        except (ValueError, TypeError, KeyError, AttributeError, IndexError):  # not the JSON a policy is
+            raise S3Error("InvalidPolicyDocument", "Invalid Policy: Invalid JSON.") from None
     await iam.authorize(ctx, principal, bucket, "write")
+    requested = requested_checksums({k: v for k, v in fields.items() if k.startswith("x-amz-checksum-")})
+    checksum = requested.new() if requested is not None else None  # a form field x-amz-checksum-<algorithm>
+    access = {"acl_spec": acl.canned_spec(fields["acl"]) if "acl" in fields else None, "writer": principal.user}
     stored = Stored()
     try:
-        await ctx.data.store(reader.file(), stored)
+        await ctx.data.store(reader.file(), stored, checksum.update if checksum is not None else None)
         if not low <= stored.size <= high:
             raise S3Error("EntityTooLarge" if stored.size > high else "EntityTooSmall",
                           ProposedSize=stored.size, MinSizeAllowed=low, MaxSizeAllowed=high)
+        if requested is not None and checksum is not None:
+            requested.verify(checksum)  # BadDigest
     except BaseException:
         await ctx.data.discard(stored.chunks)
         raise
     user = {k[len("x-amz-meta-"):]: v for k, v in fields.items() if k.startswith("x-amz-meta-")}
+    kept = {checksum.algorithm: checksum.b64digest()} if checksum is not None else {}
     etag, vid = await commit_object(ctx.meta, ctx.data, bucket, key, stored,
                                     content_type=fields.get("content-type", "binary/octet-stream"),
-                                    meta_fields={"user": user, "headers": {}, "checksum": {}})
+                                    meta_fields={"user": user, "headers": {}, "checksum": kept, **access})
     location = f"{request.scheme}://{request.host}/{bucket}/{quote(key)}"
     redirect = fields.get("success_action_redirect")
     if redirect:
@@ -220,11 +241,32 @@ async def presigned_post(ctx: Context, request: Any, bucket: str) -> Response:
     return response
 
 
+async def _verify_v2(ctx: Context, fields: dict[str, str]) -> iam.Principal:
+    """A form signed the SigV2 way: ``signature`` is base64(HMAC-SHA1(secret, policy))."""
+    access_key = fields["awsaccesskeyid"]
+    for name in ("policy", "signature"):
+        if name not in fields:
+            raise S3Error("InvalidArgument", f"Bucket POST must contain a field named '{name}'.",
+                          ArgumentName=name)
+    secret, principal = await iam.lookup_key(ctx, access_key)
+    if secret is None:
+        raise S3Error("InvalidAccessKeyId", AWSAccessKeyId=access_key)
+    expected = base64.b64encode(hmac.new(secret.encode(), fields["policy"].encode(), hashlib.sha1).digest())
+    if not hmac.compare_digest(expected, fields["signature"].encode("utf-8", "replace")):
+        raise S3Error("SignatureDoesNotMatch")
+    return principal
+
+
 async def _verify(ctx: Context, fields: dict[str, str]) -> iam.Principal:
-    """The policy's SigV4 signature; returns who signed it."""
+    """The policy's signature (SigV4, or SigV2 with ``AWSAccessKeyId``); returns who
+    signed it. A form with neither a policy nor a signature is anonymous."""
+    if "awsaccesskeyid" in fields:
+        return await _verify_v2(ctx, fields)
+    if not any(f in fields for f in ("policy", "x-amz-signature", "x-amz-credential", "signature")):
+        return iam.ANONYMOUS
     if fields.get("x-amz-algorithm") != "AWS4-HMAC-SHA256" or "policy" not in fields:
         raise S3Error("InvalidRequest" if "policy" in fields else "AccessDenied",
-                      "Only AWS4-HMAC-SHA256 signed policies are supported.")
+                      "Only AWS4-HMAC-SHA256 and AWS signed policies are supported.")
     try:
         access_key, date, region, service, terminal = fields["x-amz-credential"].split("/")
         signature = fields["x-amz-signature"]

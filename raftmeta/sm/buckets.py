@@ -8,12 +8,14 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-from raftmeta.sm import iam, lifecycle, multipart, versions
+from core import acl
+from raftmeta.sm import acls, iam, lifecycle, multipart, versions
 from raftmeta.sm.tables import Failed, bucket_exists, packb, unpackb
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS buckets (
-    name TEXT PRIMARY KEY, owner TEXT NOT NULL, created REAL NOT NULL, acl TEXT NOT NULL DEFAULT 'private'
+    name TEXT PRIMARY KEY, owner TEXT NOT NULL, created REAL NOT NULL, acl TEXT NOT NULL DEFAULT 'private',
+    grants BLOB
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS bucket_config (
     bucket TEXT NOT NULL, name TEXT NOT NULL, value BLOB NOT NULL, PRIMARY KEY (bucket, name)
@@ -22,24 +24,39 @@ CREATE TABLE IF NOT EXISTS bucket_config (
 
 
 # Settings with rules of their own (versioning never returns to unversioned, object lock
-# never turns off): only their commands in ``versions`` write them.
-GUARDED = ("versioning", "object_lock")
+# never turns off, BucketOwnerEnforced needs a private ACL): only their commands in
+# ``versions`` and ``acls`` write them.
+GUARDED = ("versioning", "object_lock", "ownership")
 
 
 def cmd_create_bucket(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str, Any]:
+    """``acl`` a canned ACL, or ``acl_spec`` (grant headers, resolved by ``acls``);
+    ``ownership`` the bucket's ObjectOwnership, if the request named one."""
     row = db.execute("SELECT owner FROM buckets WHERE name=?", (cmd["bucket"],)).fetchone()
+    spec = cmd.get("acl_spec") or {"canned": cmd.get("acl") or "private"}
+    canned = spec.get("canned") if spec.get("canned") in ("private", "public-read", "authenticated-read") else None
+    ownership = cmd.get("ownership")
+    if ownership is not None and ownership not in acl.OWNERSHIPS:
+        raise Failed("InvalidArgument", f"Invalid x-amz-object-ownership header: {ownership}")
+    grants = acls.resolve(db, spec, cmd["owner"])
+    if ownership == acl.OWNER_ENFORCED and not acl.private(grants, cmd["owner"]):
+        raise Failed("InvalidBucketAclWithObjectOwnership", "Bucket cannot have ACLs set with ObjectOwnership's "
+                     "BucketOwnerEnforced setting")
+    stored = None if canned is not None else packb(grants)
     if row is not None:
         if row[0] != cmd["owner"]:
             raise Failed("BucketAlreadyExists")
         if not cmd.get("legacy_recreate") or cmd.get("object_lock"):
             raise Failed("BucketAlreadyOwnedByYou")
         # us-east-1's legacy rule: re-creating your own bucket succeeds and resets its ACL
-        db.execute("UPDATE buckets SET acl=? WHERE name=?", (cmd.get("acl", "private"), cmd["bucket"]))
+        db.execute("UPDATE buckets SET acl=?, grants=? WHERE name=?", (canned or "private", stored, cmd["bucket"]))
         return {"recreated": True}
     db.execute(
-        "INSERT INTO buckets (name, owner, created, acl) VALUES (?,?,?,?)",
-        (cmd["bucket"], cmd["owner"], cmd["ts"], cmd.get("acl", "private")),
+        "INSERT INTO buckets (name, owner, created, acl, grants) VALUES (?,?,?,?,?)",
+        (cmd["bucket"], cmd["owner"], cmd["ts"], canned or "private", stored),
     )
+    if ownership is not None:
+        db.execute("INSERT INTO bucket_config VALUES (?,?,?)", (cmd["bucket"], "ownership", packb(ownership)))
     if cmd.get("object_lock"):
         versions.enable_lock_at_creation(db, cmd["bucket"])
     return {}

@@ -1,4 +1,5 @@
-"""Users, access keys, per-bucket grants and canned bucket ACLs in the state machine.
+"""Users (with canonical ids and e-mail addresses, for ACL grants), access keys and
+per-bucket Cairn grants in the state machine (ACLs themselves: ``acls``).
 
 Every change is a Raft command, so it holds on every frontend at once (frontends look
 keys and grants up with linearizable reads). Secrets are stored here because SigV4
@@ -11,11 +12,13 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
+from core import acl
+from raftmeta.sm import acls
 from raftmeta.sm.tables import Failed, bucket_exists
 
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS users (name TEXT PRIMARY KEY, created REAL NOT NULL, admin INTEGER NOT NULL DEFAULT 0)
-    WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS users (name TEXT PRIMARY KEY, created REAL NOT NULL, admin INTEGER NOT NULL DEFAULT 0,
+    canonical_id TEXT, email TEXT) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS keys (
     access_key TEXT PRIMARY KEY, user TEXT NOT NULL, secret TEXT NOT NULL, created REAL NOT NULL
 ) WITHOUT ROWID;
@@ -27,7 +30,19 @@ CREATE INDEX IF NOT EXISTS grants_by_user ON grants (user);
 """
 
 PERMISSIONS = ("read", "write", "list", "full")
-CANNED_ACLS = ("private", "public-read", "authenticated-read")
+
+
+def migrate(db: sqlite3.Connection) -> None:
+    """Users gain a canonical id (a hash of the name, so every replica derives the same)
+    and an optional e-mail address, both for ACL grants."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(users)")}
+    for column in ("canonical_id", "email"):
+        if column not in columns:
+            db.execute(f"ALTER TABLE users ADD COLUMN {column} TEXT")
+    for (name,) in db.execute("SELECT name FROM users WHERE canonical_id IS NULL").fetchall():
+        db.execute("UPDATE users SET canonical_id=? WHERE name=?", (acl.canonical_id(name), name))
+    db.execute("CREATE UNIQUE INDEX IF NOT EXISTS users_by_id ON users (canonical_id)")
+    db.execute("CREATE INDEX IF NOT EXISTS users_by_email ON users (email)")
 
 
 def _user_exists(db: sqlite3.Connection, name: str) -> bool:
@@ -37,7 +52,14 @@ def _user_exists(db: sqlite3.Connection, name: str) -> bool:
 def cmd_create_user(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str, Any]:
     if _user_exists(db, cmd["name"]):
         raise Failed("UserAlreadyExists")
-    db.execute("INSERT INTO users VALUES (?,?,?)", (cmd["name"], cmd["ts"], int(bool(cmd.get("admin")))))
+    email = cmd.get("email")
+    if email is not None and (not isinstance(email, str) or "@" not in email):
+        raise Failed("InvalidArgument", "not an e-mail address")
+    if email and db.execute("SELECT 1 FROM users WHERE email=?", (email.lower(),)).fetchone():
+        raise Failed("EmailInUse")
+    db.execute("INSERT INTO users (name, created, admin, canonical_id, email) VALUES (?,?,?,?,?)",
+               (cmd["name"], cmd["ts"], int(bool(cmd.get("admin"))), acl.canonical_id(cmd["name"]),
+                email.lower() if email else None))
     return {}
 
 
@@ -82,14 +104,6 @@ def cmd_grant(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
-def cmd_set_bucket_acl(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str, Any]:
-    if cmd["acl"] not in CANNED_ACLS:
-        raise Failed("InvalidArgument")
-    if db.execute("UPDATE buckets SET acl=? WHERE name=?", (cmd["acl"], cmd["bucket"])).rowcount == 0:
-        raise Failed("NoSuchBucket")
-    return {}
-
-
 def drop_bucket_grants(db: sqlite3.Connection, bucket: str) -> None:
     """A deleted bucket's grants go with it (``buckets.cmd_delete_bucket``)."""
     db.execute("DELETE FROM grants WHERE bucket=?", (bucket,))
@@ -101,7 +115,6 @@ COMMANDS = {
     "create_key": cmd_create_key,
     "delete_key": cmd_delete_key,
     "grant": cmd_grant,
-    "set_bucket_acl": cmd_set_bucket_acl,
 }
 
 
@@ -117,25 +130,29 @@ def q_key(db: sqlite3.Connection, q: dict[str, Any]) -> dict[str, Any]:
 
 
 def q_access(db: sqlite3.Connection, q: dict[str, Any]) -> dict[str, Any]:
-    """What a frontend needs to authorize a request on a bucket: its owner, canned ACL
-    and the caller's grant (the caller as ``user``, or as ``access_key``)."""
-    row = db.execute("SELECT owner, acl FROM buckets WHERE name=?", (q["bucket"],)).fetchone()
-    if row is None:
+    """What a frontend needs to authorize a request on a bucket: its owner, grants,
+    ownership rule and public access block (``acls.bucket_acl``) and the caller's Cairn
+    grant (the caller as ``user``, or as ``access_key``)."""
+    try:
+        info = acls.bucket_acl(db, q["bucket"])
+    except Failed:
         return {"exists": False}
     user = q.get("user") or ""
     if q.get("access_key"):  # the caller named by its key: resolved in the same read
         found = db.execute("SELECT user FROM keys WHERE access_key=?", (q["access_key"],)).fetchone()
         user = found[0] if found else ""
     grant = db.execute("SELECT permission FROM grants WHERE bucket=? AND user=?", (q["bucket"], user)).fetchone()
-    return {"exists": True, "owner": row[0], "acl": row[1], "permission": grant[0] if grant else None}
+    return {"exists": True, **info, "permission": grant[0] if grant else None}
 
 
 def q_users(db: sqlite3.Connection, q: dict[str, Any]) -> dict[str, Any]:
     users = []
-    for name, created, admin in db.execute("SELECT name, created, admin FROM users ORDER BY name").fetchall():
+    for name, created, admin, cid, email in db.execute(
+            "SELECT name, created, admin, canonical_id, email FROM users ORDER BY name").fetchall():
         keys = [r[0] for r in db.execute("SELECT access_key FROM keys WHERE user=? ORDER BY created", (name,))]
         grants = {b: p for b, p in db.execute("SELECT bucket, permission FROM grants WHERE user=?", (name,))}
-        users.append({"name": name, "created": created, "admin": bool(admin), "access_keys": keys, "grants": grants})
+        users.append({"name": name, "created": created, "admin": bool(admin), "canonical_id": cid,
+                      "email": email, "access_keys": keys, "grants": grants})
     return {"users": users}
 
 

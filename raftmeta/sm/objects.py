@@ -8,7 +8,8 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-from raftmeta.sm import versions
+from raftmeta.chores import lifecycle_rules
+from raftmeta.sm import acls, versions
 from raftmeta.sm.gcqueue import add_refs
 from raftmeta.sm.tables import Failed, bucket_exists, successor, unpackb
 
@@ -43,20 +44,47 @@ def object_row(row: tuple[Any, ...]) -> dict[str, Any]:
     }
 
 
-def _check(cond: dict[str, Any] | None, now: tuple[str] | None) -> None:
+def _check(db: sqlite3.Connection, bucket: str, key: str, cond: dict[str, Any] | None,
+           now: tuple[str] | None) -> None:
     """A conditional write, judged against the key's current object (``now``: its ETag
-    row; a key whose latest version is a delete marker has none), inside the commit so racing writers cannot
-    both win: ``if_none_match`` (only if absent), ``if_match`` (only if the ETag is one
-    of these)."""
+    row; a key whose latest version is a delete marker has none), inside the commit so
+    racing writers cannot both win: ``if_none_match`` (only if absent; True is ``*``, a
+    list names ETags: only if the current object has none of them), ``if_match`` (only
+    if the ETag is one of these; an absent key is NoSuchKey, as AWS answers). ``since``:
+    when the write began (a multipart upload's initiation); a delete marker newer than
+    it means the object was deleted while the write was under way, which AWS answers
+    with 409 ConditionalRequestConflict (a bucket never versioned keeps no trace of a
+    delete, so there the write just proceeds or fails as the key is now)."""
     if not cond:
         return
-    if cond.get("if_none_match") and now is not None:
+    inm = cond.get("if_none_match")
+    if inm and now is not None and (inm is True or "*" in inm or now[0] in inm):
         raise Failed("PreconditionFailed")
+    if now is None and cond.get("since") is not None and (inm or "if_match" in cond):
+        top = versions.newest_noncurrent(db, bucket, key)
+        if top is not None and top.marker and top.created >= cond["since"]:
+            raise Failed("ConditionalRequestConflict")
     if "if_match" in cond:
         if now is None:
             raise Failed("NoSuchKey")
         if "*" not in cond["if_match"] and now[0] not in cond["if_match"]:
             raise Failed("PreconditionFailed")
+
+
+def check_delete(cond: dict[str, Any] | None, version: versions.Version | None) -> None:
+    """A conditional delete (DeleteObject's If-Match, x-amz-if-match-last-modified-time,
+    x-amz-if-match-size; DeleteObjects' ETag, LastModifiedTime, Size), judged against the
+    version it would remove (the current object without a version id) in the commit.
+    A missing version, or a delete marker, passes: AWS deletes "if the object doesn't
+    exist" with 204. ``mtime`` is compared to the second, as Last-Modified carries it."""
+    if not cond or version is None or version.marker:
+        return
+    if "if_match" in cond and "*" not in cond["if_match"] and version.etag not in cond["if_match"]:
+        raise Failed("PreconditionFailed")
+    if cond.get("mtime") is not None and int(version.created) != int(cond["mtime"]):
+        raise Failed("PreconditionFailed")
+    if cond.get("size") is not None and version.size != cond["size"]:
+        raise Failed("PreconditionFailed")
 
 
 def replace_object(
@@ -69,7 +97,9 @@ def replace_object(
     seq) and ``vid`` (its version id; only in a versioning-enabled bucket)."""
     if not bucket_exists(db, bucket):
         raise Failed("NoSuchBucket")
-    _check(cond, db.execute("SELECT etag FROM objects WHERE bucket=? AND key=?", (bucket, key)).fetchone())
+    _check(db, bucket, key, cond,
+           db.execute("SELECT etag FROM objects WHERE bucket=? AND key=?", (bucket, key)).fetchone())
+    acls.settle_object(db, bucket, obj["meta"])  # the writer's ACL, owner and ownership rule
     state = versions.versioning(db, bucket)
     seq = versions.seq_for(state, index)
     kept = {c[0] for c in obj["chunks"]} if keep is None else keep
@@ -82,11 +112,13 @@ def cmd_put_object(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str, Any
     """Commit a whole object atomically: its manifest becomes the key's newest version.
     ``integrity`` false: the upload had no Content-MD5 or checksum (absent: entries from
     before it was sent, taken as true)."""
-    return replace_object(db, cmd["bucket"], cmd["key"], cmd["obj"], cmd["ts"], cmd["index"], cmd.get("cond"),
-                          integrity=cmd.get("integrity", True))
+    result = replace_object(db, cmd["bucket"], cmd["key"], cmd["obj"], cmd["ts"], cmd["index"], cmd.get("cond"),
+                            integrity=cmd.get("integrity", True))
+    return {**result, **expiration_of(db, cmd["bucket"], cmd["key"], cmd["obj"])}
 
 
-_LOCK_FIELDS = ("retention", "hold")
+# A copy's lock, owner and ACL are its own, never the source's.
+_LOCK_FIELDS = ("retention", "hold", "owner", "acl")
 
 
 def cmd_copy_object(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str, Any]:
@@ -107,6 +139,8 @@ def cmd_copy_object(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str, An
     meta = kept if cmd.get("meta") is None else {**cmd["meta"], **{
         k: kept[k] for k in ("parts", "checksum", "checksum_type") if k in kept}}
     meta.update(cmd.get("lock") or {})
+    if "writer" in cmd or "acl_spec" in cmd:
+        meta.update(writer=cmd.get("writer"), acl_spec=cmd.get("acl_spec"))
     obj = {
         "size": source.size, "etag": source.etag, "sha256": source.sha256,
         "content_type": cmd.get("content_type") or source.content_type, "created": cmd["ts"],
@@ -121,7 +155,9 @@ def cmd_copy_object(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str, An
 
 
 def _delete_one(db: sqlite3.Connection, bucket: str, key: str, vid: str | None, ts: float, seq: int,
-                bypass: bool) -> dict[str, Any]:
+                bypass: bool, cond: dict[str, Any] | None = None) -> dict[str, Any]:
+    if cond:
+        check_delete(cond, versions.current(db, bucket, key) if vid is None else versions.find(db, bucket, key, vid))
     if vid is None:
         return versions.delete_latest(db, bucket, key, ts, seq)
     return versions.delete_version(db, bucket, key, vid, ts, bypass)
@@ -129,27 +165,28 @@ def _delete_one(db: sqlite3.Connection, bucket: str, key: str, vid: str | None, 
 
 def cmd_delete_object(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str, Any]:
     """DeleteObject: with ``vid`` that version for good (unless object lock keeps it),
-    else the object, or a delete marker in a versioned bucket."""
+    else the object, or a delete marker in a versioned bucket; ``cond`` as
+    ``check_delete`` says."""
     if not bucket_exists(db, cmd["bucket"]):
         raise Failed("NoSuchBucket")
     return _delete_one(db, cmd["bucket"], cmd["key"], cmd.get("vid"), cmd["ts"], versions.seq_of(cmd["index"]),
-                       bool(cmd.get("bypass")))
+                       bool(cmd.get("bypass")), cmd.get("cond"))
 
 
 def cmd_delete_objects(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str, Any]:
-    """DeleteObjects: up to 1000 ``entries`` ([key, vid or None]) in one entry, each its
-    own success or error (deleting a missing key succeeds). Entries from before
-    versioning carry ``keys``."""
+    """DeleteObjects: up to 1000 ``entries`` ([key, vid or None], and a third item, the
+    entry's condition, when it has one) in one entry, each its own success or error
+    (deleting a missing key succeeds). Entries from before versioning carry ``keys``."""
     if not bucket_exists(db, cmd["bucket"]):
         raise Failed("NoSuchBucket")
     entries = cmd.get("entries") or [[key, None] for key in cmd.get("keys", ())]
     if len(entries) > versions.SEQ_SPAN:
         raise Failed("MalformedXML")
     deleted, errors = [], []
-    for position, (key, vid) in enumerate(entries):
+    for position, (key, vid, *cond) in enumerate(entries):
         try:
             done = _delete_one(db, cmd["bucket"], key, vid, cmd["ts"], versions.seq_of(cmd["index"], position),
-                               bool(cmd.get("bypass")))
+                               bool(cmd.get("bypass")), cond[0] if cond else None)
         except Failed as exc:  # raised before the entry changed anything
             if exc.code == "InvalidArgument":  # a malformed id names no version (S3 answers so per key)
                 exc = Failed("NoSuchVersion", "The specified version does not exist.")
@@ -181,11 +218,29 @@ def q_object(db: sqlite3.Connection, q: dict[str, Any]) -> dict[str, Any]:
     if row is not None:  # the common case: the current object, one lookup
         obj = object_row(row)
     else:
-        obj = versions.addressed(db, q["bucket"], q["key"], q.get("vid")).as_obj()
+        obj = acls.addressed(db, q).as_obj()
+    if q.get("check"):  # the caller's access rests on this version's ACL
+        acls.check_object(db, q["bucket"], obj["meta"], q["check"])
     versioned = bool(versions.versioning(db, q["bucket"]))
     if not versioned:
         obj.pop("vid", None)
-    return {"obj": obj, "versioned": versioned}
+    reply: dict[str, Any] = {"obj": obj, "versioned": versioned}
+    if row is not None:
+        reply.update(expiration_of(db, q["bucket"], q["key"], obj))
+    return reply
+
+
+def expiration_of(db: sqlite3.Connection, bucket: str, key: str, obj: dict[str, Any]) -> dict[str, Any]:
+    """``expiration``: [when, rule id] of the lifecycle Expiration that will remove this
+    current object (``lifecycle_rules.expiration``), for the x-amz-expiration header;
+    {} when no rule does."""
+    row = db.execute("SELECT value FROM bucket_config WHERE bucket=? AND name='lifecycle'", (bucket,)).fetchone()
+    if row is None:
+        return {}
+    meta = obj.get("meta") or {}
+    found = lifecycle_rules.expiration(unpackb(row[0]) or [], key, {
+        "created": obj["created"], "size": obj["size"], "tags": dict(meta.get("tags") or [])})
+    return {"expiration": list(found)} if found else {}
 
 
 def q_list(db: sqlite3.Connection, q: dict[str, Any]) -> dict[str, Any]:

@@ -65,7 +65,8 @@ def test_users_do_not_see_each_others_private_buckets(cluster):
     root = client(cluster, ACCESS_KEY, SECRET_KEY)
     assert {"alice-private", "bob-private"} <= {b["Name"] for b in root.list_buckets()["Buckets"]}
     acl = alice.get_bucket_acl(Bucket="alice-private")
-    assert acl["Owner"]["ID"] == "alice" and acl["Grants"][0]["Permission"] == "FULL_CONTROL"
+    assert acl["Owner"]["DisplayName"] == "alice" and len(acl["Owner"]["ID"]) == 64
+    assert acl["Grants"][0]["Permission"] == "FULL_CONTROL"
 
 
 def test_grants(cluster):
@@ -120,7 +121,12 @@ def test_canned_acls(cluster):
     anonymous = boto3.client("s3", endpoint_url=cluster.endpoints[0], region_name="us-east-1",
                              config=Config(signature_version=UNSIGNED, retries={"max_attempts": 1}))
     frank.create_bucket(Bucket="frank-public", ACL="public-read")
-    frank.put_object(Bucket="frank-public", Key="page.html", Body=b"<h1>hi</h1>")
+    frank.put_object(Bucket="frank-public", Key="private.html", Body=b"mine")
+    with pytest.raises(ClientError) as e:  # a public bucket lists its objects; each object's ACL says who reads it
+        anonymous.get_object(Bucket="frank-public", Key="private.html")
+    assert code(e) == "AccessDenied"
+    frank.delete_object(Bucket="frank-public", Key="private.html")
+    frank.put_object(Bucket="frank-public", Key="page.html", Body=b"<h1>hi</h1>", ACL="public-read")
     assert anonymous.get_object(Bucket="frank-public", Key="page.html")["Body"].read() == b"<h1>hi</h1>"
     assert [o["Key"] for o in anonymous.list_objects_v2(Bucket="frank-public")["Contents"]] == ["page.html"]
     with pytest.raises(ClientError) as e:
@@ -130,11 +136,16 @@ def test_canned_acls(cluster):
     assert any(g["Grantee"].get("URI", "").endswith("AllUsers") and g["Permission"] == "READ" for g in grants)
 
     frank.put_bucket_acl(Bucket="frank-public", ACL="authenticated-read")
-    with pytest.raises(ClientError) as e:
-        anonymous.get_object(Bucket="frank-public", Key="page.html")
-    assert code(e) == "AccessDenied"
+    frank.put_object_acl(Bucket="frank-public", Key="page.html", ACL="authenticated-read")
+    for call in (lambda: anonymous.get_object(Bucket="frank-public", Key="page.html"),
+                 lambda: anonymous.list_objects_v2(Bucket="frank-public")):
+        with pytest.raises(ClientError) as e:
+            call()
+        assert code(e) == "AccessDenied"
     assert grace.get_object(Bucket="frank-public", Key="page.html")["Body"].read() == b"<h1>hi</h1>"
+    assert [o["Key"] for o in grace.list_objects_v2(Bucket="frank-public")["Contents"]] == ["page.html"]
     frank.put_bucket_acl(Bucket="frank-public", ACL="private")
+    frank.put_object_acl(Bucket="frank-public", Key="page.html", ACL="private")
     with pytest.raises(ClientError):
         grace.get_object(Bucket="frank-public", Key="page.html")
     with pytest.raises(ClientError) as e:

@@ -348,7 +348,8 @@ def test_a_stalling_user_does_not_starve_another(edge):
 def test_response_overrides_need_a_signature_and_a_header_value(edge):
     s3 = edge.s3(0)
     s3.create_bucket(Bucket="overrides", ACL="public-read")
-    s3.put_object(Bucket="overrides", Key="page.txt", Body=b"<script>alert(1)</script>", ContentType="text/plain")
+    s3.put_object(Bucket="overrides", Key="page.txt", Body=b"<script>alert(1)</script>", ContentType="text/plain",
+                  ACL="public-read")
     anonymous = boto3.client("s3", endpoint_url=edge.endpoints[0], region_name="us-east-1",
                              config=Config(signature_version=UNSIGNED, retries={"max_attempts": 1}))
     with pytest.raises(ClientError) as e:

@@ -7,7 +7,22 @@ from __future__ import annotations
 import pytest
 
 from frontend import routes
-from frontend.routes import ADMIN, ANY, FULL, LIST, OPEN, POLICY, READ, SIGNED, USER, WRITE
+from frontend.routes import (
+    ADMIN,
+    ANY,
+    FULL,
+    LIST,
+    OBJ_READ_ACP,
+    OBJ_WRITE_ACP,
+    OPEN,
+    POLICY,
+    READ,
+    READ_ACP,
+    SIGNED,
+    USER,
+    WRITE,
+    WRITE_ACP,
+)
 
 COPY = {"x-amz-copy-source": "/src/key"}
 NI, MNA = "NotImplemented", "MethodNotAllowed"
@@ -59,18 +74,28 @@ CASES: list[tuple[str, str, str | None, dict[str, str], dict[str, str], str, str
     ("GET", "b", None, {"cors": "", "acl": ""}, {}, "GetBucketCors", FULL),
     ("POST", "b", None, {"cors": ""}, {}, MNA, FULL),
     ("HEAD", "b", None, {"cors": ""}, {}, MNA, FULL),
-    ("GET", "b", None, {"acl": ""}, {}, "GetBucketAcl", FULL),
-    ("PUT", "b", None, {"acl": ""}, {}, "PutBucketAcl", FULL),
-    ("GET", "b", None, {"acl": "", "location": ""}, {}, "GetBucketAcl", FULL),
+    ("GET", "b", None, {"acl": ""}, {}, "GetBucketAcl", READ_ACP),
+    ("PUT", "b", None, {"acl": ""}, {}, "PutBucketAcl", WRITE_ACP),
+    ("GET", "b", None, {"acl": "", "location": ""}, {}, "GetBucketAcl", READ_ACP),
     # bucket sub-resources S3 has and Cairn does not (yet)
     ("GET", "b", None, {"policy": ""}, {}, "GetBucketPolicy", LIST),
-    ("GET", "b", None, {"tagging": ""}, {}, "GetBucketTagging", LIST),
+    ("GET", "b", None, {"tagging": ""}, {}, "GetBucketTagging", FULL),
+    ("PUT", "b", None, {"tagging": ""}, {}, "PutBucketTagging", FULL),
+    ("DELETE", "b", None, {"tagging": ""}, {}, "DeleteBucketTagging", FULL),
+    ("POST", "b", None, {"tagging": ""}, {}, MNA, FULL),
     ("GET", "b", None, {"website": ""}, {}, "GetBucketWebsite", LIST),
     ("GET", "b", None, {"replication": ""}, {}, "GetBucketReplication", LIST),
     ("GET", "b", None, {"encryption": ""}, {}, "GetBucketEncryption", LIST),
     ("GET", "b", None, {"notification": ""}, {}, "GetBucketNotificationConfiguration", LIST),
     ("GET", "b", None, {"logging": ""}, {}, "GetBucketLogging", LIST),
-    ("GET", "b", None, {"ownershipControls": ""}, {}, "GetBucketOwnershipControls", LIST),
+    ("GET", "b", None, {"ownershipControls": ""}, {}, "GetBucketOwnershipControls", FULL),
+    ("PUT", "b", None, {"ownershipControls": ""}, {}, "PutBucketOwnershipControls", FULL),
+    ("DELETE", "b", None, {"ownershipControls": ""}, {}, "DeleteBucketOwnershipControls", FULL),
+    ("POST", "b", None, {"ownershipControls": ""}, {}, MNA, FULL),
+    ("GET", "b", None, {"publicAccessBlock": ""}, {}, "GetPublicAccessBlock", FULL),
+    ("PUT", "b", None, {"publicAccessBlock": ""}, {}, "PutPublicAccessBlock", FULL),
+    ("DELETE", "b", None, {"publicAccessBlock": ""}, {}, "DeletePublicAccessBlock", FULL),
+    ("POST", "b", None, {"publicAccessBlock": ""}, {}, MNA, FULL),
     ("GET", "b", None, {"policy": "", "list-type": "2"}, {}, "GetBucketPolicy", LIST),
     # versioning, lifecycle, object lock: configuring a bucket takes full control
     ("PUT", "b", None, {"lifecycle": ""}, {}, "PutBucketLifecycleConfiguration", FULL),
@@ -95,7 +120,14 @@ CASES: list[tuple[str, str, str | None, dict[str, str], dict[str, str], str, str
     ("PUT", "b", None, {"versioning": ""}, {}, "PutBucketVersioning", FULL),
     ("POST", "b", None, {"versioning": ""}, {}, MNA, ANY),
     ("POST", "b", None, {"uploads": ""}, {}, MNA, WRITE),
-    ("PUT", "b", None, {"policy": ""}, {}, MNA, LIST),
+    ("PUT", "b", None, {"policy": ""}, {}, "PutBucketPolicy", FULL),
+    ("DELETE", "b", None, {"encryption": ""}, {}, "DeleteBucketEncryption", FULL),
+    ("POST", "b", None, {"policy": ""}, {}, MNA, FULL),
+    ("DELETE", "b", None, {"logging": ""}, {}, MNA, FULL),
+    ("GET", "b", None, {"policyStatus": ""}, {}, "GetBucketPolicyStatus", LIST),
+    *[(method, "b", None, {sub: ""}, {}, name, LIST if method == "GET" else FULL)
+      for sub, method, name in routes.BUCKET_UNSUPPORTED],
+    *[("PATCH", "b", None, {sub: ""}, {}, MNA, FULL) for sub in dict.fromkeys(s for s, _, _ in routes.BUCKET_UNSUPPORTED)],
     ("PATCH", "b", None, {}, {}, MNA, LIST),
     # objects
     ("PUT", "b", "k", {}, {}, "PutObject", WRITE),
@@ -124,13 +156,22 @@ CASES: list[tuple[str, str, str | None, dict[str, str], dict[str, str], str, str
     ("HEAD", "b", "k", {"tagging": ""}, {}, MNA, READ),
     ("POST", "b", "k", {"tagging": ""}, {}, MNA, WRITE),
     ("PUT", "b", "k", {"tagging": "", "acl": ""}, COPY, "PutObjectTagging", WRITE),
+    # object attributes
+    ("GET", "b", "k", {"attributes": ""}, {}, "GetObjectAttributes", READ),
+    ("GET", "b", "k", {"attributes": "", "versionId": "v"}, {}, "GetObjectAttributes", READ),
+    ("HEAD", "b", "k", {"attributes": ""}, {}, MNA, READ),
+    ("PUT", "b", "k", {"attributes": ""}, {}, MNA, READ),
     # object sub-resources S3 has and Cairn does not (yet): NotImplemented; other methods MethodNotAllowed
     *[(method, "b", "k", {sub: ""}, {}, NI, READ if method in ("GET", "HEAD") else WRITE)
       for sub in routes.OBJECT_UNSUPPORTED for method in ("GET", "HEAD", "PUT", "DELETE")],
-    ("PUT", "b", "k", {"acl": ""}, COPY, NI, WRITE),
+    # object ACLs
+    ("GET", "b", "k", {"acl": ""}, {}, "GetObjectAcl", OBJ_READ_ACP),
+    ("PUT", "b", "k", {"acl": ""}, {}, "PutObjectAcl", OBJ_WRITE_ACP),
+    ("PUT", "b", "k", {"acl": ""}, COPY, "PutObjectAcl", OBJ_WRITE_ACP),
+    ("DELETE", "b", "k", {"acl": ""}, {}, MNA, OBJ_READ_ACP),
     ("POST", "b", "k", {"select": "", "select-type": "2"}, {}, MNA, WRITE),
     ("POST", "b", "k", {"restore": ""}, {}, MNA, WRITE),
-    ("POST", "b", "k", {"acl": ""}, {}, MNA, WRITE),
+    ("POST", "b", "k", {"acl": ""}, {}, MNA, OBJ_READ_ACP),
 ]
 
 
