@@ -102,7 +102,10 @@ def parts_digest(parts: list[list[Any]]) -> bytes:
 
 def cmd_complete_upload(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str, Any]:
     """``parts``: [[number, etag]] as the client listed them (ascending, checked by the
-    frontend too). ``obj``: the object's fields the frontend computed from those parts."""
+    frontend too). ``obj``: the object's fields the frontend computed from those parts.
+    ``part_checksums``: keep each part's checksums in the object's part table
+    (``meta.parts``: [size, etag, chunk count, {algorithm: base64}], the last only for a
+    part that has one), for GetObjectAttributes and GET of one part."""
     upload_id, listed = cmd["upload_id"], cmd["parts"]
     digest = parts_digest(listed)
     row = db.execute("SELECT bucket, key FROM uploads WHERE upload_id=?", (upload_id,)).fetchone()
@@ -116,11 +119,14 @@ def cmd_complete_upload(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str
     if not listed:
         raise Failed("MalformedXML")
     stored = {
-        n: (size, etag, unpackb(chunks))
-        for n, size, etag, chunks in db.execute(
-            "SELECT number, size, etag, chunks FROM parts WHERE upload_id=?", (upload_id,)
+        n: (size, etag, unpackb(chunks), checksum)
+        for n, size, etag, chunks, checksum in db.execute(
+            "SELECT number, size, etag, chunks, checksum FROM parts WHERE upload_id=?", (upload_id,)
         )
     }
+    # Commands from before part checksums were kept lack the flag: their replay builds
+    # the part table they built then (three fields a part).
+    keep_checksums = bool(cmd.get("part_checksums"))
     chunks: list[list[Any]] = []
     part_table: list[list[Any]] = []
     previous = 0
@@ -134,7 +140,8 @@ def cmd_complete_upload(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str
         if part[0] < MIN_PART_SIZE and i != len(listed) - 1:
             raise Failed("EntityTooSmall")
         chunks.extend(part[2])
-        part_table.append([part[0], part[1], len(part[2])])
+        checksum = unpackb(part[3]) if keep_checksums else {}
+        part_table.append([part[0], part[1], len(part[2])] + ([checksum] if checksum else []))
     obj = dict(cmd["obj"])
     obj["chunks"] = chunks
     obj["size"] = sum(p[0] for p in part_table)
