@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+from http import HTTPStatus
 from importlib.metadata import version
 from typing import Any
 
@@ -45,6 +46,9 @@ KEEP_ALIVE = 75.0  # seconds an idle connection is kept between requests
 # queue, the body) while the app is busy, so bigger is not free: 256 KiB measured best
 # here (2 GiB PUT 95 -> 123 MB/s against 1 MiB reads; 10 parallel parts 184 -> 144 MiB RSS).
 MAX_RECV = 256 * 1024
+# A close drains what the client still sends (see _lingering_close): this long, this much.
+LINGER_SECONDS = 1.0
+LINGER_BYTES = 1024 * 1024
 
 
 
@@ -94,7 +98,7 @@ class GuardedTCPServer(hypercorn_tcp.TCPServer):
             # disconnect handling may be cancelling right then; cancelled at the close's
             # first checkpoint, the socket was never closed and the client waited forever.
             with trio.CancelScope(shield=True):
-                await self._close()
+                await self._lingering_close()
                 await self.protocol.handle(Closed())
             return
         if not isinstance(event, RawData):
@@ -116,6 +120,29 @@ class GuardedTCPServer(hypercorn_tcp.TCPServer):
                     await self.stream.aclose()
         if gone:
             await self.protocol.handle(Closed())
+
+    async def _lingering_close(self) -> None:
+        """hypercorn's close (send EOF, then close), with what the client still sends read
+        and dropped first, for at most LINGER seconds and bytes: closing a socket with
+        unread bytes makes the kernel send RST, and the client, still sending the body
+        of a request refused early (a malformed Content-Length: 400), lost the response
+        it had been sent. When another task is reading (the app closed), no draining."""
+        try:
+            await self.stream.send_eof()
+        except (trio.BrokenResourceError, AttributeError, trio.BusyResourceError, trio.ClosedResourceError):
+            pass
+        else:
+            left = LINGER_BYTES
+            with trio.move_on_after(LINGER_SECONDS):
+                try:
+                    while left > 0:
+                        data = await self.stream.receive_some(MAX_RECV)
+                        if not data:
+                            break
+                        left -= len(data)
+                except (trio.BrokenResourceError, trio.BusyResourceError, trio.ClosedResourceError):
+                    pass
+        await self.stream.aclose()
 
     def _partial_headers(self) -> bool:
         """Bytes of a request's head have arrived, and not all of it yet (HTTP/1.1)."""
@@ -190,6 +217,33 @@ def _never_block_on_a_finished_app() -> None:
     task_group.TaskGroup.spawn_app = spawn_app
 
 
+def _reason_phrases() -> None:
+    """hypercorn sends every status line with an empty reason phrase ("HTTP/1.1 400 \\r\\n").
+    botocore, waiting for 100 Continue, recognizes an early final answer only by a
+    three-part status line: a 400 before the 100 (a malformed Content-Length) was taken
+    for garbage and the request died as "connection closed". Here a status line carries
+    its standard phrase, as S3's do."""
+    from hypercorn.protocol import h11 as hypercorn_h11
+
+    original = hypercorn_h11.H11Protocol._send_h11_event
+    if getattr(original, "_cairn_patched", False):
+        return
+
+    async def _send_h11_event(self: Any, event: Any) -> None:
+        if isinstance(event, (h11.Response, h11.InformationalResponse)) and not event.reason:
+            try:
+                phrase = HTTPStatus(event.status_code).phrase.encode()
+            except ValueError:
+                phrase = b""
+            if phrase:
+                event = type(event)(status_code=event.status_code, headers=event.headers, reason=phrase,
+                                    http_version=event.http_version)
+        await original(self, event)
+
+    _send_h11_event._cairn_patched = True  # type: ignore[attr-defined]
+    hypercorn_h11.H11Protocol._send_h11_event = _send_h11_event  # type: ignore[method-assign]
+
+
 def install() -> None:
     """Apply the patches (idempotent). Refuses to run on a hypercorn they were not written for."""
     for name, pinned in PINNED.items():
@@ -200,6 +254,7 @@ def install() -> None:
     hypercorn_tcp.MAX_RECV = MAX_RECV
     hypercorn_run.TCPServer = GuardedTCPServer  # type: ignore[misc]
     _never_block_on_a_finished_app()
+    _reason_phrases()
 
 
 def configure(hc: Any, limits: Limits) -> None:

@@ -43,8 +43,11 @@ class UploadBody:
         self.request = request
         self.content_sha256 = (auth.content_sha256 if auth is not None else None) or h.get("x-amz-content-sha256", "UNSIGNED-PAYLOAD")
         encodings = [e.strip().lower() for e in h.get("content-encoding", "").split(",") if e.strip()]
-        self.chunked = self.content_sha256.startswith("STREAMING-") or "aws-chunked" in encodings
-        self.content_encoding = ",".join(e for e in encodings if e != "aws-chunked")
+        # aws-chunked framing: a STREAMING-* payload, or the encoding with its decoded length (the
+        # encoding alone on a plain body, as S3 takes it, is only dropped from the stored one)
+        self.chunked = self.content_sha256.startswith("STREAMING-") or (
+            "aws-chunked" in encodings and "x-amz-decoded-content-length" in h)
+        self.content_encoding = ", ".join(e for e in encodings if e != "aws-chunked")  # as S3 echoes it
         self.raw_length = _int_header(h, "content-length")
         if self.chunked:
             self.length = _int_header(h, "x-amz-decoded-content-length")
@@ -159,9 +162,11 @@ class UploadBody:
 async def commit_object(
     meta: MetaClient, data: DataPath, bucket: str, key: str, stored: Stored, *, content_type: str,
     meta_fields: dict[str, Any], cond: dict[str, Any] | None = None, integrity: bool = True,
+    reply_out: dict[str, Any] | None = None,
 ) -> tuple[str, str | None]:
     """Make the stored chunks the object at (bucket, key) through Raft; returns its ETag
-    and version id (None in a bucket that was never versioned).
+    and version id (None in a bucket that was never versioned); ``reply_out`` receives
+    the commit's whole reply (its lifecycle ``expiration``, say).
 
     A refused commit (no bucket, failed condition) sends the chunks to GC. A commit whose
     outcome is unknown (no Raft answer) keeps them: it may have applied."""
@@ -176,4 +181,6 @@ async def commit_object(
     if not reply.get("ok"):
         await data.discard(stored.chunks)
         raise from_reply(reply)
+    if reply_out is not None:
+        reply_out.update(reply)
     return etag, reply.get("vid")

@@ -56,6 +56,18 @@ async def delete_lifecycle(ctx: Context, bucket: str) -> Response:
     return empty_response(204)
 
 
+def expiration_header(reply: dict[str, Any]) -> dict[str, str]:
+    """``x-amz-expiration: expiry-date="<HTTP date>", rule-id="<id>"`` for an object a
+    lifecycle Expiration rule matches (the state machine's ``expiration`` in a reply of
+    ``object`` or ``put_object``); {} otherwise."""
+    found = reply.get("expiration")
+    if not found:
+        return {}
+    when, rule_id = found
+    date = datetime.fromtimestamp(when, UTC).strftime("%a, %d %b %Y %H:%M:%S GMT")
+    return {"x-amz-expiration": f'expiry-date="{date}", rule-id="{rule_id}"'}
+
+
 def check_integrity(headers: Any, body: bytes) -> None:
     """S3 requires Content-MD5 or an additional checksum on this request. XML bodies are
     read whole (``read_body``), past the upload layer that checks digests, so the ones

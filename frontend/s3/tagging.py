@@ -9,7 +9,16 @@ from xml.sax.saxutils import escape
 from quart import Response
 
 from frontend import s3xml
-from frontend.context import Context, empty_response, meta_call, read_body, version_headers, version_param, xml_response
+from frontend.context import (
+    Context,
+    empty_response,
+    meta_call,
+    object_query,
+    read_body,
+    version_headers,
+    version_param,
+    xml_response,
+)
 from frontend.errors import S3Error
 
 MAX_TAGS = 10
@@ -36,8 +45,10 @@ def header_tags(value: str | None) -> list[list[str]] | None:
     return check_tags([[k, v] for k, v in parse_qsl(value, keep_blank_values=True)])
 
 
-async def put_tagging(ctx: Context, request: Any, bucket: str, key: str, params: dict[str, str]) -> Response:
-    root = s3xml.parse(await read_body(request, MAX_TAGGING_BODY))
+def parse_tagging(body: bytes) -> list[list[str]]:
+    """``<Tagging><TagSet><Tag><Key/><Value/></Tag>...</TagSet></Tagging>`` -> [[key, value]]
+    (unchecked: objects' and buckets' limits differ)."""
+    root = s3xml.parse(body)
     if root is None or s3xml.local(root.tag) != "Tagging":
         raise S3Error("MalformedXML")
     tags: list[list[str]] = []
@@ -49,16 +60,20 @@ async def put_tagging(ctx: Context, request: Any, bucket: str, key: str, params:
             if s3xml.local(tag.tag) != "Tag" or "Key" not in fields:
                 raise S3Error("MalformedXML")
             tags.append([fields["Key"], fields.get("Value", "")])
+    return tags
+
+
+async def put_tagging(ctx: Context, request: Any, bucket: str, key: str, params: dict[str, str]) -> Response:
+    tags = parse_tagging(await read_body(request, MAX_TAGGING_BODY))
     reply = await meta_call(ctx.meta.write({"op": "set_tags", "bucket": bucket, "key": key,
                                             "vid": version_param(params), "tags": check_tags(tags)}))
     return empty_response(headers=version_headers(reply.get("vid")))
 
 
-async def get_tagging(ctx: Context, bucket: str, key: str, params: dict[str, str]) -> Response:
-    obj = (await meta_call(ctx.meta.read({"q": "object", "bucket": bucket, "key": key,
-                                          "vid": version_param(params)})))["obj"]
+async def get_tagging(ctx: Context, request: Any, bucket: str, key: str, params: dict[str, str]) -> Response:
+    obj = (await meta_call(ctx.meta.read(object_query(request, bucket, key, version_param(params)))))["obj"]
     items = "".join(f"<Tag><Key>{escape(k)}</Key><Value>{escape(v)}</Value></Tag>"
-                    for k, v in obj.get("meta", {}).get("tags", []))
+                    for k, v in sorted(obj.get("meta", {}).get("tags", [])))  # in key order, as S3 lists them
     response = xml_response(f'{s3xml.HEAD}<Tagging xmlns="{s3xml.NS}"><TagSet>{items}</TagSet></Tagging>'.encode())
     response.headers.update(version_headers(obj.get("vid")))
     return response

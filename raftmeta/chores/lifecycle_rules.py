@@ -56,6 +56,26 @@ def _expired(expiration: dict[str, Any] | None, created: float, now: float, day:
     return False
 
 
+def expiration(rules: list[dict[str, Any]], key: str, version: dict[str, Any],
+               day: float = 86400.0) -> tuple[float, str] | None:
+    """The ``x-amz-expiration`` of a current object (``version``: its created, size and
+    tags as a dict): (when, rule id) of the earliest Days or Date Expiration of an
+    enabled rule whose filter matches it, or None. AWS's header reports this for PUT,
+    GET and HEAD; ``day`` is S3's day unless a test shortens it."""
+    best: tuple[float, str] | None = None
+    for rule in _enabled(rules):
+        action = rule.get("expiration") or {}
+        if action.get("days") is not None:
+            when = due(version["created"], action["days"], day)
+        elif action.get("date") is not None:
+            when = float(action["date"])
+        else:
+            continue
+        if _matches(rule.get("filter") or {}, key, version) and (best is None or when < best[0]):
+            best = (when, rule.get("id") or "")
+    return best
+
+
 def _noncurrent_since(versions: list[dict[str, Any]], index: int) -> float:
     superseded = versions[index].get("superseded")
     return superseded if superseded is not None else versions[index - 1]["created"]
