@@ -30,7 +30,7 @@ from typing import Any
 from quart import Response
 
 from core.acl import canonical_id
-from frontend import iam, operator
+from frontend import iam, operator, sse
 from frontend.context import Context, meta_call
 from frontend.errors import S3Error
 from frontend.names import check_key
@@ -304,6 +304,7 @@ async def dispatch(ctx: Context, request: Any, route: Route, bucket_name: str, k
         raise S3Error("AccessDenied")
     if key is not None and level(bucket_name, key) == OBJECT:
         check_key(key)  # before any access is read
+    sse.check(route.operation, request.headers)  # refused, never ignored
     request.object_check = None  # what the object's own ACL must allow (``iam.authorize``)
     if route.need in BUCKET_ACCESS:
         request.object_check = await iam.authorize(ctx, principal, bucket_name, route.need)
