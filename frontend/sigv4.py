@@ -413,11 +413,11 @@ def _verify_query_auth(
     if algorithm != ALGORITHM:
         raise S3Error(_QUERY_ERROR, 'X-Amz-Algorithm only supports "AWS4-HMAC-SHA256"')
     access_key, date, region, service = _credential(credential, _query_error, expected_region)
+    if expires_text.startswith("-") and expires_text[1:].isdigit():
+        raise S3Error(_QUERY_ERROR, "X-Amz-Expires must be non-negative")
     if not expires_text.isdigit() or not expires_text.isascii() or len(expires_text) > 12:
         raise S3Error(_QUERY_ERROR, "X-Amz-Expires should be a number")
-    expires = int(expires_text)
-    if expires < 1:
-        raise S3Error(_QUERY_ERROR, "X-Amz-Expires must be non-negative")
+    expires = int(expires_text)  # 0 parses, and has expired by the time it arrives
     if expires > MAX_PRESIGN_EXPIRES:
         raise S3Error(_QUERY_ERROR, "X-Amz-Expires must be less than a week (in seconds) that is 604800")
     timestamp = _parse_amz_date(amz_date)
@@ -430,7 +430,7 @@ def _verify_query_auth(
     secret = _lookup(access_key, lookup_secret)
     if timestamp - now > MAX_SKEW_SECONDS:
         raise S3Error("AccessDenied", "Request is not valid yet")
-    if now > timestamp + expires:
+    if now > timestamp + expires or expires == 0:
         raise S3Error(
             "AccessDenied",
             "Request has expired",

@@ -115,20 +115,30 @@ def response_overrides(request: Any, params: dict[str, str]) -> dict[str, str]:
     return out
 
 
+def as_sent(value: str) -> str:
+    """A stored header value (the wire's bytes as latin-1 text) in the form that makes
+    the response carry those same bytes: Quart encodes header values as UTF-8, so UTF-8
+    bytes are handed over decoded (other bytes cannot pass through it unchanged)."""
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        return value
+
+
 def object_headers(obj: dict[str, Any]) -> dict[str, str]:
     headers = {
         "ETag": f'"{obj["etag"]}"',
         "Last-Modified": _http_date(obj["created"]),
-        "Content-Type": obj["content_type"],
+        "Content-Type": as_sent(obj["content_type"]),
         "Accept-Ranges": "bytes",
         **version_headers(obj.get("vid")),
     }
     meta = obj.get("meta", {})
     headers.update(object_lock.response_headers(meta))
     for name, value in meta.get("headers", {}).items():
-        headers[name] = value
+        headers[name] = as_sent(value)
     for name, value in meta.get("user", {}).items():
-        headers[f"x-amz-meta-{name}"] = value
+        headers[f"x-amz-meta-{name}"] = as_sent(value)
     if meta.get("tags"):
         headers["x-amz-tagging-count"] = str(len(meta["tags"]))
     return headers
