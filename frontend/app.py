@@ -51,6 +51,7 @@ class BoundedBody(TrioBody):
         self._room = trio.Event()
         self.received = 0
         self.abandoned = False
+        self.wanted = trio.Event()  # a handler began reading (``Expect: 100-continue`` waits for it)
 
     def append(self, data: bytes) -> None:
         self.received += len(data)
@@ -76,6 +77,7 @@ class BoundedBody(TrioBody):
         self._room.set()
 
     async def __anext__(self) -> bytes:
+        self.wanted.set()
         try:
             data = await super().__anext__()
         except StopAsyncIteration:
@@ -104,6 +106,10 @@ class BoundedRequest(TrioRequest):
 class BoundedConnection(TrioASGIHTTPConnection):
     async def handle_messages(self, nursery: trio.Nursery, request: Any, receive: Any) -> None:  # type: ignore[override]
         body = request.body
+        if request.headers.get("expect", "").strip().lower() == "100-continue":
+            # The first receive() sends the client its "100 Continue" (http_edge): only once
+            # a handler reads the body, so a refused request is answered before it is sent.
+            await body.wanted.wait()
         while True:
             await body.wait_for_room()
             if body.complete:

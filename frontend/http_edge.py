@@ -15,6 +15,8 @@ so that no connection can hurt the process or hold its resources unbounded.
 - A connection's close is never lost to a cancellation (``protocol_send``: a response
   with ``Connection: close`` used to leave its connection open for good).
 - The app's body queue never blocks a finished app (``_never_block_on_a_finished_app``).
+- ``Expect: 100-continue`` is answered when the app first reads the body, not when the
+  head arrives (``_continue_when_the_body_is_read``): a denied upload gets its 403 unsent.
 - Larger socket reads (``MAX_RECV``).
 """
 
@@ -244,6 +246,86 @@ def _reason_phrases() -> None:
     hypercorn_h11.H11Protocol._send_h11_event = _send_h11_event  # type: ignore[method-assign]
 
 
+class _DeferredContinue(h11.Connection):
+    """hypercorn's h11 connection, with the ``100 Continue`` left to the app (below)."""
+
+    @property
+    def they_are_waiting_for_100_continue(self) -> bool:
+        return False  # hypercorn sends its 100 the moment this says True: never on its own
+
+    def send(self, event: Any) -> bytes | None:  # type: ignore[override]
+        waiting = self.client_is_waiting_for_100_continue
+        if isinstance(event, h11.InformationalResponse) and event.status_code == 100 and not waiting:
+            return b""  # the client went ahead with its body, or was answered: no 100 now
+        if isinstance(event, h11.Response) and waiting and b"close" not in _connection_tokens(event):
+            # Answered before the client was told to send its body: it may send it or not,
+            # so nothing more can be read from this connection. Say so (RFC 9110 10.1.1);
+            # h11 then ends the connection after this answer, as it would have anyway.
+            event = h11.Response(status_code=event.status_code, reason=event.reason, http_version=event.http_version,
+                                 headers=[*event.headers, (b"connection", b"close")])
+        return super().send(event)
+
+
+def _connection_tokens(event: Any) -> set[bytes]:
+    return {token.strip().lower() for name, value in event.headers if name.lower() == b"connection"
+            for token in value.split(b",")}
+
+
+def _expects_continue(scope: Any) -> bool:
+    return any(name.lower() == b"expect" and value.strip().lower() == b"100-continue"
+               for name, value in scope.get("headers", ()))
+
+
+def _continue_when_the_body_is_read() -> None:
+    """hypercorn (0.18) answers ``Expect: 100-continue`` with ``100 Continue`` as soon as
+    the request's head is parsed, before the app has looked at it: a client about to send
+    a large body to a bucket it may not write was told to go ahead, and sent it all to
+    get its 403. Here the 100 goes out when the app first asks for the body (its first
+    ASGI ``receive()``, as uvicorn does; ``app.BoundedConnection`` makes that first call
+    once a handler reads the body), sent at once from the app's task, so an upload that
+    is allowed waits no longer than before. A final answer sent while the client still
+    waits for its 100 carries ``Connection: close`` and the connection is closed after it
+    (h11 reads no next request before this one's body, which the client may never send)."""
+    from hypercorn.protocol import h11 as hypercorn_h11
+    from hypercorn.protocol.events import Response
+    from hypercorn.protocol.http_stream import HTTPStream
+    from hypercorn.trio import task_group
+
+    original_init = hypercorn_h11.H11Protocol.__init__
+    if getattr(original_init, "_cairn_continue", False):
+        return
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        original_init(self, *args, **kwargs)
+        assert type(self.connection) is h11.Connection
+        self.connection.__class__ = _DeferredContinue
+
+    original_spawn = task_group.TaskGroup.spawn_app
+
+    async def spawn_app(self: Any, app: Any, config: Any, scope: Any, send: Any) -> Any:
+        stream = getattr(send, "__self__", None)  # installed last: ``send`` is still hypercorn's
+        if not isinstance(stream, HTTPStream) or not _expects_continue(scope):
+            return await original_spawn(self, app, config, scope, send)
+        asked = False
+
+        async def app_asking_for_continue(scope: Any, receive: Any, *rest: Any) -> Any:
+            async def receive_after_continue() -> Any:
+                nonlocal asked
+                if not asked:
+                    asked = True
+                    # the protocol's h11 turns this into "100 Continue" while the client waits
+                    await stream.send(Response(stream_id=stream.stream_id, headers=[], status_code=100))
+                return await receive()
+
+            return await app(scope, receive_after_continue, *rest)
+
+        return await original_spawn(self, app_asking_for_continue, config, scope, send)
+
+    __init__._cairn_continue = True  # type: ignore[attr-defined]
+    hypercorn_h11.H11Protocol.__init__ = __init__  # type: ignore[method-assign]
+    task_group.TaskGroup.spawn_app = spawn_app  # type: ignore[method-assign]
+
+
 def install() -> None:
     """Apply the patches (idempotent). Refuses to run on a hypercorn they were not written for."""
     for name, pinned in PINNED.items():
@@ -255,6 +337,7 @@ def install() -> None:
     hypercorn_run.TCPServer = GuardedTCPServer  # type: ignore[misc]
     _never_block_on_a_finished_app()
     _reason_phrases()
+    _continue_when_the_body_is_read()  # last: its spawn_app needs hypercorn's own ``send``
 
 
 def configure(hc: Any, limits: Limits) -> None:
