@@ -1,9 +1,20 @@
 """Bucket CORS: Put/Get/DeleteBucketCors, preflight OPTIONS, and the CORS headers of
-actual requests, matched rule by rule as S3 does (first matching rule wins)."""
+actual requests, matched rule by rule as S3 does (first matching rule wins).
+
+A rule matches when the request's Origin matches one of its AllowedOrigins, its method
+(a preflight's Access-Control-Request-Method) is one of its AllowedMethods, and each
+header a preflight names in Access-Control-Request-Headers matches one of its
+AllowedHeaders. An AllowedOrigin or AllowedHeader holds at most one ``*`` (PutBucketCors
+refuses more), which stands for any run of characters, none included: ``*.example.com``,
+``http://*.example.com``, ``start*end``, ``x-amz-*``, ``*``. Every other character stands
+for itself (``?`` and ``[`` are no wildcards, as they were under fnmatch); origins are
+compared case-sensitively, header names not.
+"""
 
 from __future__ import annotations
 
-import fnmatch
+import functools
+import re
 from typing import Any
 from xml.sax.saxutils import escape
 
@@ -30,13 +41,13 @@ async def put_cors(ctx: Context, request: Any, bucket: str) -> Response:
         for field in element:
             name, text = s3xml.local(field.tag), (field.text or "").strip()
             if name == "AllowedOrigin":
-                rule["origins"].append(text)
+                rule["origins"].append(_one_wildcard("AllowedOrigin", text))
             elif name == "AllowedMethod":
                 if text not in METHODS:
                     raise S3Error("InvalidRequest", f"Found unsupported HTTP method in CORS config. Unsupported method is {text}")
                 rule["methods"].append(text)
             elif name == "AllowedHeader":
-                rule["headers"].append(text.lower())
+                rule["headers"].append(_one_wildcard("AllowedHeader", text).lower())
             elif name == "ExposeHeader":
                 rule["expose"].append(text)
             elif name == "MaxAgeSeconds":
@@ -85,13 +96,33 @@ async def delete_cors(ctx: Context, bucket: str) -> Response:
     return empty_response(204)
 
 
-def _match(rules: list[dict[str, Any]], origin: str, method: str, headers: list[str]) -> dict[str, Any] | None:
+def _one_wildcard(element: str, value: str) -> str:
+    if value.count("*") > 1:
+        raise S3Error("InvalidRequest", f'{element} "{value}" can not have more than one wildcard.')
+    return value
+
+
+@functools.lru_cache(maxsize=1024)
+def _pattern(wildcard: str) -> re.Pattern[str]:
+    # each ``*`` any run of characters (a rule stored before two were refused keeps both)
+    return re.compile(".*".join(re.escape(part) for part in wildcard.split("*")), re.DOTALL)
+
+
+def wildcard_match(wildcard: str, value: str) -> bool:
+    """S3's CORS wildcard: ``*`` matches any characters (none too), the rest itself."""
+    if "*" not in wildcard:
+        return value == wildcard
+    return _pattern(wildcard).fullmatch(value) is not None
+
+
+def match_rule(rules: list[dict[str, Any]], origin: str, method: str, headers: list[str]) -> dict[str, Any] | None:
+    """The first rule allowing this origin, method and (lower-case) request headers."""
     for rule in rules:
-        if not any(fnmatch.fnmatchcase(origin, pattern) for pattern in rule["origins"]):
+        if not any(wildcard_match(pattern, origin) for pattern in rule["origins"]):
             continue
         if method not in rule["methods"]:
             continue
-        if all(any(fnmatch.fnmatchcase(h, p) for p in rule["headers"]) for h in headers):
+        if all(any(wildcard_match(p, h) for p in rule["headers"]) for h in headers):
             return rule
     return None
 
@@ -115,7 +146,7 @@ async def preflight(ctx: Context, request: Any, bucket: str) -> Response:
         raise S3Error("BadRequest", "Insufficient information. Origin request header needed.")
     wanted = [h.strip().lower() for h in request.headers.get("access-control-request-headers", "").split(",") if h.strip()]
     rules = await _rules(ctx, bucket) if bucket else None
-    rule = _match(rules or [], origin, method, wanted)
+    rule = match_rule(rules or [], origin, method, wanted)
     if rule is None:
         raise S3Error("AccessForbidden")
     response = empty_response(200, _allow(rule, origin))
@@ -133,7 +164,7 @@ async def decorate(ctx: Context, request: Any, bucket: str, response: Response) 
         reply = await ctx.meta.read({"q": "bucket_config", "bucket": bucket, "name": "cors"})
     except wire.WireError:
         return
-    rule = _match(reply.get("value") or [], origin, request.method, [])
+    rule = match_rule(reply.get("value") or [], origin, request.method, [])
     if rule is not None:
         for name, value in _allow(rule, origin).items():
             response.headers[name] = value

@@ -24,14 +24,14 @@ from xml.sax.saxutils import escape
 import trio
 from quart import Response
 
-from frontend import iam, s3xml
+from frontend import iam, s3xml, sse
 from frontend.budget import OWNER
 from frontend.checksums import requested_checksums
 from frontend.context import Context, empty_response, xml_response
 from frontend.datapath import Stored
 from frontend.errors import S3Error
 from frontend.names import check_key
-from frontend.s3 import acl
+from frontend.s3 import acl, tagging
 from frontend.sigv4 import derive_signing_key
 from frontend.upload import commit_object
 
@@ -193,6 +193,7 @@ async def presigned_post(ctx: Context, request: Any, bucket: str) -> Response:
     check_key(key)
     principal = await _verify(ctx, fields)
     OWNER.set(principal.user or "")
+    sse.check("PostObject", fields)
     low, high = 0, 5 * 1024**3
     if principal.user is not None:  # an anonymous form (a public-write bucket's) has no policy to keep
         try:
@@ -201,6 +202,8 @@ async def presigned_post(ctx: Context, request: Any, bucket: str) -> Response:
         except (ValueError, TypeError, KeyError, AttributeError, IndexError):  # not the JSON a policy is
             raise S3Error("InvalidPolicyDocument", "Invalid Policy: Invalid JSON.") from None
     await iam.authorize(ctx, principal, bucket, "write")
+    # a ``tagging`` field is a Tagging document (anonymous forms too), checked before the file is stored
+    tags = tagging.check_tags(tagging.parse_tagging(fields["tagging"].encode())) if "tagging" in fields else []
     requested = requested_checksums({k: v for k, v in fields.items() if k.startswith("x-amz-checksum-")})
     checksum = requested.new() if requested is not None else None  # a form field x-amz-checksum-<algorithm>
     access = {"acl_spec": acl.canned_spec(fields["acl"]) if "acl" in fields else None, "writer": principal.user}
@@ -219,7 +222,8 @@ async def presigned_post(ctx: Context, request: Any, bucket: str) -> Response:
     kept = {checksum.algorithm: checksum.b64digest()} if checksum is not None else {}
     etag, vid = await commit_object(ctx.meta, ctx.data, bucket, key, stored,
                                     content_type=fields.get("content-type", "binary/octet-stream"),
-                                    meta_fields={"user": user, "headers": {}, "checksum": kept, **access})
+                                    meta_fields={"user": user, "headers": {}, "checksum": kept, **access,
+                                                 **({"tags": tags} if tags else {})})
     location = f"{request.scheme}://{request.host}/{bucket}/{quote(key)}"
     redirect = fields.get("success_action_redirect")
     if redirect:

@@ -1,21 +1,24 @@
 """Small S3 exactness points against a real cluster, with boto3: bucket tagging,
 x-amz-tagging on PutObject and CreateMultipartUpload, ListBuckets paging, the
 x-amz-expiration header of lifecycle-matched objects, x-amz-expected-bucket-owner,
-Content-Encoding as sent, and a malformed Content-Length answered (not cut off)."""
+Content-Encoding as sent, a malformed Content-Length answered (not cut off),
+``Expect: 100-continue`` answered by the app, CORS wildcards, a browser form's tagging."""
 
 from __future__ import annotations
 
 import datetime
 import email.utils
+import io
 import re
 import socket
 import time
 
 import pytest
+import urllib3
 from botocore.exceptions import ClientError
 
 from core.acl import canonical_id
-from tests.cluster.test_access import new_user
+from tests.cluster.test_access import _post, new_user
 
 pytestmark = pytest.mark.cluster
 
@@ -180,3 +183,181 @@ def test_an_empty_content_length_is_answered_400(s3, bucket: str) -> None:
                 break
             reply += data
     assert reply.startswith(b"HTTP/1.1 400")
+
+
+# ---------------------------------------------------------------- Expect: 100-continue
+
+
+def _head(sock: socket.socket) -> bytes:
+    """One response head (status line and headers), read byte by byte: nothing after it."""
+    head = b""
+    while not head.endswith(b"\r\n\r\n"):
+        data = sock.recv(1)
+        if not data:
+            break
+        head += data
+    return head
+
+
+def _expect_request(path: str, length: int) -> bytes:
+    return f"PUT {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\nExpect: 100-continue\r\n\r\n".encode()
+
+
+def test_expect_100_continue_is_answered_by_the_app(s3, bucket: str) -> None:
+    host, port = s3.meta.endpoint_url.removeprefix("http://").split(":")
+    body = b"b" * 123
+    # a bucket the anonymous client may not write: the 403 comes first, no 100 before it
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(_expect_request(f"/{bucket}/k", len(body)))
+        head = _head(sock)
+        assert head.startswith(b"HTTP/1.1 403 "), head
+        # the client may never send its body: the connection ends after the answer, and says so
+        assert b"\r\nconnection: close\r\n" in head.lower()
+        length = int(re.search(rb"content-length: (\d+)", head, re.I).group(1))
+        rest = b""
+        while (data := sock.recv(4096)) != b"":
+            rest += data
+        assert len(rest) == length and b"AccessDenied" in rest
+    assert err(pytest.raises(ClientError, s3.head_object, Bucket=bucket, Key="k")) == (404, "404")
+
+    s3.put_bucket_acl(Bucket=bucket, ACL="public-read-write")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(_expect_request(f"/{bucket}/k", len(body)))
+        started = time.monotonic()
+        assert _head(sock).startswith(b"HTTP/1.1 100 Continue\r\n")
+        assert time.monotonic() - started < 0.5  # sent as the app reads, not after a client's wait
+        sock.sendall(body)
+        head = _head(sock)
+        assert head.startswith(b"HTTP/1.1 200 ") and b"connection: close" not in head.lower(), head
+        # the connection is kept: a second upload on it works the same
+        sock.sendall(_expect_request(f"/{bucket}/k2", 3))
+        assert _head(sock).startswith(b"HTTP/1.1 100 ")
+        sock.sendall(b"abc")
+        assert _head(sock).startswith(b"HTTP/1.1 200 ")
+    assert s3.get_object(Bucket=bucket, Key="k")["Body"].read() == body
+    assert s3.get_object(Bucket=bucket, Key="k2")["Body"].read() == b"abc"
+
+
+def test_expect_100_continue_early_answer_then_the_body_anyway(s3, bucket: str) -> None:
+    """A client that sends its body after an early answer (curl does after a second) is
+    read and dropped until the close, not reset, and the server serves the next one."""
+    host, port = s3.meta.endpoint_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(_expect_request(f"/{bucket}-missing/k", 300_000))
+        head = _head(sock)
+        assert head.startswith((b"HTTP/1.1 403 ", b"HTTP/1.1 404 ")) and b"connection: close" in head.lower(), head
+        sock.sendall(b"z" * 300_000)
+        while sock.recv(65536) != b"":  # the rest of the answer, then the end (a reset would raise)
+            pass
+    s3.put_object(Bucket=bucket, Key="after", Body=b"x")
+
+
+def test_boto3_uploads_with_expect_are_not_slowed(s3, bucket: str) -> None:
+    """botocore sends ``Expect: 100-continue`` with file bodies and waits up to a second
+    for the 100 before sending the body anyway: the 100 must come at once."""
+    for size in (1, 2 * 1024 * 1024):
+        started = time.monotonic()
+        s3.put_object(Bucket=bucket, Key=f"f{size}", Body=io.BytesIO(b"q" * size))
+        assert time.monotonic() - started < 0.9, size
+        assert s3.head_object(Bucket=bucket, Key=f"f{size}")["ContentLength"] == size
+    with pytest.raises(ClientError) as exc:  # an early answer, then the same client goes on
+        s3.put_object(Bucket=bucket + "-nope", Key="x", Body=io.BytesIO(b"q"))
+    assert err(exc) == (404, "NoSuchBucket")
+    s3.put_object(Bucket=bucket, Key="again", Body=io.BytesIO(b"q"))
+
+
+# ---------------------------------------------------------------- CORS wildcards
+
+
+def _http(method: str, url: str, headers: dict[str, str]) -> urllib3.BaseHTTPResponse:
+    return urllib3.request(method, url, headers=headers, retries=False, timeout=10)
+
+
+def test_cors_wildcards_in_preflight_and_actual_requests(s3, bucket: str) -> None:
+    s3.put_bucket_acl(Bucket=bucket, ACL="public-read")
+    s3.put_object(Bucket=bucket, Key="o", Body=b"x", ACL="public-read")
+    s3.put_bucket_cors(Bucket=bucket, CORSConfiguration={"CORSRules": [
+        {"AllowedOrigins": ["http://*.example.com"], "AllowedMethods": ["GET", "PUT"],
+         "AllowedHeaders": ["x-amz-*", "Content-Type"], "MaxAgeSeconds": 60},
+        {"AllowedOrigins": ["start*end", "http://[::1]:8?"], "AllowedMethods": ["GET"]},
+        {"AllowedOrigins": ["*"], "AllowedMethods": ["HEAD"]},
+    ]})
+    url = f"{s3.meta.endpoint_url}/{bucket}/o"
+
+    def preflight(origin: str, method: str, headers: str = "") -> tuple[int, str | None, str | None]:
+        sent = {"Origin": origin, "Access-Control-Request-Method": method,
+                **({"Access-Control-Request-Headers": headers} if headers else {})}
+        r = _http("OPTIONS", url, sent)
+        return r.status, r.headers.get("Access-Control-Allow-Origin"), r.headers.get("Access-Control-Allow-Headers")
+
+    assert preflight("http://www.example.com", "PUT", "X-Amz-Meta-A, content-type") == (
+        200, "http://www.example.com", "x-amz-meta-a, content-type")
+    assert preflight("http://a.b.example.com", "GET") == (200, "http://a.b.example.com", None)
+    assert preflight("http://example.com", "GET")[0] == 403  # the * is between "http://" and ".example.com"
+    assert preflight("https://www.example.com", "GET")[0] == 403
+    assert preflight("http://www.example.com", "PUT", "x-other")[0] == 403  # no AllowedHeader matches
+    assert preflight("startend", "GET")[:2] == (200, "startend")
+    assert preflight("start-middle-end", "GET")[:2] == (200, "start-middle-end")
+    assert preflight("0startend", "GET")[0] == 403
+    assert preflight("http://[::1]:8?", "GET")[0] == 200  # ? and [ ] are themselves, no wildcards
+    assert preflight("http://1:80", "GET")[0] == 403
+    assert preflight("anything", "HEAD")[:2] == (200, "*")
+    assert preflight("anything", "GET")[0] == 403
+
+    r = _http("GET", url, {"Origin": "http://www.example.com"})
+    assert r.status == 200 and r.headers["Access-Control-Allow-Origin"] == "http://www.example.com"
+    assert r.headers["Access-Control-Allow-Methods"] == "GET, PUT"
+    r = _http("GET", url, {"Origin": "start12end"})
+    assert r.headers["Access-Control-Allow-Origin"] == "start12end"
+    r = _http("GET", url, {"Origin": "http://example.org"})
+    assert r.status == 200 and "Access-Control-Allow-Origin" not in r.headers
+    r = _http("HEAD", url, {"Origin": "elsewhere"})
+    assert r.headers["Access-Control-Allow-Origin"] == "*"
+
+
+@pytest.mark.parametrize("rule", [
+    {"AllowedOrigins": ["http://*.*.example.com"], "AllowedMethods": ["GET"]},
+    {"AllowedOrigins": ["*"], "AllowedMethods": ["GET"], "AllowedHeaders": ["x-*-*"]},
+])
+def test_cors_refuses_two_wildcards(s3, bucket: str, rule: dict) -> None:
+    with pytest.raises(ClientError) as exc:
+        s3.put_bucket_cors(Bucket=bucket, CORSConfiguration={"CORSRules": [rule]})
+    assert err(exc) == (400, "InvalidRequest")
+    assert "can not have more than one wildcard" in exc.value.response["Error"]["Message"]
+
+
+# ---------------------------------------------------------------- browser forms' tagging
+
+
+TAGGING = "<Tagging><TagSet><Tag><Key>0</Key><Value>0</Value></Tag><Tag><Key>b</Key><Value></Value></Tag></TagSet></Tagging>"
+
+
+def test_post_form_tagging(s3, bucket: str) -> None:
+    url = f"{s3.meta.endpoint_url}/{bucket}"
+    s3.put_bucket_acl(Bucket=bucket, ACL="public-read-write")
+    # anonymous (no policy)
+    status, body = _post(url, {"key": "anon", "tagging": TAGGING}, "f", b"bar")
+    assert status == 204, body
+    assert s3.get_object_tagging(Bucket=bucket, Key="anon")["TagSet"] == [
+        {"Key": "0", "Value": "0"}, {"Key": "b", "Value": ""}]
+    # signed, the policy covering the field
+    post = s3.generate_presigned_post(bucket, "signed", Fields={"tagging": TAGGING},
+                                      Conditions=[["starts-with", "$tagging", ""]])
+    status, body = _post(post["url"], post["fields"], "f", b"baz")
+    assert status == 204, body
+    assert s3.get_object_tagging(Bucket=bucket, Key="signed")["TagSet"] == [
+        {"Key": "0", "Value": "0"}, {"Key": "b", "Value": ""}]
+    assert s3.head_object(Bucket=bucket, Key="signed")["ResponseMetadata"]["HTTPHeaders"]["x-amz-tagging-count"] == "2"
+    # no tagging field: no tags
+    assert _post(url, {"key": "plain"}, "f", b"x")[0] == 204
+    assert s3.get_object_tagging(Bucket=bucket, Key="plain")["TagSet"] == []
+    # the object tag limits hold, and a refused form stores nothing
+    eleven = "".join(f"<Tag><Key>k{i}</Key><Value>v</Value></Tag>" for i in range(11))
+    for bad, code in ((f"<Tagging><TagSet>{eleven}</TagSet></Tagging>", b"InvalidTag"),
+                      ("<Tagging><TagSet><Tag><Key>a</Key></Tag><Tag><Key>a</Key></Tag></TagSet></Tagging>",
+                       b"InvalidTag"),
+                      ("<Tagging><TagSet><Tag>", b"MalformedXML")):
+        status, body = _post(url, {"key": "refused", "tagging": bad}, "f", b"x")
+        assert status == 400 and code in body, body
+    with pytest.raises(ClientError):
+        s3.head_object(Bucket=bucket, Key="refused")
