@@ -162,11 +162,10 @@ class UploadBody:
 async def commit_object(
     meta: MetaClient, data: DataPath, bucket: str, key: str, stored: Stored, *, content_type: str,
     meta_fields: dict[str, Any], cond: dict[str, Any] | None = None, integrity: bool = True,
-    reply_out: dict[str, Any] | None = None,
-) -> tuple[str, str | None]:
+) -> tuple[str, dict[str, Any]]:
     """Make the stored chunks the object at (bucket, key) through Raft; returns its ETag
-    and version id (None in a bucket that was never versioned); ``reply_out`` receives
-    the commit's whole reply (its lifecycle ``expiration``, say).
+    and the commit's reply (``vid``: its version id, absent in a bucket never versioned;
+    ``expiration``: the lifecycle rule that will expire it).
 
     A refused commit (no bucket, failed condition) sends the chunks to GC. A commit whose
     outcome is unknown (no Raft answer) keeps them: it may have applied."""
@@ -181,6 +180,4 @@ async def commit_object(
     if not reply.get("ok"):
         await data.discard(stored.chunks)
         raise from_reply(reply)
-    if reply_out is not None:
-        reply_out.update(reply)
-    return etag, reply.get("vid")
+    return etag, reply

@@ -12,7 +12,7 @@ from quart import Response
 from frontend import s3xml
 from frontend.context import Context, empty_response, meta_call, read_body, xml_response
 from frontend.errors import S3Error
-from frontend.s3.tagging import parse_tagging
+from frontend.s3.tagging import check_tags, parse_tagging
 
 MAX_BUCKET_TAGS = 50  # AWS: "up to 50 tags" on a bucket
 MAX_BODY = 64 * 1024
@@ -22,20 +22,8 @@ def parse_tag_set(body: bytes) -> list[list[str]]:
     """``<Tagging><TagSet><Tag><Key/><Value/></Tag>...</TagSet></Tagging>``, checked as
     AWS checks a bucket's: at most 50, unique keys of 1..128 characters, values of at
     most 256, no key in the reserved ``aws:`` prefix."""
-    tags = parse_tagging(body)
-    if len(tags) > MAX_BUCKET_TAGS:
-        raise S3Error("InvalidTag", "Bucket tag count cannot be greater than 50")
-    keys = [k for k, _ in tags]
-    if len(set(keys)) != len(keys):
-        raise S3Error("InvalidTag", "Cannot provide multiple Tags with the same key")
-    for k, v in tags:
-        if not 1 <= len(k) <= 128:
-            raise S3Error("InvalidTag", "The TagKey you have provided is invalid")
-        if len(v) > 256:
-            raise S3Error("InvalidTag", "The TagValue you have provided is invalid")
-        if k.lower().startswith("aws:"):
-            raise S3Error("InvalidTag", "System tags cannot be added/updated by requester")
-    return tags
+    return check_tags(parse_tagging(body), MAX_BUCKET_TAGS, "Bucket tag count cannot be greater than 50",
+                      reserved=True)
 
 
 async def put_bucket_tagging(ctx: Context, request: Any, bucket: str) -> Response:

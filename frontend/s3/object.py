@@ -47,14 +47,13 @@ async def put_object(ctx: Context, request: Any, bucket: str, key: str, params: 
     if lock or body.length is None or body.length > ctx.data.settings.inline_max:
         await bucket_exists(ctx, bucket)  # fail fast before chunks are written (the commit checks anyway)
     stored, checksum = await body.store(ctx.data)
-    reply: dict[str, Any] = {}
-    etag, vid = await commit_object(
-        ctx.meta, ctx.data, bucket, key, stored, cond=cond, reply_out=reply,
+    etag, reply = await commit_object(
+        ctx.meta, ctx.data, bucket, key, stored, cond=cond,
         integrity=object_lock.has_integrity_header(request.headers),
         content_type=request.headers.get("content-type", "binary/octet-stream"),
         meta_fields={"user": user_meta, "headers": headers, "checksum": checksum, **({"tags": tags} if tags else {}),
                      **lock, **access})
-    return checksum_headers(empty_response(headers={"ETag": f'"{etag}"', **version_headers(vid),
+    return checksum_headers(empty_response(headers={"ETag": f'"{etag}"', **version_headers(reply.get("vid")),
                                                     **lifecycle.expiration_header(reply)}), checksum)
 
 

@@ -220,10 +220,11 @@ async def presigned_post(ctx: Context, request: Any, bucket: str) -> Response:
         raise
     user = {k[len("x-amz-meta-"):]: v for k, v in fields.items() if k.startswith("x-amz-meta-")}
     kept = {checksum.algorithm: checksum.b64digest()} if checksum is not None else {}
-    etag, vid = await commit_object(ctx.meta, ctx.data, bucket, key, stored,
+    etag, reply = await commit_object(ctx.meta, ctx.data, bucket, key, stored,
                                     content_type=fields.get("content-type", "binary/octet-stream"),
                                     meta_fields={"user": user, "headers": {}, "checksum": kept, **access,
                                                  **({"tags": tags} if tags else {})})
+    vid = reply.get("vid")
     location = f"{request.scheme}://{request.host}/{bucket}/{quote(key)}"
     redirect = fields.get("success_action_redirect")
     if redirect:

@@ -25,16 +25,22 @@ MAX_TAGS = 10
 MAX_TAGGING_BODY = 64 * 1024  # 10 tags of at most 128 + 256 characters, escaped
 
 
-def check_tags(tags: list[list[str]]) -> list[list[str]]:
-    if len(tags) > MAX_TAGS:
-        raise S3Error("InvalidTag", "Object tags cannot be greater than 10")
+def check_tags(tags: list[list[str]], limit: int = MAX_TAGS, too_many: str = "Object tags cannot be greater than 10",
+               reserved: bool = False) -> list[list[str]]:
+    """A tag set as AWS checks one: at most ``limit``, unique keys of 1..128 characters,
+    values of at most 256; ``reserved``: no key in the ``aws:`` prefix (buckets')."""
+    if len(tags) > limit:
+        raise S3Error("InvalidTag", too_many)
     keys = [k for k, _ in tags]
     if len(set(keys)) != len(keys):
         raise S3Error("InvalidTag", "Cannot provide multiple Tags with the same key")
     for k, v in tags:
-        if not 1 <= len(k) <= 128 or len(v) > 256:
-            raise S3Error("InvalidTag", "The TagKey you have provided is invalid" if not 1 <= len(k) <= 128
-                          else "The TagValue you have provided is invalid")
+        if not 1 <= len(k) <= 128:
+            raise S3Error("InvalidTag", "The TagKey you have provided is invalid")
+        if len(v) > 256:
+            raise S3Error("InvalidTag", "The TagValue you have provided is invalid")
+        if reserved and k.lower().startswith("aws:"):
+            raise S3Error("InvalidTag", "System tags cannot be added/updated by requester")
     return tags
 
 

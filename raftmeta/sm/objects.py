@@ -11,7 +11,7 @@ from typing import Any
 from raftmeta.chores import lifecycle_rules
 from raftmeta.sm import acls, versions
 from raftmeta.sm.gcqueue import add_refs
-from raftmeta.sm.tables import Failed, bucket_exists, successor, unpackb
+from raftmeta.sm.tables import Failed, bucket_exists, bucket_setting, successor, unpackb
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS objects (
@@ -234,11 +234,11 @@ def expiration_of(db: sqlite3.Connection, bucket: str, key: str, obj: dict[str, 
     """``expiration``: [when, rule id] of the lifecycle Expiration that will remove this
     current object (``lifecycle_rules.expiration``), for the x-amz-expiration header;
     {} when no rule does."""
-    row = db.execute("SELECT value FROM bucket_config WHERE bucket=? AND name='lifecycle'", (bucket,)).fetchone()
-    if row is None:
+    rules = bucket_setting(db, bucket, "lifecycle")
+    if not rules:
         return {}
     meta = obj.get("meta") or {}
-    found = lifecycle_rules.expiration(unpackb(row[0]) or [], key, {
+    found = lifecycle_rules.expiration(rules, key, {
         "created": obj["created"], "size": obj["size"], "tags": dict(meta.get("tags") or [])})
     return {"expiration": list(found)} if found else {}
 
