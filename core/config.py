@@ -60,6 +60,9 @@ def add_raftmeta(p: argparse.ArgumentParser) -> None:
                    help="lifecycle actions (expirations, deletions) per second, at most")
     p.add_argument("--min-part-size", type=int, default=5 * MIB,
                    help="smallest multipart part but the last (S3: 5 MiB; lower it only for tests)")
+    p.add_argument("--commit-in-flight", type=int, default=2,
+                   help="batch entries being committed at once; commands arriving meanwhile share the next entry "
+                        "(0: every command its own entry)")
     p.add_argument("--unsafe-no-journal-sync", action="store_true",
                    help="do not sync the Raft journal (loses acknowledged writes on power loss; benchmarks only)")
 

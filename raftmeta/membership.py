@@ -13,6 +13,7 @@ from pysyncobj import FAIL_REASON
 
 from core import wire
 from raftmeta.node import MetaNode
+from raftmeta.sm.members import LEVEL, LEVEL_BATCH
 from raftmeta.state import MetaState
 
 log = logging.getLogger("raftmeta")
@@ -33,6 +34,17 @@ class Membership:
         leader = self.node._getLeader()
         return {"ok": True, "members": [{"raft": r, "rpc": rpc.get(r)} for r in raft],
                 "leader_rpc": rpc.get(leader.address) if leader is not None else None}
+
+    def batching_allowed(self) -> bool:
+        """Whether every voting member this node knows has recorded that it applies batch
+        entries (``raftmeta.sm.members``). Read from this replica: a member that recorded
+        it did so through Raft, and membership changes one member at a time."""
+        try:
+            raft = [self.node.selfNode.address, *(n.address for n in list(self.node.otherNodes))]
+        except RuntimeError:  # the Raft thread changed the set while we copied it
+            return False
+        levels = self.state.query({"q": "member_rpcs"}).get("level", {})
+        return all(levels.get(r, 0) >= LEVEL_BATCH for r in raft)
 
     async def change(self, action: Any, raft: Any) -> dict[str, Any]:
         """Add or remove one voting member (leader only; PySyncObj allows one change at a
@@ -68,8 +80,9 @@ class Membership:
         me = self.node.selfNode.address
         while True:
             try:
-                if self.node._getLeader() is not None and self.state.query({"q": "member_rpcs"})["rpc"].get(me) != rpc:
-                    await self.propose({"op": "member_rpc", "raft": me, "rpc": rpc})
+                known = self.state.query({"q": "member_rpcs"})
+                if self.node._getLeader() is not None and (known["rpc"].get(me), known["level"].get(me)) != (rpc, LEVEL):
+                    await self.propose({"op": "member_rpc", "raft": me, "rpc": rpc, "level": LEVEL})
             except Exception:
                 log.exception("cannot record this node's RPC address")
             await trio.sleep(2.0)

@@ -2,7 +2,9 @@
 
 RPC (framing and op names in ``core.wire``):
 - ``write``: propose ``cmd`` through Raft (a follower's PySyncObj forwards it to the
-  leader) and answer with the state machine's result once it is committed and applied.
+  leader) and answer with the state machine's result once it is committed and applied;
+  commands that arrive while others are being committed share one entry
+  (``raftmeta.batcher``).
 - ``read``: answer ``q`` from the local SQLite replica; with ``linear`` (the default)
   only after a Raft barrier proposed after the request arrived has been applied here,
   so the read sees every write acknowledged before it (linearizable). Concurrent reads
@@ -28,6 +30,7 @@ from pysyncobj import FAIL_REASON
 from blobnode.client import BlobClient
 from core import wire
 from core.nodes import DEFAULT_DEAD_AFTER
+from raftmeta.batcher import IN_FLIGHT, CommitBatcher
 from raftmeta.chores import ChoreRunner, Leader
 from raftmeta.chores.expiry import UploadExpiry
 from raftmeta.chores.gc import GarbageCollector
@@ -64,6 +67,7 @@ class MetaServer:
         replicas: int = 3, dead_after: float = DEFAULT_DEAD_AFTER, repair_interval: float = 10.0,
         repair_rate: float = 50.0, orphan_grace: float = 21600.0, orphan_interval: float = 600.0,
         lifecycle_interval: float = 60.0, lifecycle_day: float = 86400.0, lifecycle_rate: float = 500.0,
+        commit_in_flight: int = IN_FLIGHT,
     ) -> None:
         self.node = node
         self.state = state
@@ -82,10 +86,16 @@ class MetaServer:
             Lifecycle(leader, lifecycle_interval, lifecycle_day, lifecycle_rate),
         ])
         self.membership = Membership(node, state, self.propose, self.token)
+        self.batcher = CommitBatcher(self.propose_packed, self.membership.batching_allowed, PROPOSE_TIMEOUT,
+                                     in_flight=commit_in_flight)
 
     # ---------------------------------------------------------------- raft calls
 
     async def propose(self, cmd: dict[str, Any], timeout: float = PROPOSE_TIMEOUT) -> dict[str, Any]:
+        return await self.propose_packed(msgpack.packb(cmd, use_bin_type=True), timeout)
+
+    async def propose_packed(self, data: bytes, timeout: float = PROPOSE_TIMEOUT) -> dict[str, Any]:
+        """Propose one entry (a packed command) and wait for the state machine's reply."""
         done = trio.Event()
         box: list[Any] = []
         token = self.token
@@ -95,7 +105,7 @@ class MetaServer:
             token.run_sync_soon(done.set)
 
         was_leader = self.node._isLeader()
-        self.node.apply_cmd(msgpack.packb(cmd, use_bin_type=True), callback=callback)
+        self.node.apply_cmd(data, callback=callback)
         with trio.move_on_after(timeout):
             while not box:
                 with trio.move_on_after(0.1):
@@ -168,7 +178,7 @@ class MetaServer:
                 # runs ahead must not bring a retention's end closer. Stamped here, once,
                 # before the entry is logged, so every replica applies the same value.
                 cmd["ts"] = time.time() + MAX_CLOCK_AHEAD
-            return await self.propose(cmd)
+            return await self.batcher.submit(cmd)
         if op == "read":
             q = request.get("q")
             if not isinstance(q, dict):
@@ -212,6 +222,7 @@ class MetaServer:
             "gc_deleted": self.gc.deleted,
             "lease": self.node.lease_read_index() is not None,
             "reads": dict(self.reads),
+            "batches": {**self.batcher.stats, "allowed": self.membership.batching_allowed()},
         }
 
     async def chore(self, name: Any) -> dict[str, Any]:
@@ -246,12 +257,14 @@ async def serve(args: Any) -> None:
                         repair_rate=args.repair_rate,
                         orphan_grace=args.orphan_grace, orphan_interval=args.orphan_interval,
                         lifecycle_interval=args.lifecycle_interval, lifecycle_day=args.lifecycle_day_seconds,
-                        lifecycle_rate=args.lifecycle_rate)
+                        lifecycle_rate=args.lifecycle_rate,
+                        commit_in_flight=getattr(args, "commit_in_flight", IN_FLIGHT))
     host, port = wire.split_addr(args.rpc)
     log.info("raftmeta %s: raft %s, peers %s, rpc %s", args.data_dir, args.raft, ",".join(args.peers), args.rpc)
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(server._barrier_loop)
+            nursery.start_soon(server.batcher.run)
             nursery.start_soon(server.membership.announce_rpc, args.advertise_rpc or args.rpc)
             nursery.start_soon(server.chores.run)
             await trio.serve_tcp(server.serve_conn, port, host=host)

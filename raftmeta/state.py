@@ -68,6 +68,11 @@ QUERIES: dict[str, Query] = _register("QUERIES")
 
 REQUEST_MEMORY = 200_000  # a retried rid is recognised for this many log entries
 
+# What a batch entry may hold: every command but those that write versions at several
+# positions of their entry themselves (DeleteObjects, the lifecycle's expiry), and
+# entries that are not commands.
+BATCHABLE = frozenset(COMMANDS) - {"delete_objects", "lifecycle_apply"}
+
 # An entry that fails with one of these is *invalid*: the failure is a deterministic
 # function of the command and the replicated state, so every replica fails it the same
 # way, and answering ``{"ok": False, "err": "Internal"}`` and moving on keeps them equal.
@@ -204,23 +209,65 @@ class MetaState:
         if op == "barrier":  # changes nothing; readers wait for its index
             self.last_applied = index
             return {"ok": True, "index": index}
-        handler = COMMANDS.get(op)
+        self.db.execute("BEGIN IMMEDIATE")
+        if op == "batch":
+            result = self._apply_batch(index, cmd.get("cmds"))
+        else:
+            result = self._apply_one(index, 0, cmd)
+        if cmd.get("rid") is not None or op == "batch":
+            self._prune_requests(index)
+        self._commit(index)
+        return result
+
+    def _apply_batch(self, index: int, cmds: Any) -> dict[str, Any]:
+        """A batch entry: several clients' commands in one Raft entry and one SQLite
+        transaction, each under its own savepoint, so one command's failure never
+        undoes or fails its neighbours. The command at ``position`` writes versions at
+        ``seq_of(index, position)``, hence at most SEQ_SPAN commands, and none of the
+        commands that take several positions themselves."""
+        if not isinstance(cmds, list) or not cmds or len(cmds) > versions.SEQ_SPAN:
+            return {"ok": False, "err": "BadRequest", "msg": f"a batch holds 1 to {versions.SEQ_SPAN} commands"}
+        results = []
+        for position, sub in enumerate(cmds):
+            if not isinstance(sub, dict) or _op(sub) not in BATCHABLE:
+                results.append({"ok": False, "err": "BadRequest", "msg": f"{_op(sub)!r} cannot be batched"})
+            else:
+                results.append(self._apply_one(index, position, sub))
+        return {"ok": True, "results": results}
+
+    def _apply_one(self, index: int, position: int, cmd: dict[str, Any]) -> dict[str, Any]:
+        """One command inside the entry's open transaction, under a savepoint: its own
+        failure (``Failed``, or a malformed command: ``INVALID_COMMAND_ERRORS``) rolls back
+        only what it did. Anything else propagates: ``apply`` rolls back the whole entry."""
         db = self.db
-        db.execute("BEGIN IMMEDIATE")
+        db.execute("SAVEPOINT one")
+        try:
+            result = self._run(index, position, cmd)
+        except INVALID_COMMAND_ERRORS as exc:  # the same on every replica: answer and go on
+            db.execute("ROLLBACK TO one")
+            db.execute("RELEASE one")
+            log.exception("command %r at position %d of entry %d failed", _op(cmd), position, index)
+            return {"ok": False, "err": "Internal", "msg": repr(exc)}
+        db.execute("RELEASE one")
+        return result
+
+    def _run(self, index: int, position: int, cmd: dict[str, Any]) -> dict[str, Any]:
+        db = self.db
         rid = cmd.get("rid")
         if rid is not None:
             row = db.execute("SELECT result FROM requests WHERE rid=?", (rid,)).fetchone()
             if row is not None:
                 result = unpackb(row[0])
                 result["retried"] = True
-                self._commit(index)
                 return result
+        op = cmd.get("op")
+        handler = COMMANDS.get(op) if isinstance(op, str) else None
         if handler is None:
             result = {"ok": False, "err": "BadRequest", "msg": f"unknown command {op!r}"}
         else:
             db.execute("SAVEPOINT cmd")
             try:
-                result = handler(db, {**cmd, "index": index}) or {}
+                result = handler(db, {**cmd, "index": index, "pos": position}) or {}
                 result.setdefault("ok", True)
                 db.execute("RELEASE cmd")
             except Failed as exc:
@@ -229,8 +276,6 @@ class MetaState:
                 result = {**exc.extra, "ok": False, "err": exc.code, "msg": exc.msg}
         if rid is not None:
             db.execute("INSERT INTO requests VALUES (?,?,?)", (rid, index, packb(result)))
-            self._prune_requests(index)
-        self._commit(index)
         return result
 
     def _commit(self, index: int) -> None:

@@ -5,6 +5,11 @@ PySyncObj keeps the voting membership itself (``addNodeToCluster`` /
 snapshots on restart). Raft addresses are all it knows, so every raftmeta node records
 its RPC address here, through Raft, once it is a member; frontends and blob nodes read
 this map to follow a replaced member without a restart or a config change.
+
+Each member also records the newest entry format it applies (``level``): the leader
+puts several commands in one entry (``LEVEL_BATCH``) only once every voting member has
+recorded that it can apply such an entry, so a cluster being upgraded one node at a
+time never logs an entry one of its members would not understand.
 """
 
 from __future__ import annotations
@@ -17,9 +22,19 @@ CREATE TABLE IF NOT EXISTS members (raft TEXT PRIMARY KEY, rpc TEXT NOT NULL) WI
 """
 
 
+LEVEL_BATCH = 1  # applies ``batch`` entries (``MetaState._apply_batch``)
+LEVEL = LEVEL_BATCH  # what this code applies
+
+
+def migrate(db: sqlite3.Connection) -> None:
+    if "level" not in {row[1] for row in db.execute("PRAGMA table_info(members)")}:
+        db.execute("ALTER TABLE members ADD COLUMN level INTEGER NOT NULL DEFAULT 0")
+
+
 def cmd_member_rpc(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str, Any]:
-    db.execute("INSERT INTO members (raft, rpc) VALUES (?, ?) ON CONFLICT (raft) DO UPDATE SET rpc=excluded.rpc",
-               (cmd["raft"], cmd["rpc"]))
+    db.execute("INSERT INTO members (raft, rpc, level) VALUES (?, ?, ?) "
+               "ON CONFLICT (raft) DO UPDATE SET rpc=excluded.rpc, level=excluded.level",
+               (cmd["raft"], cmd["rpc"], int(cmd.get("level", 0))))
     return {}
 
 
@@ -29,7 +44,8 @@ def cmd_forget_member(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str, 
 
 
 def q_member_rpcs(db: sqlite3.Connection, q: dict[str, Any]) -> dict[str, Any]:
-    return {"rpc": dict(db.execute("SELECT raft, rpc FROM members ORDER BY raft").fetchall())}
+    rows = db.execute("SELECT raft, rpc, level FROM members ORDER BY raft").fetchall()
+    return {"rpc": {raft: rpc for raft, rpc, _ in rows}, "level": {raft: level for raft, _, level in rows}}
 
 
 COMMANDS = {"member_rpc": cmd_member_rpc, "forget_member": cmd_forget_member}

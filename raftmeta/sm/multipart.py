@@ -146,7 +146,8 @@ def cmd_complete_upload(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str
     obj["chunks"] = chunks
     obj["size"] = sum(p[0] for p in part_table)
     obj.setdefault("meta", {})["parts"] = part_table
-    written = replace_object(db, cmd["bucket"], cmd["key"], obj, cmd["ts"], cmd["index"], cmd.get("cond"))
+    written = replace_object(db, cmd["bucket"], cmd["key"], obj, cmd["ts"], cmd["index"], cmd.get("cond"),
+                             position=cmd.get("pos", 0))
     used = {c[0] for c in chunks}
     drop_upload(db, upload_id, cmd["ts"], keep=used)
     result = {**written, "etag": obj["etag"], "size": obj["size"]}

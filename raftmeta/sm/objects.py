@@ -89,7 +89,7 @@ def check_delete(cond: dict[str, Any] | None, version: versions.Version | None) 
 
 def replace_object(
     db: sqlite3.Connection, bucket: str, key: str, obj: dict[str, Any], ts: float, index: int,
-    cond: dict[str, Any] | None = None, keep: set[str] | None = None, integrity: bool = True,
+    cond: dict[str, Any] | None = None, keep: set[str] | None = None, integrity: bool = True, position: int = 0,
 ) -> dict[str, Any]:
     """Make ``obj`` the newest version at (bucket, key) atomically, as the bucket's
     versioning says (``versions.write``); a version it replaces keeps its chunks in
@@ -101,7 +101,7 @@ def replace_object(
            db.execute("SELECT etag FROM objects WHERE bucket=? AND key=?", (bucket, key)).fetchone())
     acls.settle_object(db, bucket, obj["meta"])  # the writer's ACL, owner and ownership rule
     state = versions.versioning(db, bucket)
-    seq = versions.seq_for(state, index)
+    seq = versions.seq_for(state, index, position)
     kept = {c[0] for c in obj["chunks"]} if keep is None else keep
     vid = versions.write(db, bucket, key, obj, ts, seq, kept, integrity, state)
     # S3 names the version written only in an Enabled bucket (a Suspended one's is "null")
@@ -113,7 +113,7 @@ def cmd_put_object(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str, Any
     ``integrity`` false: the upload had no Content-MD5 or checksum (absent: entries from
     before it was sent, taken as true)."""
     result = replace_object(db, cmd["bucket"], cmd["key"], cmd["obj"], cmd["ts"], cmd["index"], cmd.get("cond"),
-                            integrity=cmd.get("integrity", True))
+                            integrity=cmd.get("integrity", True), position=cmd.get("pos", 0))
     return {**result, **expiration_of(db, cmd["bucket"], cmd["key"], cmd["obj"])}
 
 
@@ -149,7 +149,8 @@ def cmd_copy_object(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str, An
     # Every chunk gains a reference first: whatever the write removes (an unversioned
     # key's old object, possibly this very source) loses one again.
     add_refs(db, source.chunks)
-    result = replace_object(db, cmd["bucket"], cmd["key"], obj, cmd["ts"], cmd["index"], cmd.get("cond"), keep=set())
+    result = replace_object(db, cmd["bucket"], cmd["key"], obj, cmd["ts"], cmd["index"], cmd.get("cond"), keep=set(),
+                            position=cmd.get("pos", 0))
     return {**result, "etag": obj["etag"], "created": obj["created"], "src_vid": source.vid,
             "src_versioned": bool(versions.versioning(db, cmd["src_bucket"]))}
 
@@ -169,7 +170,7 @@ def cmd_delete_object(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str, 
     ``check_delete`` says."""
     if not bucket_exists(db, cmd["bucket"]):
         raise Failed("NoSuchBucket")
-    return _delete_one(db, cmd["bucket"], cmd["key"], cmd.get("vid"), cmd["ts"], versions.seq_of(cmd["index"]),
+    return _delete_one(db, cmd["bucket"], cmd["key"], cmd.get("vid"), cmd["ts"], versions.seq_of(cmd["index"], cmd.get("pos", 0)),
                        bool(cmd.get("bypass")), cmd.get("cond"))
 
 

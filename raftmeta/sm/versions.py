@@ -9,7 +9,7 @@ by every function here: a key has an ``objects`` row iff its newest version is n
 delete marker, and that row is the newest version.
 
 A version's order is ``seq``: ``raft index * SEQ_SPAN + position in the entry`` (an entry
-may write several, e.g. DeleteObjects), unique and time-ordered; an object of a bucket
+may write several: DeleteObjects, or a batch entry's commands, each at its own position), unique and time-ordered; an object of a bucket
 never versioned keeps the plain Raft index, which orders below every later seq. Its id is ``seq`` in
 hex, or ``null`` for a version written while the bucket was never versioned or
 suspended (``null_id``); a key has at most one null version.
@@ -56,11 +56,13 @@ def seq_of(index: int, position: int = 0) -> int:
     return index * SEQ_SPAN + position
 
 
-def seq_for(state: str, index: int) -> int:
+def seq_for(state: str, index: int, position: int = 0) -> int:
     """The seq of a version an entry writes in a bucket of versioning ``state``: never
     versioned, the Raft index itself, as before versioning existed (an entry from then,
-    replayed now, must give every replica the same row); else ``seq_of`` (always larger)."""
-    return seq_of(index) if state else index
+    replayed now, must give every replica the same row); else ``seq_of`` (always larger).
+    ``position``: the command's place in a batch entry (``MetaState``), so that two
+    commands of one entry never write the same seq."""
+    return seq_of(index, position) if state else index
 
 
 def vid_of(seq: int, null_id: int | bool) -> str:

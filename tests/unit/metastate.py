@@ -56,6 +56,10 @@ class Replica:
     def dump(self) -> list[str]:
         return list(self.state.db.iterdump())
 
+    def content(self) -> list[str]:
+        """``dump`` without the applied index: what the commands changed."""
+        return [line for line in self.dump() if not line.startswith("INSERT INTO \"meta\" VALUES('applied'")]
+
 
 
 def replica(tmp_path: Path) -> Iterator[Replica]:

@@ -235,13 +235,13 @@ def test_unknown_op_is_a_bad_request_and_the_log_goes_on(rep: Replica) -> None:
 )
 def test_malformed_command_is_an_internal_error_not_an_exception(rep: Replica, cmd: dict[str, Any]) -> None:
     rep.apply(create("b"))
-    dump = rep.dump()
+    dump = rep.content()
     result = rep.apply(cmd)  # must not raise
     assert result["ok"] is False
     assert result["err"] == "Internal"
     assert isinstance(result["msg"], str)
     assert not rep.state.db.in_transaction  # rolled back, not left open
-    assert rep.dump() == dump  # nothing half-applied
+    assert rep.content() == dump  # nothing half-applied (the entry counts as applied)
     # the state machine keeps going, and the failed entry is not replayed over later ones
     assert rep.apply(put("k2", obj([chunk("z")]))) == {"ok": True, "version": rep.index}
     assert rep.state.apply(rep.index - 1, cmd)["err"] == "Replayed"
@@ -253,12 +253,12 @@ def test_failure_after_partial_work_rolls_everything_back(rep: Replica) -> None:
     rep.apply(put("k", obj([chunk("c1"), chunk("c2")])))
     bad = obj([chunk("c3")])
     del bad["sha256"]
-    dump = rep.dump()
+    dump = rep.content()
     result = rep.apply(put("k", bad))
     assert result["err"] == "Internal"
     assert rep.gc_chunks() == []
     assert [c[0] for c in rep.q(q="object", bucket="b", key="k")["obj"]["chunks"]] == ["c1", "c2"]
-    assert rep.dump() == dump
+    assert rep.content() == dump
     # and after a restart too
     rep.state.reopen()
     assert rep.gc_chunks() == []

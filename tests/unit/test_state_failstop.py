@@ -86,13 +86,14 @@ def stops(rep: Replica) -> StopRecorder:
 def test_invalid_command_answers_an_error_and_does_not_stop(rep: Replica, stops: StopRecorder,
                                                              cmd: dict[str, Any]) -> None:
     rep.apply(create("b"))
-    dump = rep.dump()
+    dump = rep.content()
     result = rep.apply(cmd)
     assert result["ok"] is False and result["err"] == "Internal"
     assert stops.calls == []
     assert rep.state.last_applied == rep.index  # consumed: every replica fails it alike
+    assert rep.state.applied_index() == rep.index  # and recorded so
     assert not rep.state.db.in_transaction
-    assert rep.dump() == dump
+    assert rep.content() == dump
     assert rep.apply(create("next")) == {"ok": True}
 
 
