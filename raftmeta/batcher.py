@@ -32,6 +32,7 @@ from raftmeta.state import BATCHABLE
 MAX_COMMANDS = 256  # below versions.SEQ_SPAN: each command writes versions at its own position
 MAX_BYTES = wire.MAX_HEADER  # a command alone can be this large: an entry stays under 2 MiB
 IN_FLIGHT = 2  # batch entries being committed at once
+ALLOWED_TTL = 1.0  # seconds a "every member applies batch entries" answer is trusted
 
 
 def _batch_entry(packed: list[bytes]) -> bytes:
@@ -56,6 +57,7 @@ class CommitBatcher:
                  timeout: float, in_flight: int = IN_FLIGHT) -> None:
         self._propose = propose
         self._allowed = allowed
+        self._allowed_until = 0.0  # ``allowed`` is asked again after ALLOWED_TTL
         self._timeout = timeout
         self._queue: deque[_Waiting] = deque()
         self._wake = trio.Event()
@@ -65,7 +67,7 @@ class CommitBatcher:
 
     async def submit(self, cmd: dict[str, Any]) -> dict[str, Any]:
         packed = msgpack.packb(cmd, use_bin_type=True)
-        if self._off or cmd.get("op") not in BATCHABLE or len(packed) >= MAX_BYTES or not self._allowed():
+        if self._off or cmd.get("op") not in BATCHABLE or len(packed) >= MAX_BYTES or not self._may_batch():
             return await self._propose(packed)
         waiting = _Waiting(packed)
         self._queue.append(waiting)
@@ -73,6 +75,14 @@ class CommitBatcher:
         with trio.move_on_after(self._timeout + 1.0):  # propose itself gives up after timeout
             await waiting.done.wait()
         return waiting.result or {"ok": False, "err": wire.ERR_UNAVAILABLE, "msg": "commit timed out"}
+
+    def _may_batch(self) -> bool:
+        now = trio.current_time()
+        if now >= self._allowed_until:
+            if not self._allowed():
+                return False
+            self._allowed_until = now + ALLOWED_TTL
+        return True
 
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
