@@ -1,8 +1,16 @@
 """One chunk file: its header format, writing it durably, reading and sending a range.
 
-A chunk file is a 64-byte header, then the chunk's bytes. The header is
-``b"CAIRNCK1" | u64 size | sha256 (32 bytes) | 16 zero bytes``, so a chunk can be
-verified at rest (the scrubber) without asking raftmeta.
+A chunk file is a 64-byte header, then the chunk's bytes. The header holds the chunk's
+checksum (``core.chunksum``), so a chunk can be verified at rest (the scrubber) without
+asking raftmeta. Two versions, both read, each chunk verified with its own algorithm:
+
+  v2 (written now)  ``b"CAIRNCK2" | u64 size | u8 algorithm | 7 zero bytes |
+                    digest (32 bytes: XXH3-128's 16 then 16 zero, or SHA-256's 32) | 8 zero bytes``
+  v1 (before)       ``b"CAIRNCK1" | u64 size | sha256 (32 bytes) | 16 zero bytes``
+
+A v1 file is never rewritten: it keeps its SHA-256 for life. The algorithm of a new
+file is the one its writer's checksum names (XXH3-128 from current frontends, SHA-256
+from older ones and for repairs of v1-era chunks).
 
 Chunk files are written with O_DIRECT from page-aligned buffers that the payload was
 received into (``ChunkBuffers``): the bytes go from the socket to the disk with no copy
@@ -18,16 +26,21 @@ Where chunk files live, their names and the space they take: ``blobnode.store``.
 from __future__ import annotations
 
 import errno
-import hashlib
 import mmap
 import os
 import select
 import struct
 from types import TracebackType
 
-MAGIC = b"CAIRNCK1"
-HEADER = struct.Struct(">8sQ32s16x")
-HEADER_SIZE = HEADER.size  # 64
+from core.chunksum import DIGEST_SIZE, Algorithm, ChunkSum, compute
+
+MAGIC_V1 = b"CAIRNCK1"
+MAGIC_V2 = b"CAIRNCK2"
+MAGIC = MAGIC_V2  # what new chunk files carry
+HEADER_V1 = struct.Struct(">8sQ32s16x")
+HEADER_V2 = struct.Struct(">8sQB7x32s8x")
+HEADER_SIZE = HEADER_V2.size  # 64, as v1's: offsets never moved
+assert HEADER_V1.size == HEADER_SIZE
 ALIGN = 4096  # O_DIRECT wants buffer address, file offset and length aligned to the block size
 O_DIRECT = getattr(os, "O_DIRECT", 0)
 SENDFILE_MIN = 64 * 1024  # chunk reads bigger than this are sent with sendfile(2)
@@ -98,18 +111,18 @@ class ChunkImage:
         self._view = memoryview(self._buf)
         self.payload = self._view[HEADER_SIZE : HEADER_SIZE + size]
 
-    def digest(self) -> bytes:
-        """The SHA-256 of the payload."""
-        return hashlib.sha256(self.payload).digest()
+    def checksum(self, algorithm: Algorithm) -> ChunkSum:
+        """The payload's checksum with ``algorithm``."""
+        return compute(self.payload, algorithm)
 
-    def write(self, path: str, digest: bytes, direct: bool) -> bool:
+    def write(self, path: str, checksum: ChunkSum, direct: bool) -> bool:
         """Write the chunk file ``path`` (a new temp file) and fsync it; True if that was
         with O_DIRECT (False: buffered, because it was not asked for or the filesystem
         refused it). On an error the file is removed and a StoreError raised."""
         assert self._buf is not None
         fd, direct = _create(path, direct)
         try:
-            self._buf[:HEADER_SIZE] = HEADER.pack(MAGIC, self.size, digest)
+            self._buf[:HEADER_SIZE] = pack_header(self.size, checksum)
             _write_file(fd, self._buf, HEADER_SIZE + self.size, direct)
             os.fsync(fd)
         except OSError as exc:
@@ -170,19 +183,39 @@ def _write_file(fd: int, buf: mmap.mmap, length: int, direct: bool) -> None:
 # ---------------------------------------------------------------------- reading
 
 
-def _parse_header(raw: bytes) -> tuple[int, bytes]:
+def pack_header(size: int, checksum: ChunkSum) -> bytes:
+    """A v2 header: the only kind written."""
+    return HEADER_V2.pack(MAGIC_V2, size, checksum.algorithm, checksum.digest)
+
+
+def parse_header(raw: bytes) -> tuple[int, ChunkSum]:
+    """(chunk size, checksum) from a v1 or v2 header. StoreError(ChecksumMismatch) for
+    anything else: too short, an unknown magic or algorithm (an unreadable header is a
+    damaged chunk)."""
     if len(raw) != HEADER_SIZE:
         raise StoreError("ChecksumMismatch", "chunk file shorter than its header")
-    magic, size, sha = HEADER.unpack(raw)
-    if magic != MAGIC:
-        raise StoreError("ChecksumMismatch", "bad chunk header")
-    return size, sha
+    magic = raw[:8]
+    if magic == MAGIC_V2:
+        _magic, size, algorithm, digest = HEADER_V2.unpack(raw)
+        return size, _checksum(algorithm, digest)
+    if magic == MAGIC_V1:
+        _magic, size, sha = HEADER_V1.unpack(raw)
+        return size, ChunkSum(Algorithm.SHA256, sha)
+    raise StoreError("ChecksumMismatch", "bad chunk header")
 
 
-def read_header(path: str) -> tuple[int, bytes]:
-    """(chunk size, SHA-256) from a chunk file's header. FileNotFoundError if none."""
+def _checksum(algorithm: int, digest: bytes) -> ChunkSum:
+    try:
+        algo = Algorithm(algorithm)
+        return ChunkSum(algo, digest[: DIGEST_SIZE[algo]])
+    except ValueError:
+        raise StoreError("ChecksumMismatch", f"unknown checksum algorithm {algorithm} in chunk header") from None
+
+
+def read_header(path: str) -> tuple[int, ChunkSum]:
+    """(chunk size, checksum) from a chunk file's header. FileNotFoundError if none."""
     with open(path, "rb") as f:
-        return _parse_header(f.read(HEADER_SIZE))
+        return parse_header(f.read(HEADER_SIZE))
 
 
 def payload_size(path: str) -> int:
@@ -191,7 +224,7 @@ def payload_size(path: str) -> int:
 
 
 class ChunkReader:
-    """Bytes [offset, offset+length) of a chunk file, open: ``size`` and ``sha256`` are
+    """Bytes [offset, offset+length) of a chunk file, open: ``size`` and ``checksum`` are
     the whole chunk's (from its header), ``length`` the range's, clamped to the chunk.
     A file that ends before the range does is refused on opening, before anything is
     sent. A context manager: leaving it closes the file."""
@@ -199,7 +232,7 @@ class ChunkReader:
     def __init__(self, path: str, offset: int = 0, length: int | None = None) -> None:
         self._fd = os.open(path, os.O_RDONLY)  # FileNotFoundError for the caller
         try:
-            size, sha = _parse_header(os.pread(self._fd, HEADER_SIZE, 0))
+            size, checksum = parse_header(os.pread(self._fd, HEADER_SIZE, 0))
             offset = max(0, min(offset, size))
             length = size - offset if length is None else max(0, min(length, size - offset))
             if os.fstat(self._fd).st_size < HEADER_SIZE + offset + length:
@@ -207,13 +240,13 @@ class ChunkReader:
         except BaseException:
             self.close()
             raise
-        self.size, self.sha256 = size, sha.hex()
+        self.size, self.checksum = size, checksum
         self.length = length
         self._at = HEADER_SIZE + offset
         self.data: bytes | None = None  # see ``prepare_send``
 
     def read(self) -> bytearray:
-        """The range's bytes. Not verified here: the reader checks the SHA-256 of what
+        """The range's bytes. Not verified here: the reader checks the checksum of what
         it receives end to end."""
         buf = bytearray(self.length)
         view = memoryview(buf)

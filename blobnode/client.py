@@ -1,4 +1,6 @@
-"""Client of the blob node protocol (``core.wire``), used by frontends and raftmeta."""
+"""Client of the blob node protocol (``core.wire``), used by frontends and raftmeta.
+Chunk checksums are ``core.chunksum`` values (sent as ``checksum``: a blob node older
+than XXH3-128 chunk checksums refuses these requests, so blob nodes are upgraded first)."""
 
 from __future__ import annotations
 
@@ -26,15 +28,18 @@ class BlobClient:
             raise wire.WireError(reply.get("err", wire.ERR_INTERNAL), reply.get("msg", ""))
         return reply, data
 
-    async def put(self, addr: str, chunk_id: str, sha256: str, data: bytes | bytearray | memoryview) -> bool:
-        reply, _ = await self._call(addr, {"op": "put", "id": chunk_id, "sha256": sha256}, data)
+    async def put(self, addr: str, chunk_id: str, checksum: str, data: bytes | bytearray | memoryview) -> bool:
+        """Store a chunk on the node at ``addr``, which verifies it against ``checksum``
+        before its fsync; False if an identical chunk was already there."""
+        reply, _ = await self._call(addr, {"op": "put", "id": chunk_id, "checksum": checksum}, data)
         return bool(reply.get("created"))
 
     async def get(
         self, addr: str, chunk_id: str, offset: int = 0, length: int | None = None, *, timeout: float | None = None,
         into: Callable[[int], memoryview] | None = None, consume: Callable[[memoryview], None] | None = None,
     ) -> tuple[dict[str, Any], bytearray | memoryview]:
-        """The chunk's bytes (``into`` and ``consume``: see ``ConnectionPool.request``)."""
+        """The chunk's bytes, unverified, and the reply (``size`` and ``checksum``: the whole
+        chunk's, from its header). ``into`` and ``consume``: see ``ConnectionPool.request``."""
         header: dict[str, Any] = {"op": "get", "id": chunk_id, "off": offset}
         if length is not None:
             header["len"] = length
@@ -64,10 +69,12 @@ class BlobClient:
             ids.extend(page)
         return ids
 
-    async def pull(self, addr: str, chunk_id: str, sha256: str, src: str) -> bool:
+    async def pull(self, addr: str, chunk_id: str, checksum: str, src: str) -> bool:
         """Ask the node at ``addr`` to copy a chunk from the node at ``src`` (node to node:
-        the bytes never pass through the caller)."""
-        reply = (await self._call(addr, {"op": "pull", "id": chunk_id, "sha256": sha256, "src": src}, timeout=90))[0]
+        the bytes never pass through the caller), verified against ``checksum`` (the
+        manifest's, in its own algorithm) before its fsync."""
+        header = {"op": "pull", "id": chunk_id, "checksum": checksum, "src": src}
+        reply = (await self._call(addr, header, timeout=90))[0]
         return bool(reply.get("created"))
 
     async def scrub(self, addr: str) -> bool:

@@ -1,7 +1,9 @@
-"""The scrubber: every chunk on this node is re-read and re-hashed at a bounded rate.
-A corrupt chunk is quarantined (moved out of ``chunks/``) and reported to raftmeta,
-which drops this replica from the manifests that name it; the leader's repair then
-re-creates it from a good copy.
+"""The scrubber: every chunk on this node is re-read and re-hashed at a bounded rate,
+each with its own header's algorithm (XXH3-128, or SHA-256 for chunks written before
+it: ``blobnode.chunkfile``). A corrupt chunk (or one whose header is unreadable) is
+quarantined (moved out of ``chunks/``) and reported to raftmeta, which drops this
+replica from the manifests that name it; the leader's repair then re-creates it from a
+good copy.
 
 A report is kept until raftmeta acknowledges it. Nothing else would find the loss: the
 repair scan counts the replicas that manifests name, and the manifests still name this

@@ -1,5 +1,9 @@
 """The blob node process: serves the chunk store over the framed msgpack protocol
-(``core.wire``) and heartbeats its capacity and usage to raftmeta."""
+(``core.wire``) and heartbeats its capacity and usage to raftmeta.
+
+Every chunk that comes in (a put, a repair pull) is verified against the checksum its
+sender names (``core.chunksum``: XXH3-128, or SHA-256 from a frontend or raftmeta of
+before XXH3-128, which send it as ``sha256``) before it is fsynced and acknowledged."""
 
 from __future__ import annotations
 
@@ -56,19 +60,19 @@ class BlobServer:
                     raise StoreError(wire.ERR_BAD_REQUEST, "chunk too large")
                 with self.store.writer(n) as chunk:  # the payload lands where O_DIRECT writes it from
                     await conn.recv_payload_into(chunk.memory)
-                    created = await self._disk(chunk.commit, h["id"], h["sha256"])
+                    created = await self._disk(chunk.commit, h["id"], _checksum(h))
                 await conn.send({"ok": True, "created": created})
             elif op == "get":
                 with await self._disk(self.store.open_for_send, h["id"], h.get("off", 0), h.get("len")) as reader:
-                    head = {"ok": True, "size": reader.size, "sha256": reader.sha256}
+                    head = {"ok": True, "size": reader.size, "checksum": reader.checksum.value}
                     if reader.data is not None:  # small: one send of header and bytes
                         await conn.send({**head, "n": len(reader.data)}, reader.data)
                     else:  # large: from the page cache to the socket, no copy through Python
                         await conn.send({**head, "n": reader.length})
                         await self._disk(reader.send_to, conn.sock.fileno())
             elif op == "stat":
-                size, sha = await self._disk(self.store.stat, h["id"])
-                await conn.send({"ok": True, "size": size, "sha256": sha})
+                size, checksum = await self._disk(self.store.stat, h["id"])
+                await conn.send({"ok": True, "size": size, "checksum": checksum})
             elif op == "delete":
                 deleted = 0
                 for chunk_id in h.get("ids", []):
@@ -80,7 +84,7 @@ class BlobServer:
                 await conn.send({"ok": True, "ids": ids, "more": more})
             elif op == "pull":  # repair: copy a chunk from another blob node, verified, stored durably
                 _reply, data = await self.peers.get(h["src"], h["id"], timeout=60)
-                created = await self._disk(self.store.put, h["id"], h["sha256"], data)
+                created = await self._disk(self.store.put, h["id"], _checksum(h), data)
                 await conn.send({"ok": True, "created": created, "size": len(data)})
             elif op == "scrub":  # an operator asked for a pass now; it runs in the background
                 started = self.scrubber is not None and self.nursery is not None and not self.scrubbing
@@ -103,6 +107,11 @@ class BlobServer:
         return {"node_id": self.store.node_id, "capacity": total, "free": free,
                 "used": self.store.used, "chunks": self.store.count,
                 "scrub": self.scrubber.stats if self.scrubber else None}
+
+
+def _checksum(h: dict[str, Any]) -> str:
+    """A put's or pull's checksum value: ``checksum``, or ``sha256`` from older senders."""
+    return h["checksum"] if "checksum" in h else h["sha256"]
 
 
 async def heartbeat_loop(server: BlobServer, meta: MetaClient, advertise: str) -> None:

@@ -8,8 +8,9 @@ Layout under the data directory:
   tmp/                       writes in progress (emptied at start-up)
   quarantine/<id>            corrupt chunks the scrubber moved out of ``chunks/``
 
-Durability: a put is acknowledged only after its bytes matched the SHA-256 the writer
-sent, were fsynced in a temp file, renamed into place and the directory fsynced.
+Durability: a put is acknowledged only after its bytes matched the checksum the writer
+sent (``core.chunksum``: XXH3-128, or SHA-256 from older writers and for chunks written
+before XXH3-128; the file's header records which), were fsynced in a temp file, renamed into place and the directory fsynced.
 A writer (``ChunkStore.writer``) hands out the page-aligned pooled memory the payload is
 received into, from which the chunk file is written with O_DIRECT.
 A full disk is refused up front: a put that would leave less than ``reserve`` bytes
@@ -23,7 +24,6 @@ other id is refused before it touches a path.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
@@ -43,10 +43,21 @@ from blobnode.chunkfile import (
     payload_size,
     read_header,
 )
+from core import chunksum
+from core.chunksum import ChunkSum
 
 __all__ = ["ChunkReader", "ChunkStore", "ChunkWriter", "StoreError", "check_id"]
 
 _ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def _verifier(checksum: object) -> ChunkSum:
+    """The writer's checksum value, parsed; one this node cannot verify is refused as a
+    mismatch (nothing unverified is ever stored)."""
+    try:
+        return chunksum.parse(checksum)
+    except ValueError as exc:
+        raise StoreError("ChecksumMismatch", str(exc)) from None
 
 
 def check_id(chunk_id: str) -> str:
@@ -65,9 +76,9 @@ class ChunkWriter:
         self._image = ChunkImage(store.buffers, size)
         self.memory: memoryview = self._image.payload
 
-    def commit(self, chunk_id: str, sha256_hex: str) -> bool:
+    def commit(self, chunk_id: str, checksum: str) -> bool:
         """Store the chunk durably (see ``ChunkStore.put``)."""
-        return self._store._commit(self._image, chunk_id, sha256_hex)
+        return self._store._commit(self._image, chunk_id, checksum)
 
     def close(self) -> None:
         self._image.close()
@@ -136,27 +147,29 @@ class ChunkStore:
 
     def writer(self, size: int) -> ChunkWriter:
         """The way in for a chunk of ``size`` bytes (received straight into
-        ``writer.memory``, then ``writer.commit(chunk_id, sha256_hex)``)."""
+        ``writer.memory``, then ``writer.commit(chunk_id, checksum)``)."""
         return ChunkWriter(self, size)
 
-    def put(self, chunk_id: str, sha256_hex: str, data: bytes | bytearray | memoryview) -> bool:
-        """Store a chunk durably. Returns False if an identical chunk was already there."""
+    def put(self, chunk_id: str, checksum: str, data: bytes | bytearray | memoryview) -> bool:
+        """Store a chunk durably, verified against ``checksum`` (a ``core.chunksum``
+        value, whose algorithm the file's header records). Returns False if an identical
+        chunk was already there."""
         with self.writer(len(data)) as writer:
             writer.memory[:] = data
-            return writer.commit(chunk_id, sha256_hex)
+            return writer.commit(chunk_id, checksum)
 
-    def _commit(self, image: ChunkImage, chunk_id: str, sha256_hex: str) -> bool:
+    def _commit(self, image: ChunkImage, chunk_id: str, checksum: str) -> bool:
         final = self.path(chunk_id)
         size = image.size
-        digest = image.digest()
-        if digest.hex() != sha256_hex:
-            raise StoreError("ChecksumMismatch", "chunk does not match its sha256")
-        if os.path.exists(final) and self._intact(chunk_id, digest, size):
+        expected = _verifier(checksum)
+        if image.checksum(expected.algorithm) != expected:
+            raise StoreError("ChecksumMismatch", f"chunk does not match its {expected.algorithm.name} checksum")
+        if os.path.exists(final) and self._intact(chunk_id, expected, size):
             return False  # an intact copy is already there; a damaged one is replaced below
         if self.capacity()[1] - size - HEADER_SIZE < self.reserve:
             raise StoreError("NoSpace", f"disk full: fewer than {self.reserve} bytes would stay free")
         tmp = os.path.join(self.tmp_dir, f"{chunk_id}.{uuid.uuid4().hex[:8]}")
-        if not image.write(tmp, digest, self.direct):
+        if not image.write(tmp, expected, self.direct):
             self.direct = False  # off, or refused (e.g. tmpfs): buffered writes from now on
         try:
             self._make_parents(final)
@@ -174,12 +187,14 @@ class ChunkStore:
         fsync_dir(os.path.dirname(final))
         return True
 
-    def _intact(self, chunk_id: str, digest: bytes, size: int) -> bool:
+    def _intact(self, chunk_id: str, expected: ChunkSum, size: int) -> bool:
+        """The file in place is this chunk, undamaged, under this very checksum."""
         try:
-            stored_size, stored_sha, data = self.read(chunk_id)
+            with self.reader(chunk_id) as reader:
+                stored_size, stored, data = reader.size, reader.checksum, reader.read()
         except (StoreError, OSError):
             return False
-        return stored_size == size and bytes.fromhex(stored_sha) == digest and hashlib.sha256(data).digest() == digest
+        return stored_size == size and stored == expected and expected.matches(data)
 
     def _make_parents(self, final: str) -> None:
         leaf = os.path.dirname(final)
@@ -207,11 +222,12 @@ class ChunkStore:
     # ------------------------------------------------------------------ reads
 
     def stat(self, chunk_id: str) -> tuple[int, str]:
+        """(chunk size, its checksum's value) from the header."""
         try:
-            size, sha = read_header(self.path(chunk_id))
+            size, checksum = read_header(self.path(chunk_id))
         except FileNotFoundError:
             raise StoreError("NotFound", chunk_id) from None
-        return size, sha.hex()
+        return size, checksum.value
 
     def reader(self, chunk_id: str, offset: int = 0, length: int | None = None) -> ChunkReader:
         """Bytes [offset, offset+length) of a chunk, open (a ``ChunkReader``: close it,
@@ -235,18 +251,19 @@ class ChunkStore:
         return reader
 
     def read(self, chunk_id: str, offset: int = 0, length: int | None = None) -> tuple[int, str, bytearray]:
-        """(chunk size, stored sha256, the bytes [offset, offset+length)). Not verified here:
-        the reader checks the SHA-256 of what it receives end to end."""
+        """(chunk size, stored checksum's value, the bytes [offset, offset+length)). Not
+        verified here: the reader checks the checksum of what it receives end to end."""
         with self.reader(chunk_id, offset, length) as reader:
-            return reader.size, reader.sha256, reader.read()
+            return reader.size, reader.checksum.value, reader.read()
 
     def verify(self, chunk_id: str) -> tuple[bool, int]:
-        """Re-read a chunk and check it against its header: (intact, bytes read)."""
+        """Re-read a chunk and check it with its header's algorithm: (intact, bytes read)."""
         try:
-            size, sha, data = self.read(chunk_id)
+            with self.reader(chunk_id) as reader:
+                size, checksum, data = reader.size, reader.checksum, reader.read()
         except StoreError as exc:
             return exc.code == "NotFound", 0
-        return len(data) == size and hashlib.sha256(data).hexdigest() == sha, len(data)
+        return len(data) == size and checksum.matches(data), len(data)
 
     def list(self, after: str = "", limit: int = 1000, older_than: float | None = None) -> tuple[list[str], bool]:
         """Chunk ids in order, after ``after``; (ids, more). With ``older_than`` (a Unix

@@ -9,14 +9,15 @@ Requests carry ``"op"``; replies carry ``"ok": True`` and fields, or ``"ok": Fal
 ``"err"`` (a code from ``ERR_*`` below or an S3 error code) and ``"msg"``. An error
 crosses the wire as a code, never as a string to be matched.
 
-Blob node ops (payload where noted):
-  put    {id, sha256, n} + payload   -> {ok}
-  get    {id, off?, len?}            -> {ok, size, sha256, n} + payload
-  stat   {id}                        -> {ok, size, sha256}
+Blob node ops (payload where noted; ``checksum`` is a ``core.chunksum`` value, which
+names its algorithm; blob nodes also take ``sha256`` in its place, from older senders):
+  put    {id, checksum, n} + payload -> {ok, created}
+  get    {id, off?, len?}            -> {ok, size, checksum, n} + payload
+  stat   {id}                        -> {ok, size, checksum}
   delete {ids}                       -> {ok, deleted}
   list   {after?, limit?, older_than?} -> {ok, ids, more}
   info   {}                          -> {ok, node_id, capacity, used, chunks}
-  pull   {id, sha256, src}           -> {ok, created}   (copy a chunk from the node at src)
+  pull   {id, checksum, src}         -> {ok, created}   (copy a chunk from the node at src)
   scrub  {}                          -> {ok, started}   (start a scrub pass now)
 
 Metadata (raftmeta) ops: ``{op: "write", cmd: {...}, rid}`` proposes a command through
@@ -203,7 +204,10 @@ class FramedSocket:
         ``consume`` in order as they land (in steps of CONSUME_STEP, and whenever the
         socket has nothing ready). The event loop meanwhile serves everything else:
         for a large payload the copy out of the kernel and e.g. its hashing leave the
-        loop's thread. The thread stops at the scope's deadline."""
+        loop's thread. The caller chooses the algorithm: ``consume`` is typically a
+        hasher's ``update`` (a chunk's: ``core.chunksum.ChunkSum.hasher``, XXH3-128 or
+        SHA-256, whichever the chunk's checksum names). The thread stops at the scope's
+        deadline."""
         pos = self._take_buffered(view)
         deadline = trio.current_effective_deadline()
         seconds = deadline - trio.current_time() if deadline != float("inf") else 3600.0

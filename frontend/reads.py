@@ -1,14 +1,14 @@
 """The read side of the byte path: chunks out, verified.
 
-Chunks are read in order from the fastest live replica; every chunk's SHA-256 is
-checked before a byte of it is sent, and on an error or a mismatch the next replica is
-tried. A corrupt replica is never served. ``PrefetchingBody`` is a GET's response body:
+Chunks are read in order from the fastest live replica; every chunk's checksum is
+checked before a byte of it is sent, with the algorithm its manifest entry names
+(``core.chunksum.parse``: XXH3-128, or SHA-256 for chunks written before it, inline ones
+included), and on an error or a mismatch the next replica is tried. A corrupt replica is never served. ``PrefetchingBody`` is a GET's response body:
 it reads the next chunk while the current one is being sent.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 import trio
 from quart.wrappers.response import ResponseBody
 
-from core import wire
+from core import chunksum, wire
+from core.chunksum import ChunkSum
 from frontend.budget import OWNER, ChunkBuffers
 from frontend.errors import S3Error
 from frontend.nodedir import NodeDirectory
@@ -37,6 +38,15 @@ SMALL_BODY = 64 * 1024  # a one-chunk object up to this size is answered from me
 SEND_SLICE = 256 * 1024
 
 
+def _expected(chunk_id: str, value: object) -> ChunkSum:
+    """A manifest entry's checksum; one this frontend cannot verify is never served."""
+    try:
+        return chunksum.parse(value)
+    except ValueError:
+        log.error("chunk %s has a checksum this frontend cannot verify (%.80r): not served", chunk_id, value)
+        raise S3Error("InternalError", "A chunk of this object has an unknown checksum.") from None
+
+
 class ChunkReads(ChunkBuffers):
     """The read half of ``DataPath`` (which mixes it in and sets these):"""
 
@@ -46,14 +56,15 @@ class ChunkReads(ChunkBuffers):
     async def read_chunk(
         self, chunk: list[Any], on_bad: Callable[[str, str], None] | None = None, buffer: bytearray | None = None,
     ) -> bytearray | memoryview:
-        """The whole chunk, verified against its SHA-256, from the first good replica
+        """The whole chunk, verified against its checksum, from the first good replica
         (received into ``buffer`` if it is big enough). ``on_bad(chunk_id, node_id)``
         hears of every replica found missing or corrupt (not of one merely
         unreachable): read repair."""
-        chunk_id, size, sha256, node_ids = chunk[:4]
+        chunk_id, size, value, node_ids = chunk[:4]
+        expected = _expected(chunk_id, value)
         if len(chunk) > 4:  # inline: the bytes came with the manifest; checked all the same
             data = bytearray(chunk[4])
-            if len(data) != size or hashlib.sha256(data).hexdigest() != sha256:
+            if len(data) != size or not expected.matches(data):
                 log.error("inline chunk %s is corrupt: not served", chunk_id)
                 raise S3Error("InternalError", "An inline object failed its checksum.")
             return data
@@ -65,7 +76,7 @@ class ChunkReads(ChunkBuffers):
                 continue
             t0 = time.monotonic()
             try:
-                data, digest = await self._fetch(node.addr, chunk_id, size, buffer)
+                data, intact = await self._fetch(node.addr, chunk_id, size, buffer, expected)
             except wire.WireError as exc:
                 log.warning("chunk %s: read from %s failed: %s", chunk_id, node.addr, exc)
                 if exc.code in (wire.ERR_NOT_FOUND, wire.ERR_CHECKSUM) and on_bad is not None:
@@ -73,8 +84,9 @@ class ChunkReads(ChunkBuffers):
                 else:
                     self.directory.mark_failed(node_id)
                 continue
-            if len(data) != size or digest != sha256:
-                log.error("chunk %s on node %s is corrupt (size %d, sha %s): not served", chunk_id, node_id, len(data), digest)
+            if len(data) != size or not intact:
+                log.error("chunk %s on node %s is corrupt (size %d of %d, %s %s): not served", chunk_id, node_id,
+                          len(data), size, expected.algorithm.name, "matches" if intact else "mismatch")
                 if on_bad is not None:
                     on_bad(chunk_id, node_id)
                 continue
@@ -83,23 +95,24 @@ class ChunkReads(ChunkBuffers):
         raise S3Error("ServiceUnavailable", "No intact replica of a chunk of this object is reachable. Please retry.")
 
     async def _fetch(
-        self, addr: str, chunk_id: str, size: int, buffer: bytearray | None,
-    ) -> tuple[bytearray | memoryview, str]:
-        """One replica's bytes and their SHA-256 (hex). A chunk over SMALL_BODY is received
-        by a worker thread that hashes it as it lands, into ``buffer`` if that is big
-        enough: the event loop only sends, and the hash adds little to the receipt."""
+        self, addr: str, chunk_id: str, size: int, buffer: bytearray | None, expected: ChunkSum,
+    ) -> tuple[bytearray | memoryview, bool]:
+        """One replica's bytes and whether they match ``expected``. A chunk over
+        SMALL_BODY is received by a worker thread that hashes it (with ``expected``'s
+        algorithm) as it lands, into ``buffer`` if that is big enough: the event loop
+        only sends, and the hash adds little to the receipt."""
         if size <= SMALL_BODY:
             _reply, data = await self.blobs.get(addr, chunk_id, timeout=READ_TIMEOUT)
             if len(data) <= SMALL_HASH:
-                return data, hashlib.sha256(data).hexdigest()
-            return data, await trio.to_thread.run_sync(lambda: hashlib.sha256(data).hexdigest())
+                return data, expected.matches(data)
+            return data, await trio.to_thread.run_sync(expected.matches, data)
 
         def into(n: int) -> memoryview:
             return memoryview(buffer if buffer is not None and len(buffer) >= n else bytearray(n))[:n]
 
-        sha = hashlib.sha256()
-        _reply, data = await self.blobs.get(addr, chunk_id, timeout=READ_TIMEOUT, into=into, consume=sha.update)
-        return data, sha.hexdigest()
+        hasher = expected.hasher()
+        _reply, data = await self.blobs.get(addr, chunk_id, timeout=READ_TIMEOUT, into=into, consume=hasher.update)
+        return data, expected.matched(hasher)
 
     async def stream(
         self, chunks: list[list[Any]], start: int, end: int, *,

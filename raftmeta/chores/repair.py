@@ -4,7 +4,8 @@ A pass first measures the backlog (one scan of the manifests: chunks, and bytes 
 missing replicas, the denominator of the progress and ETA an operator sees), then copies
 up to ``budget`` chunks, ``IN_FLIGHT`` at once under one shared rate limit (client
 traffic keeps the disks first): the target pulls from a good source and verifies the
-SHA-256 before its fsync; no byte passes through raftmeta. The new replica set is
+chunk's checksum (the manifest's, in its own algorithm: ``core.chunksum``) before its
+fsync; no byte passes through raftmeta. The new replica set is
 recorded with ``set_replicas`` (``raftmeta.sm.repair``), which applies only if the
 object is still the version scanned. Which nodes count is ``core.nodes``' rule: replicas
 on active nodes that are not dead count; any node not dead can be a source (draining

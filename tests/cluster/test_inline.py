@@ -9,6 +9,7 @@ import os
 import pytest
 import trio
 
+from core import chunksum
 from frontend.datapath import DataPath, Settings
 from frontend.errors import S3Error
 
@@ -47,9 +48,11 @@ def test_multipart_with_a_small_last_part(s3, bucket):
     assert s3.get_object(Bucket=bucket, Key="mp", PartNumber=2)["Body"].read() == last
 
 
-def test_corrupt_inline_bytes_are_never_served():
+@pytest.mark.parametrize("checksum", [hashlib.sha256(b"abc").hexdigest(), chunksum.compute(b"abc").value],
+                         ids=["sha256", "xxh3"])
+def test_corrupt_inline_bytes_are_never_served(checksum):
     data = DataPath(None, None, Settings())  # an inline chunk needs no raftmeta and no blob node
-    good = [os.urandom(16).hex(), 3, hashlib.sha256(b"abc").hexdigest(), [], b"abc"]
+    good = [os.urandom(16).hex(), 3, checksum, [], b"abc"]
     assert trio.run(data.read_chunk, good) == b"abc"
     with pytest.raises(S3Error):
         trio.run(data.read_chunk, [*good[:4], b"abd"])

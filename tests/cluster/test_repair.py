@@ -8,6 +8,7 @@ import time
 import pytest
 
 from chaos.cluster import Cluster
+from core import chunksum
 
 pytestmark = pytest.mark.cluster
 MIB = 1024 * 1024
@@ -82,15 +83,14 @@ def test_dead_node_replicas_are_recreated(tmp_path_factory):
 
 
 def test_read_repair_restores_a_corrupt_replica(tmp_path_factory):
-    import hashlib
-
     with Cluster(tmp_path_factory.mktemp("readrepair"), frontends=1, chunk_size=MIB,
                  raftmeta_flags=["--repair-interval", "0.5"]) as cluster:
         s3 = cluster.s3(0)
         s3.create_bucket(Bucket="heal")
         body = os.urandom(2 * MIB + 5)
         s3.put_object(Bucket="heal", Key="rot", Body=body)
-        chunk_id, _size, sha256, nodes = _manifests(cluster, ["rot"])["rot"][0]
+        chunk_id, _size, checksum, nodes = _manifests(cluster, ["rot"])["rot"][0]
+        assert checksum.startswith("xxh3-128:")
         assert len(nodes) == 3
         # a fresh frontend knows no latencies, so it reads replicas in manifest order:
         # the first one is the replica to corrupt
@@ -104,7 +104,7 @@ def test_read_repair_restores_a_corrupt_replica(tmp_path_factory):
         assert s3.get_object(Bucket="heal", Key="rot")["Body"].read() == body  # served from a good replica
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            if hashlib.sha256(path.read_bytes()[64:]).hexdigest() == sha256 and \
+            if chunksum.parse(checksum).matches(path.read_bytes()[64:]) and \
                     len(_manifests(cluster, ["rot"])["rot"][0][3]) == 3:
                 break
             time.sleep(0.3)
@@ -114,8 +114,6 @@ def test_read_repair_restores_a_corrupt_replica(tmp_path_factory):
 
 
 def test_scrubber_quarantines_and_repair_restores(tmp_path_factory):
-    import hashlib
-
     with Cluster(tmp_path_factory.mktemp("scrub"), frontends=1, chunk_size=MIB,
                  raftmeta_flags=["--repair-interval", "0.5"],
                  blobnode_flags=["--scrub-rate", "500", "--scrub-interval", "0.5"]) as cluster:
@@ -123,7 +121,7 @@ def test_scrubber_quarantines_and_repair_restores(tmp_path_factory):
         s3.create_bucket(Bucket="heal")
         body = os.urandom(MIB // 2)
         s3.put_object(Bucket="heal", Key="bitrot", Body=body)
-        chunk_id, _size, sha256, _nodes = _manifests(cluster, ["bitrot"])["bitrot"][0]
+        chunk_id, _size, checksum, _nodes = _manifests(cluster, ["bitrot"])["bitrot"][0]
         path = cluster.chunk_files()[chunk_id][0]
         raw = bytearray(path.read_bytes())
         raw[64 + 99] ^= 0x01  # one flipped bit, nobody reading the object
@@ -131,7 +129,7 @@ def test_scrubber_quarantines_and_repair_restores(tmp_path_factory):
         quarantined = path.parents[3] / "quarantine" / chunk_id
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            repaired = path.exists() and hashlib.sha256(path.read_bytes()[64:]).hexdigest() == sha256
+            repaired = path.exists() and chunksum.parse(checksum).matches(path.read_bytes()[64:])
             if quarantined.exists() and repaired and len(_manifests(cluster, ["bitrot"])["bitrot"][0][3]) == 3:
                 break
             time.sleep(0.3)

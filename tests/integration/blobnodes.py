@@ -23,7 +23,7 @@ from blobnode.chunkfile import HEADER_SIZE
 from blobnode.client import BlobClient
 from blobnode.server import BlobServer
 from blobnode.store import ChunkStore
-from core import wire
+from core import chunksum, wire
 
 SECRET = "test-cluster-secret"
 MiB = 1024 * 1024
@@ -72,11 +72,17 @@ async def blob_node(root: Path, secret: str = SECRET, port: int = 0) -> AsyncIte
 async def put_chunk(client: BlobClient, served: Served, size: int) -> tuple[str, bytes, Path]:
     """Put a chunk of ``size`` random bytes: (its id, its bytes, its file)."""
     cid, data = new_id(), os.urandom(size)
-    await client.put(served.addr, cid, sha(data), data)
+    await client.put(served.addr, cid, checksum(data), data)
     return cid, data, Path(served.store.path(cid))
 
 
+def checksum(data: bytes | bytearray) -> str:
+    """The chunk checksum a current frontend sends (XXH3-128, ``core.chunksum``)."""
+    return chunksum.compute(data).value
+
+
 def sha(data: bytes | bytearray) -> str:
+    """A chunk checksum as frontends sent it before XXH3-128: SHA-256, 64 hex digits."""
     return hashlib.sha256(data).hexdigest()
 
 
@@ -129,12 +135,12 @@ async def server_problem(served: Served) -> str | None:
     client = BlobClient(SECRET, timeout=10)
     cid, data = new_id(), os.urandom(1000)
     try:
-        created = await client.put(served.addr, cid, sha(data), data)
+        created = await client.put(served.addr, cid, checksum(data), data)
         reply, got = await client.get(served.addr, cid)
         deleted = await client.delete(served.addr, [cid])
     except wire.WireError as exc:
         return f"a new client is not served: {exc!r}"
-    if (created, bytes(got), reply["sha256"], deleted) != (True, data, sha(data), 1):
+    if (created, bytes(got), reply["checksum"], deleted) != (True, data, checksum(data), 1):
         return "a new client's round trip went wrong"
     return None
 

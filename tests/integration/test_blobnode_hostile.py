@@ -22,12 +22,12 @@ from tests.integration.blobnodes import (
     assert_alive,
     assert_no_partial_chunk,
     blob_node,
+    checksum,
     chunk_files,
     files_under,
     new_id,
     raw_connect,
     server_problem,
-    sha,
     tmp_files,
     until_closed,
 )
@@ -58,7 +58,7 @@ async def test_invalid_chunk_ids_refused(tmp_path: Path) -> None:
         data = b"escape"
         for bad in [*BAD_IDS, 12345, None, ["a" * 32]]:
             calls = [
-                partial(client.put, served.addr, bad, sha(data), data),
+                partial(client.put, served.addr, bad, checksum(data), data),
                 partial(client.get, served.addr, bad),
                 partial(client.stat, served.addr, bad),
                 partial(client.delete, served.addr, [bad]),
@@ -81,7 +81,7 @@ async def test_chunk_id_with_trailing_newline_refused(tmp_path: Path) -> None:
         client = BlobClient(SECRET)
         bad, data = "0" * 32 + "\n", b"x"
         try:
-            await client.put(served.addr, bad, sha(data), data)
+            await client.put(served.addr, bad, checksum(data), data)
             code = None
         except wire.WireError as exc:
             code = exc.code
@@ -101,7 +101,7 @@ async def test_unknown_op_and_oversized_put(tmp_path: Path) -> None:
         assert reply == {"ok": False, "err": wire.ERR_BAD_REQUEST, "msg": "unknown op 'frobnicate'"}
         # an oversized chunk is read and thrown away; the connection stays in sync
         big = bytes(MAX_CHUNK + 1)
-        await conn.send({"op": "put", "id": new_id(), "sha256": sha(big), "n": len(big)}, big)
+        await conn.send({"op": "put", "id": new_id(), "checksum": checksum(big), "n": len(big)}, big)
         del big
         reply = await conn.recv_header()
         assert reply["ok"] is False and reply["err"] == wire.ERR_BAD_REQUEST
@@ -119,12 +119,12 @@ async def test_wrong_secret_is_refused_and_can_do_nothing(tmp_path: Path) -> Non
     async with blob_node(tmp_path) as served:
         good = BlobClient(SECRET)
         kept, kept_data = new_id(), os.urandom(100)
-        await good.put(served.addr, kept, sha(kept_data), kept_data)
+        await good.put(served.addr, kept, checksum(kept_data), kept_data)
 
         bad = BlobClient("not-the-cluster-secret")
         data = os.urandom(100)
         calls = [
-            partial(bad.put, served.addr, new_id(), sha(data), data),
+            partial(bad.put, served.addr, new_id(), checksum(data), data),
             partial(bad.get, served.addr, kept),
             partial(bad.stat, served.addr, kept),
             partial(bad.delete, served.addr, [kept]),
@@ -224,7 +224,7 @@ async def test_disconnect_mid_payload_leaves_no_partial_chunk(tmp_path: Path) ->
         for sent in (0, 1, 1000, 3 * MiB):
             data = os.urandom(4 * MiB)
             conn = await raw_connect(served.addr)
-            await conn.send({"op": "put", "id": new_id(), "sha256": sha(data), "n": len(data)})
+            await conn.send({"op": "put", "id": new_id(), "checksum": checksum(data), "n": len(data)})
             if sent:
                 await conn._send_all(memoryview(data)[:sent])
             conn.close()

@@ -6,7 +6,6 @@ frontend's threaded receipt of a chunk.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 import uuid
@@ -17,14 +16,14 @@ import pytest
 import trio
 
 from blobnode.client import BlobClient
-from core import wire
+from core import chunksum, wire
 from tests.integration.blobnodes import (
     SECRET,
     MiB,
     blob_node,
+    checksum,
     chunk_files,
     new_id,
-    sha,
     tmp_files,
 )
 
@@ -36,14 +35,14 @@ async def test_put_get_round_trip(tmp_path: Path, size: int) -> None:
     async with blob_node(tmp_path) as served:
         client = BlobClient(SECRET)
         cid, data = new_id(), os.urandom(size)
-        assert await client.put(served.addr, cid, sha(data), data) is True
+        assert await client.put(served.addr, cid, checksum(data), data) is True
         reply, got = await client.get(served.addr, cid)
         assert bytes(got) == data
         assert reply["size"] == size
-        assert reply["sha256"] == sha(data)
+        assert reply["checksum"] == checksum(data)
         assert reply["n"] == size
         stat = await client.stat(served.addr, cid)
-        assert (stat["size"], stat["sha256"]) == (size, sha(data))
+        assert (stat["size"], stat["checksum"]) == (size, checksum(data))
         info = await client.info(served.addr)
         assert (info["chunks"], info["used"]) == (1, size)
 
@@ -53,8 +52,8 @@ async def test_ranged_get_and_clamping(tmp_path: Path) -> None:
         client = BlobClient(SECRET)
         small_id, small = new_id(), os.urandom(1000)
         big_id, big = new_id(), os.urandom(8 * MiB)
-        await client.put(served.addr, small_id, sha(small), small)
-        await client.put(served.addr, big_id, sha(big), big)
+        await client.put(served.addr, small_id, checksum(small), small)
+        await client.put(served.addr, big_id, checksum(big), big)
 
         cases = [
             ((0, 10), small[0:10]),
@@ -73,8 +72,8 @@ async def test_ranged_get_and_clamping(tmp_path: Path) -> None:
         for (off, length), expected in cases:
             reply, got = await client.get(served.addr, small_id, off, length)
             assert bytes(got) == expected, (off, length)
-            # size and sha256 always describe the whole chunk, not the range
-            assert reply["size"] == 1000 and reply["sha256"] == sha(small), (off, length)
+            # size and checksum always describe the whole chunk, not the range
+            assert reply["size"] == 1000 and reply["checksum"] == checksum(small), (off, length)
             assert reply["n"] == len(expected)
 
         off, length = 3 * MiB + 7, 2 * MiB + 3
@@ -103,7 +102,7 @@ async def test_delete_counts_and_is_idempotent(tmp_path: Path) -> None:
         ids = [new_id() for _ in range(4)]
         for i, cid in enumerate(ids):
             data = os.urandom(100 * (i + 1))
-            await client.put(served.addr, cid, sha(data), data)
+            await client.put(served.addr, cid, checksum(data), data)
         info = await client.info(served.addr)
         assert (info["chunks"], info["used"]) == (4, 1000)
 
@@ -128,7 +127,7 @@ async def test_list_pagination(tmp_path: Path) -> None:
         ids = sorted(f"{i % 3:02x}{i % 4:02x}" + uuid.uuid4().hex[4:] for i in range(50))
         assert len(set(ids)) == 50
         for cid in ids:
-            await client.put(served.addr, cid, sha(cid.encode()), cid.encode())
+            await client.put(served.addr, cid, checksum(cid.encode()), cid.encode())
 
         for limit in (1, 7, 10, 49):
             pages: list[list[str]] = []
@@ -172,7 +171,7 @@ async def test_info(tmp_path: Path) -> None:
         sizes = [0, 1, 5000, MiB]
         for size in sizes:
             data = os.urandom(size)
-            await client.put(served.addr, new_id(), sha(data), data)
+            await client.put(served.addr, new_id(), checksum(data), data)
         info = await client.info(served.addr)
         assert (info["used"], info["chunks"]) == (sum(sizes), len(sizes))
 
@@ -186,7 +185,7 @@ async def test_concurrent_puts_on_separate_connections(tmp_path: Path) -> None:
         created: dict[str, bool] = {}
 
         async def put(cid: str, data: bytes) -> None:
-            created[cid] = await BlobClient(SECRET).put(served.addr, cid, sha(data), data)
+            created[cid] = await BlobClient(SECRET).put(served.addr, cid, checksum(data), data)
 
         async with trio.open_nursery() as puts:
             for cid, data in chunks.items():
@@ -213,12 +212,12 @@ async def test_pooled_connection_to_restarted_server_is_replaced(tmp_path: Path)
     cid, data = new_id(), os.urandom(5000)
     async with blob_node(tmp_path) as served:
         port = served.port
-        await client.put(served.addr, cid, sha(data), data)
+        await client.put(served.addr, cid, checksum(data), data)
         assert len(client.pool._idle[served.addr]) == 1
     async with blob_node(tmp_path, port=port) as served:
         stale = client.pool._idle[served.addr][0]
         reply, got = await client.get(served.addr, cid)
-        assert bytes(got) == data and reply["sha256"] == sha(data)
+        assert bytes(got) == data and reply["checksum"] == checksum(data)
         assert client.pool._idle[served.addr] != [stale] and len(client.pool._idle[served.addr]) == 1
         assert (await client.stat(served.addr, cid))["size"] == 5000
     # no server at all: a clean Unavailable, not a hang or an OSError
@@ -238,10 +237,11 @@ async def test_payload_received_and_consumed_in_a_worker_thread(tmp_path: Path, 
     async with blob_node(tmp_path) as served:
         client = BlobClient(SECRET)
         cid, data = new_id(), os.urandom(size)
-        await client.put(served.addr, cid, sha(data), data)
+        await client.put(served.addr, cid, checksum(data), data)
         stale = bytearray(os.urandom(4 * MiB))
         steps: list[int] = []
-        hasher = hashlib.sha256()
+        expected = chunksum.parse(checksum(data))
+        hasher = expected.hasher()
         loop_thread = threading.get_ident()
 
         def consume(view: memoryview) -> None:
@@ -251,7 +251,7 @@ async def test_payload_received_and_consumed_in_a_worker_thread(tmp_path: Path, 
 
         _reply, got = await client.get(served.addr, cid, into=lambda n: memoryview(stale)[:n], consume=consume)
         assert got.obj is stale and bytes(got) == data
-        assert hasher.hexdigest() == sha(data) and sum(steps) == size
+        assert expected.matched(hasher) and sum(steps) == size
         assert len(steps) >= (2 if size > 2 * wire.CONSUME_STEP else 1)
 
 

@@ -14,10 +14,10 @@ from blobnode.scrub import Scrubber
 from blobnode.store import ChunkStore
 from core import wire
 from tests.integration.blobnodes import (
+    checksum,
     chunk_files,
     new_id,
     rot,
-    sha,
 )
 
 
@@ -47,7 +47,7 @@ def stored(store: ChunkStore, n: int, size: int = 5000) -> list[str]:
     ids = sorted(new_id() for _ in range(n))
     for cid in ids:
         data = os.urandom(size)
-        store.put(cid, sha(data), data)
+        store.put(cid, checksum(data), data)
     return ids
 
 
@@ -129,11 +129,11 @@ async def test_quarantined_chunk_held_again_is_not_reported_and_a_second_rot_is(
     store = ChunkStore(str(tmp_path))
     data = os.urandom(5000)
     cid = new_id()
-    store.put(cid, sha(data), data)
+    store.put(cid, checksum(data), data)
     rot(store, cid)
     down = FlakyMeta(down=True)
     assert await Scrubber(store, down, rate_mb_s=1000, interval=3600).scrub_pass() == 1  # type: ignore[arg-type]
-    assert store.put(cid, sha(data), data)  # the repaired copy arrives while the report is pending
+    assert store.put(cid, checksum(data), data)  # the repaired copy arrives while the report is pending
 
     up = FlakyMeta(down=False)
     scrubber = Scrubber(ChunkStore(str(tmp_path)), up, rate_mb_s=1000, interval=3600)  # type: ignore[arg-type]

@@ -6,7 +6,6 @@ data directory. Through the protocol where a client would see it, through
 
 from __future__ import annotations
 
-import hashlib
 import os
 import socket
 import struct
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import xxhash
 
 from blobnode.chunkfile import HEADER_SIZE, MAGIC, SENDFILE_MIN
 from blobnode.client import BlobClient
@@ -27,12 +27,12 @@ from tests.integration.blobnodes import (
     MiB,
     assert_alive,
     blob_node,
+    checksum,
     chunk_files,
     new_id,
     put_chunk,
     rot,
     server_problem,
-    sha,
     tmp_files,
 )
 
@@ -43,7 +43,7 @@ async def test_checksum_mismatch_stores_nothing(tmp_path: Path) -> None:
     async with blob_node(tmp_path) as served:
         client = BlobClient(SECRET)
         cid, data = new_id(), os.urandom(100_000)
-        wrong = [sha(data[:-1]), "0" * 64, sha(data).upper(), "not-a-sha"]
+        wrong = [checksum(data[:-1]), "0" * 64, checksum(data).upper(), "not-a-sha"]
         for bad in wrong:
             with pytest.raises(wire.WireError) as err:
                 await client.put(served.addr, cid, bad, data)
@@ -56,10 +56,10 @@ async def test_checksum_mismatch_stores_nothing(tmp_path: Path) -> None:
         assert (info["chunks"], info["used"]) == (0, 0)
 
         # a mismatching put to an id that exists leaves the stored chunk untouched
-        await client.put(served.addr, cid, sha(data), data)
+        await client.put(served.addr, cid, checksum(data), data)
         other = os.urandom(100)
         with pytest.raises(wire.WireError) as err:
-            await client.put(served.addr, cid, sha(data), other)
+            await client.put(served.addr, cid, checksum(data), other)
         assert err.value.code == wire.ERR_CHECKSUM
         _, got = await client.get(served.addr, cid)
         assert bytes(got) == data
@@ -70,11 +70,11 @@ async def test_idempotent_re_put(tmp_path: Path) -> None:
     async with blob_node(tmp_path) as served:
         client = BlobClient(SECRET)
         cid, data = new_id(), os.urandom(4096)
-        assert await client.put(served.addr, cid, sha(data), data) is True
+        assert await client.put(served.addr, cid, checksum(data), data) is True
         path = served.store.path(cid)
         mtime = os.stat(path).st_mtime_ns
         for _ in range(3):
-            assert await client.put(served.addr, cid, sha(data), data) is False
+            assert await client.put(served.addr, cid, checksum(data), data) is False
         assert os.stat(path).st_mtime_ns == mtime  # not rewritten
         info = await client.info(served.addr)
         assert (info["chunks"], info["used"]) == (1, 4096)
@@ -100,7 +100,7 @@ async def test_concurrent_puts_of_same_id_counted_once(tmp_path: Path) -> None:
         results: list[bool] = []
 
         async def put() -> None:
-            results.append(await BlobClient(SECRET).put(served.addr, cid, sha(data), data))
+            results.append(await BlobClient(SECRET).put(served.addr, cid, checksum(data), data))
 
         async with trio.open_nursery() as puts:
             puts.start_soon(put)
@@ -122,16 +122,17 @@ async def test_on_disk_layout(tmp_path: Path) -> None:
     async with blob_node(tmp_path) as served:
         client = BlobClient(SECRET)
         cid, data = "abcd" + uuid.uuid4().hex[4:], os.urandom(12345)
-        await client.put(served.addr, cid, sha(data), data)
+        await client.put(served.addr, cid, checksum(data), data)
         path = tmp_path / "chunks" / "ab" / "cd" / cid
         assert chunk_files(tmp_path) == [path]
         assert served.store.path(cid) == str(path)
         raw = path.read_bytes()
         assert HEADER_SIZE == 64 and len(raw) == 64 + len(data)
-        assert raw[:8] == MAGIC == b"CAIRNCK1"
+        assert raw[:8] == MAGIC == b"CAIRNCK2"
         assert struct.unpack(">Q", raw[8:16])[0] == len(data)
-        assert raw[16:48] == hashlib.sha256(data).digest()
-        assert raw[48:64] == b"\0" * 16
+        assert raw[16] == 2 and raw[17:24] == b"\0" * 7  # XXH3-128
+        assert raw[24:40] == xxhash.xxh3_128_digest(data)
+        assert raw[40:64] == b"\0" * 24
         assert raw[64:] == data
         assert tmp_files(tmp_path) == []
         assert (tmp_path / "node_id").is_file()
@@ -146,7 +147,7 @@ def test_direct_and_buffered_writes_make_the_same_files(tmp_path: Path, direct: 
     store.direct = store.direct and direct
     for size in (3 * MiB, 0, 1, 4095, 4096, 4097, 12345, MiB + 1):
         cid, data = new_id(), os.urandom(size)
-        assert store.put(cid, sha(data), data) is True
+        assert store.put(cid, checksum(data), data) is True
         raw = Path(store.path(cid)).read_bytes()
         assert len(raw) == HEADER_SIZE + size and raw[HEADER_SIZE:] == data
         assert bytes(store.read(cid)[2]) == data and store.verify(cid) == (True, size)
@@ -163,18 +164,18 @@ async def test_damaged_chunk_files_on_disk(tmp_path: Path) -> None:
         flipped, cut, magic = new_id(), new_id(), new_id()
         data = os.urandom(10_000)
         for cid in (flipped, cut, magic):
-            await client.put(served.addr, cid, sha(data), data)
+            await client.put(served.addr, cid, checksum(data), data)
 
-        # a flipped byte in the body: returned as stored, with the sha256 of the original
+        # a flipped byte in the body: returned as stored, with the checksum of the original
         path = Path(served.store.path(flipped))
         raw = bytearray(path.read_bytes())
         raw[HEADER_SIZE + 5000] ^= 0xFF
         path.write_bytes(raw)
         reply, got = await client.get(served.addr, flipped)
         assert bytes(got) == bytes(raw[HEADER_SIZE:]) != data
-        assert reply["sha256"] == sha(data) != sha(got)
+        assert reply["checksum"] == checksum(data) != checksum(got)
         assert reply["size"] == 10_000
-        assert (await client.stat(served.addr, flipped))["sha256"] == sha(data)
+        assert (await client.stat(served.addr, flipped))["checksum"] == checksum(data)
 
         # a body cut short: the bytes that are there are returned as-is; a read reaching
         # past the cut is refused rather than padded
@@ -231,7 +232,7 @@ async def test_re_put_repairs_a_damaged_copy(tmp_path: Path, damage: str) -> Non
         else:
             path.write_bytes(b"NOTCAIRN" + path.read_bytes()[8:])
         try:
-            created: bool | str = await client.put(served.addr, cid, sha(data), data)
+            created: bool | str = await client.put(served.addr, cid, checksum(data), data)
         except wire.WireError as exc:
             created = exc.code
         stored = path.read_bytes()[HEADER_SIZE:]
@@ -252,15 +253,15 @@ def test_full_disk_refuses_cleanly(tmp_path: Path) -> None:
     try:
         kept, data = new_id(), os.urandom(100_000)
         store = ChunkStore(str(disk), reserve=1 * MiB)
-        assert store.put(kept, sha(data), data)
+        assert store.put(kept, checksum(data), data)
         big = os.urandom(3 * MiB)
         with pytest.raises(StoreError) as refused:  # would eat into the reserve
-            store.put(new_id(), sha(big), big)
+            store.put(new_id(), checksum(big), big)
         assert refused.value.code == wire.ERR_NO_SPACE
         store.reserve = 0
         huge = os.urandom(5 * MiB)
         with pytest.raises(StoreError) as enospc:  # a real ENOSPC halfway through
-            store.put(new_id(), sha(huge), huge)
+            store.put(new_id(), checksum(huge), huge)
         assert enospc.value.code == wire.ERR_NO_SPACE
         assert list((disk / "tmp").iterdir()) == []
         assert store.count == 1 and bytes(store.read(kept)[2]) == data
@@ -276,7 +277,7 @@ async def test_reopen_sees_chunks_keeps_node_id_and_empties_tmp(tmp_path: Path) 
     async with blob_node(tmp_path) as served:
         client = BlobClient(SECRET)
         for cid, data in chunks.items():
-            await client.put(served.addr, cid, sha(data), data)
+            await client.put(served.addr, cid, checksum(data), data)
         first_id = served.store.node_id
         used, count = served.store.used, served.store.count
     assert (used, count) == (sum(map(len, chunks.values())), 4)
@@ -316,13 +317,13 @@ def test_writers_and_readers_give_back_what_they_take(tmp_path: Path) -> None:
     for cid, data in ((small_id, small), (big_id, big)):
         with store.writer(len(data)) as writer:
             writer.memory[:] = data
-            assert writer.commit(cid, sha(data)) is True
+            assert writer.commit(cid, checksum(data)) is True
     with store.writer(10) as writer:  # abandoned, as by a client gone mid-payload
         pass
     assert len(store.buffers._idle) == 1 and tmp_files(tmp_path) == []
 
     with store.open_for_send(small_id, 10, 20) as reader:
-        assert (reader.size, reader.sha256, reader.length, reader.data) == (1000, sha(small), 20, small[10:30])
+        assert (reader.size, reader.checksum.value, reader.length, reader.data) == (1000, checksum(small), 20, small[10:30])
     with store.open_for_send(big_id, 1) as reader:
         assert (reader.size, reader.length, reader.data) == (len(big), len(big) - 1, None)
         ours, theirs = socket.socketpair()
