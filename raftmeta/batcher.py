@@ -102,6 +102,7 @@ class CommitBatcher:
         return taken
 
     async def _commit(self, taken: list[_Waiting]) -> None:
+        results = [{"ok": False, "err": wire.ERR_UNAVAILABLE, "msg": "commit failed"}] * len(taken)
         try:
             if len(taken) == 1:
                 results = [await self._propose(taken[0].packed)]
@@ -113,9 +114,6 @@ class CommitBatcher:
                 self.stats["entries"] += 1
                 self.stats["commands"] += len(taken)
                 self.stats["largest"] = max(self.stats["largest"], len(taken))
-        except BaseException:
-            results = [{"ok": False, "err": wire.ERR_UNAVAILABLE, "msg": "commit failed"}] * len(taken)
-            raise
         finally:
             for waiting, result in zip(taken, results, strict=True):
                 waiting.result = result
