@@ -15,6 +15,12 @@ What PySyncObj 0.3.17 does not do, and this module adds:
   concurrent writes that retransmission cut commits to a third (and logged
   "truncating already-applied" for each duplicate). A successful ack now only moves the
   next index forward; a failed one (``reset``) still moves it back, as Raft requires.
+- catch-up: a follower far behind got one socket buffer per heartbeat (``raftconn``
+  fixes the connection), the leader queued whatever it could pickle in a tick for it
+  (``_backlogged``: at most RAFT_SEND_WINDOW bytes wait per follower), one AppendEntries
+  carried up to 20,000 entries (RAFT_APPEND_MAX_ENTRIES), and the follower applied its
+  whole backlog in one tick without reading a message, missed its leader and stood for
+  election (``_SyncObj__applyLogEntries``: slices within APPLY_BUDGET per tick).
 - leader leases (Raft thesis 6.4.1): a follower that heard from its leader less than
   ``raftMinTimeout`` ago ignores vote requests (thesis 4.2.3), so no other leader can be
   elected in that window. The leader stamps each AppendEntries with its monotonic clock
@@ -58,6 +64,7 @@ import pysyncobj.tcp_connection as ptcp
 from pysyncobj import SyncObj, SyncObjConf, replicated
 
 from core.wire import MAX_HEADER
+from raftmeta import raftconn
 from raftmeta.state import MetaState
 
 log = logging.getLogger("raftmeta")
@@ -97,6 +104,18 @@ RAFT_MAX_UNVERIFIED_FRAME = 1024
 # An accepted connection with no validly signed frame after this long is closed
 # (PySyncObj's own connectionTimeout does not apply to a peer that never sends a byte).
 RAFT_UNVERIFIED_TIMEOUT = 3.0
+# A follower far behind (restarted after a while) is sent entries only while fewer than
+# this many bytes wait in its connection's buffer: PySyncObj's sender would queue
+# everything it can pickle in a tick (tens of MiB) whatever the follower's pace.
+RAFT_SEND_WINDOW = 2 * RAFT_APPEND_BATCH_BYTES
+# Entries applied per tick at most while time is left in APPLY_BUDGET: PySyncObj applies
+# everything committed in one tick, and a follower applying a long backlog (10,000
+# entries: ~1.5 s) read no message meanwhile, missed its leader and stood for election.
+APPLY_SLICE = 64
+APPLY_BUDGET = 0.05
+# Entries in one AppendEntries at most (PySyncObj fills one up to 3 MiB: 20,000 small
+# entries, which a follower takes ~0.5 s to append, missing its election timeout).
+RAFT_APPEND_MAX_ENTRIES = 1000
 
 
 class _SignedFrames:
@@ -145,6 +164,7 @@ class _StoredZlib:
 ptcp.zlib = _StoredZlib()
 
 _FRAME_PREFIX = struct.Struct("i")  # PySyncObj's length prefix: native byte order, signed
+raftconn.install()
 _read_some = ptcp.TcpConnection._TcpConnection__processRead
 
 
@@ -301,11 +321,60 @@ class MetaNode(SyncObj):
                 # A follower's ack of appended entries must not go out before they are durable.
                 if message.get("success") and self._sync_journal:
                     self._journal.sync()
+            if kind == "append_entries" and message.get("entries"):
+                entries = message["entries"]
+                if self._backlogged(node, entries[0][1]):
+                    return  # held back: the follower's connection has enough to read for now
+                if len(entries) > RAFT_APPEND_MAX_ENTRIES:  # the rest goes in the next message
+                    message["entries"] = entries[:RAFT_APPEND_MAX_ENTRIES]
+                    self._SyncObj__raftNextIndex[node] = entries[RAFT_APPEND_MAX_ENTRIES][1]
             send(node, message)
 
         transport.send = durable_send
+        self._held_back: set[Any] = set()  # Raft thread only
         self._unverified_since: dict[ptcp.TcpConnection, float] = {}  # Raft thread only
         self.addOnTickCallback(self._drop_unverified_peers)
+
+    def _backlogged(self, node: Any, first: int) -> bool:
+        """Whether ``node``'s connection holds RAFT_SEND_WINDOW bytes not yet sent. If so,
+        the AppendEntries about to go is dropped instead: the node's next index goes back
+        to that message's first entry, and the node leaves the connected set until the
+        next tick, which ends PySyncObj's send loop for it (it sends until a tick's time
+        is up). The follower reads what is queued meanwhile (each message a heartbeat)."""
+        transport = self._SyncObj__transport
+        if raftconn.pending(transport._connections.get(node)) < RAFT_SEND_WINDOW:
+            return False
+        self._SyncObj__raftNextIndex[node] = first
+        self._SyncObj__connectedNodes.discard(node)
+        self._held_back.add(node)
+        return True
+
+    def _release_held_back(self) -> None:
+        transport = self._SyncObj__transport
+        for node in self._held_back:
+            conn = transport._connections.get(node)
+            if conn is not None and conn.state == ptcp.CONNECTION_STATE.CONNECTED:
+                self._SyncObj__connectedNodes.add(node)
+        self._held_back.clear()
+
+    def _SyncObj__applyLogEntries(self) -> bool:  # noqa: N802 (PySyncObj's name)
+        """PySyncObj's apply, in slices of APPLY_SLICE entries while the tick has
+        APPLY_BUDGET left: the rest waits for the next tick, after this node has read its
+        messages. The commit index is lowered while a slice applies, and restored; a read
+        that sees the lowered one still waits for every acknowledged write (a write is
+        acknowledged when it is applied)."""
+        commit = self._SyncObj__raftCommitIndex
+        if commit - self._SyncObj__raftLastApplied <= APPLY_SLICE:
+            return super()._SyncObj__applyLogEntries()
+        deadline = time.monotonic() + APPLY_BUDGET
+        resend = False
+        try:
+            while self._SyncObj__raftLastApplied < commit and time.monotonic() < deadline:
+                self._SyncObj__raftCommitIndex = min(commit, self._SyncObj__raftLastApplied + APPLY_SLICE)
+                resend = super()._SyncObj__applyLogEntries() or resend
+        finally:
+            self._SyncObj__raftCommitIndex = commit
+        return resend
 
     def _drop_unverified_peers(self) -> None:
         """Tick callback: close each incoming connection that has not sent a validly signed
@@ -398,6 +467,10 @@ class MetaNode(SyncObj):
         # entry appended in the previous tick is made durable here first (group commit).
         if self._journal is not None and self._sync_journal:
             self._journal.sync()
+        if self._held_back:
+            self._release_held_back()
+        if self._SyncObj__raftCommitIndex - self._SyncObj__raftLastApplied > APPLY_SLICE:
+            timeToWait = 0.0  # a backlog to apply: the next tick comes at once
         super()._onTick(timeToWait)
 
     @replicated
