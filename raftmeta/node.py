@@ -323,31 +323,34 @@ class MetaNode(SyncObj):
                     self._journal.sync()
             if kind == "append_entries" and message.get("entries"):
                 entries = message["entries"]
-                if self._backlogged(node, entries[0][1]):
-                    return  # held back: the follower's connection has enough to read for now
+                if self._backlogged(node):  # dropped: the entries go again from the first
+                    self._SyncObj__raftNextIndex[node] = entries[0][1]
+                    self._hold_back(node)
+                    return
                 if len(entries) > RAFT_APPEND_MAX_ENTRIES:  # the rest goes in the next message
                     message["entries"] = entries[:RAFT_APPEND_MAX_ENTRIES]
                     self._SyncObj__raftNextIndex[node] = entries[RAFT_APPEND_MAX_ENTRIES][1]
             send(node, message)
+            # A snapshot's part cannot be taken back (its transmission moved on): it goes,
+            # and the next waits for a tick with room.
+            if kind == "append_entries" and message.get("serialized") is not None and self._backlogged(node):
+                self._hold_back(node)
 
         transport.send = durable_send
         self._held_back: set[Any] = set()  # Raft thread only
         self._unverified_since: dict[ptcp.TcpConnection, float] = {}  # Raft thread only
         self.addOnTickCallback(self._drop_unverified_peers)
 
-    def _backlogged(self, node: Any, first: int) -> bool:
-        """Whether ``node``'s connection holds RAFT_SEND_WINDOW bytes not yet sent. If so,
-        the AppendEntries about to go is dropped instead: the node's next index goes back
-        to that message's first entry, and the node leaves the connected set until the
-        next tick, which ends PySyncObj's send loop for it (it sends until a tick's time
-        is up). The follower reads what is queued meanwhile (each message a heartbeat)."""
-        transport = self._SyncObj__transport
-        if raftconn.pending(transport._connections.get(node)) < RAFT_SEND_WINDOW:
-            return False
-        self._SyncObj__raftNextIndex[node] = first
+    def _backlogged(self, node: Any) -> bool:
+        """Whether ``node``'s connection holds RAFT_SEND_WINDOW bytes not yet sent."""
+        return raftconn.pending(self._SyncObj__transport._connections.get(node)) >= RAFT_SEND_WINDOW
+
+    def _hold_back(self, node: Any) -> None:
+        """Send ``node`` nothing more this tick: it leaves the connected set until the next
+        tick, which ends PySyncObj's send loop for it (the loop sends until a tick's time
+        is up). It reads what is queued meanwhile (each message a heartbeat)."""
         self._SyncObj__connectedNodes.discard(node)
         self._held_back.add(node)
-        return True
 
     def _release_held_back(self) -> None:
         transport = self._SyncObj__transport
