@@ -21,6 +21,8 @@ What PySyncObj 0.3.17 does not do, and this module adds:
   carried up to 20,000 entries (RAFT_APPEND_MAX_ENTRIES), and the follower applied its
   whole backlog in one tick without reading a message, missed its leader and stood for
   election (``_SyncObj__applyLogEntries``: slices within APPLY_BUDGET per tick).
+- pre-vote (Raft thesis 9.6, ``raftmeta.prevote``): a node that missed its leader for a
+  moment asks before it stands, so it cannot depose a healthy leader.
 - leader leases (Raft thesis 6.4.1): a follower that heard from its leader less than
   ``raftMinTimeout`` ago ignores vote requests (thesis 4.2.3), so no other leader can be
   elected in that window. The leader stamps each AppendEntries with its monotonic clock
@@ -65,6 +67,7 @@ from pysyncobj import SyncObj, SyncObjConf, replicated
 
 from core.wire import MAX_HEADER
 from raftmeta import raftconn
+from raftmeta.prevote import PreVote
 from raftmeta.state import MetaState
 
 log = logging.getLogger("raftmeta")
@@ -249,7 +252,7 @@ def _durable_store_meta(self: pjournal.MetaStorer, meta: dict[str, Any]) -> None
 pjournal.MetaStorer.storeMeta = _durable_store_meta  # term and vote must survive power loss
 
 
-class MetaNode(SyncObj):
+class MetaNode(PreVote, SyncObj):
     """A Raft replica whose single replicated method applies a msgpack command."""
 
     def __init__(
@@ -397,6 +400,8 @@ class MetaNode(SyncObj):
     def _SyncObj__onMessageReceived(self, node: Any, message: dict[str, Any]) -> None:  # noqa: N802
         """PySyncObj's handler, plus leader leases, and a successful ack never moves a
         follower's next index back over entries already sent (see the module docstring)."""
+        if self._pre_vote_message(node, message):
+            return
         kind = message.get("type")
         if kind == "request_vote":
             if self._leader_heard_recently():
@@ -474,6 +479,7 @@ class MetaNode(SyncObj):
             self._release_held_back()
         if self._SyncObj__raftCommitIndex - self._SyncObj__raftLastApplied > APPLY_SLICE:
             timeToWait = 0.0  # a backlog to apply: the next tick comes at once
+        self._pre_vote_tick()
         super()._onTick(timeToWait)
 
     @replicated

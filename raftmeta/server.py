@@ -222,6 +222,7 @@ class MetaServer:
             "gc_deleted": self.gc.deleted,
             "lease": self.node.lease_read_index() is not None,
             "reads": dict(self.reads),
+            "pre_votes": {"started": self.node.pre_votes_started, "won": self.node.pre_votes_won},
             "batches": {**self.batcher.stats, "allowed": self.membership.batching_allowed()},
         }
 

@@ -1,7 +1,8 @@
-"""A follower that was down while the others took writes catches up after it restarts,
-without disturbing the leader: three real raftmeta processes, a follower SIGKILLed while
-3,000 commands of ~8 KiB each are committed (24 MB: more than the leader's per-follower
-send window, and many AppendEntries' worth), then restarted."""
+"""A follower that missed its leader rejoins without disturbing it (three real raftmeta
+processes): one SIGKILLed while 3,000 commands of ~8 KiB each are committed (24 MB: more
+than the leader's per-follower send window, and many AppendEntries' worth) catches up
+after its restart; one cut off past its election timeouts asks for pre-votes, is refused,
+and follows the same leader at the same term once healed."""
 
 from __future__ import annotations
 
@@ -93,3 +94,34 @@ def test_a_restarted_follower_catches_up_without_an_election(tmp_path) -> None:
         assert last["obj"]["etag"] == f"e{WRITES - 1}"  # read from the follower's own state
     finally:
         cluster.stop()
+
+
+def test_a_cut_off_follower_asks_first_and_does_not_depose_the_leader(tmp_path) -> None:
+    """Cut off (blackhole routes, every process in its own network namespace) past its
+    election timeouts, a follower would stand again and again, and once healed its higher
+    term would make the leader step down. It asks for pre-votes instead, and is refused."""
+    cluster = Cluster(tmp_path, blobs=0, frontends=0, netns=True)
+    try:
+        cluster.start()
+        leader = trio.run(_setup, cluster)
+        follower = (leader + 2) % 3
+        before = trio.run(_statuses, cluster)
+        metas = [f"raftmeta{i + 1}" for i in range(3)]
+        cluster.isolate(metas[follower], metas)
+        time.sleep(3.0)  # several election timeouts (0.4-1.2 s), under the connection timeout
+        cluster.heal()
+        time.sleep(3.0)
+        trio.run(_write_all_few, cluster)
+        after = trio.run(_statuses, cluster)
+        assert [s["term"] for s in after] == [before[leader]["term"]] * 3
+        assert after[leader]["is_leader"]
+        assert after[follower]["pre_votes"]["started"] >= 1  # its timeout fired, and it asked
+        assert after[follower]["pre_votes"]["won"] == 0
+    finally:
+        cluster.stop()
+
+
+async def _write_all_few(cluster: Cluster) -> None:
+    client = MetaClient(cluster.rpc, SECRET)
+    for n in range(5):
+        assert (await client.write(_put(n)))["ok"]
