@@ -18,6 +18,10 @@ checkpoint it measures, in this order:
 - a follower's catch-up: SIGKILL of a follower, ``--catchup`` objects written without
   it, restart -> its applied index reaches the leader's commit index.
 
+``--seed N`` starts from N objects applied to the stopped replicas' databases by their
+own state machine (``bench.scale_seed``), not through S3; checkpoints above N are filled
+through S3 as usual. Say which when you report a figure.
+
 Results are printed as they come and written to DIR/scale.json.
 """
 
@@ -36,6 +40,7 @@ import psutil
 import trio
 
 from bench.load import Endpoint, Job, LoadGenerator, list_all, run_job
+from bench.scale_seed import seed, templates
 from chaos.cluster import ACCESS_KEY, SECRET, SECRET_KEY, Cluster
 from raftmeta.client import MetaClient
 
@@ -174,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--catchup", type=int, default=0, help="objects written while a follower is down (0: 10%% of the last checkpoint, at most 1,000,000)")
     ap.add_argument("--fill-budget", type=float, default=4 * 3600)
+    ap.add_argument("--seed", type=int, default=0,
+                    help="objects applied straight to the stopped replicas' databases before any S3 fill (bench.scale_seed)")
     ap.add_argument("--out", default="bench-out-scale")
     args = ap.parse_args(argv)
     points = sorted(int(x) for x in args.checkpoints.split(","))
@@ -192,6 +199,16 @@ def main(argv: list[str] | None = None) -> int:
             for b in range(args.buckets):
                 s3.create_bucket(Bucket=f"scale-{b:03d}")
             done = 0
+            if args.seed:
+                objects = templates(cluster, BIG)
+                cluster.stop()
+                slices = (layout(first, min(first + 100_000, args.seed), args.buckets)
+                          for first in range(0, args.seed, 100_000))
+                result["seed"] = seed(cluster, slices, objects)
+                say(f"seeded {result['seed']}")
+                cluster.start()
+                cluster.wait_healthy(600)
+                done = args.seed
             for n in points:
                 started = time.perf_counter()
                 fills = []
