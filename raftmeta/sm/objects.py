@@ -264,8 +264,13 @@ def q_list(db: sqlite3.Connection, q: dict[str, Any]) -> dict[str, Any]:
     last = ""
     while len(contents) + len(prefixes) <= max_keys:
         limit = max_keys - len(contents) - len(prefixes) + 1
-        sql = "SELECT key, size, etag, created FROM objects WHERE bucket=? AND key>=? AND key>?"
-        args: list[Any] = [bucket, lo_inclusive, after]
+        # One lower bound, never two: given ``key>=? AND key>?`` SQLite seeks to one of
+        # them and filters the rest, so page n of a prefix scanned n pages (a 400k-key
+        # prefix's last page: 30 ms instead of 1.3).
+        if after >= lo_inclusive:
+            sql, args = "SELECT key, size, etag, created FROM objects WHERE bucket=? AND key>?", [bucket, after]
+        else:
+            sql, args = "SELECT key, size, etag, created FROM objects WHERE bucket=? AND key>=?", [bucket, lo_inclusive]
         if hi is not None:
             sql += " AND key<?"
             args.append(hi)
