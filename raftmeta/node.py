@@ -343,6 +343,7 @@ class MetaNode(PreVote, SyncObj):
         self._held_back: set[Any] = set()  # Raft thread only
         self._unverified_since: dict[ptcp.TcpConnection, float] = {}  # Raft thread only
         self.addOnTickCallback(self._drop_unverified_peers)
+        self.addOnTickCallback(self._sync_before_waiting)
 
     def _backlogged(self, node: Any) -> bool:
         """Whether ``node``'s connection holds RAFT_SEND_WINDOW bytes not yet sent."""
@@ -381,6 +382,14 @@ class MetaNode(PreVote, SyncObj):
         finally:
             self._SyncObj__raftCommitIndex = commit
         return resend
+
+    def _sync_before_waiting(self) -> None:
+        """Tick callback (the last step before the tick waits for messages): the leader
+        syncs what it appended in this tick now, while its followers sync the same entries,
+        rather than at the start of the next tick, after their acks came (~0.4 ms of a
+        commit at concurrency 1). The start of the tick still syncs whatever is left."""
+        if self._journal is not None and self._sync_journal and self._isLeader():
+            self._journal.sync()
 
     def _drop_unverified_peers(self) -> None:
         """Tick callback: close each incoming connection that has not sent a validly signed
