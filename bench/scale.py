@@ -64,9 +64,30 @@ def layout(first: int, last: int, buckets: int) -> dict[str, list[str]]:
     return out
 
 
+def cpu_seconds(cluster: Cluster, gen: LoadGenerator) -> dict[str, float]:
+    """CPU time (user + system) so far of each cluster process (with its children) and of
+    the load generator's workers."""
+    def of(pids: list[int]) -> float:
+        total = 0.0
+        for pid in pids:
+            try:
+                for proc in (psutil.Process(pid), *psutil.Process(pid).children(recursive=True)):
+                    times = proc.cpu_times()
+                    total += times.user + times.system
+            except psutil.NoSuchProcess:
+                pass
+        return total
+
+    out = {name: of([proc.pid]) for name, proc in cluster.procs.items() if proc.pid}
+    out["client"] = of(gen.pids)
+    return out
+
+
 def fill(gen: LoadGenerator, eps: list[Endpoint], keys: dict[str, list[str]], threads: int,
-         budget: float) -> dict[str, Any]:
-    """PUT every key once: one job per (bucket, frontend, size), ``threads`` threads each."""
+         budget: float, cluster: Cluster | None = None) -> dict[str, Any]:
+    """PUT every key once: one job per (bucket, frontend, size), ``threads`` threads each.
+    With ``cluster``: also the CPU microseconds per PUT of each role."""
+    before = cpu_seconds(cluster, gen) if cluster is not None else {}
     start = time.time() + 0.5
     jobs = []
     for b, names in keys.items():
@@ -79,8 +100,16 @@ def fill(gen: LoadGenerator, eps: list[Endpoint], keys: dict[str, list[str]], th
     results = gen.pool.map(run_job, jobs, chunksize=1)
     ok, errors = sum(len(r.latencies) for r in results), sum(r.errors for r in results)
     wall = max(r.ended for r in results) - start
-    return {"puts": ok, "errors": errors, "seconds": round(wall, 1), "ops_per_s": round(ok / wall, 1),
-            "first_error": next((r.first_error for r in results if r.first_error), "")}
+    out = {"puts": ok, "errors": errors, "seconds": round(wall, 1), "ops_per_s": round(ok / wall, 1),
+           "first_error": next((r.first_error for r in results if r.first_error), "")}
+    if cluster is not None and ok:
+        after = cpu_seconds(cluster, gen)
+        roles: dict[str, float] = {}
+        for name, seconds in after.items():
+            role = name.rstrip("0123456789")
+            roles[role] = roles.get(role, 0.0) + seconds - before.get(name, seconds)
+        out["cpu_us_per_put"] = {role: round(1e6 * seconds / ok) for role, seconds in sorted(roles.items())}
+    return out
 
 
 def latency(gen: LoadGenerator, ep: Endpoint, method: str, bucket: str, keys: list[str], seconds: float,
@@ -214,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
                 fills = []
                 while done < n:  # in slices, so progress shows and one slice's failure stops early
                     step = min(n - done, 100_000)
-                    fills.append(fill(gen, eps, layout(done, done + step, args.buckets), args.threads, args.fill_budget))
+                    fills.append(fill(gen, eps, layout(done, done + step, args.buckets), args.threads, args.fill_budget, cluster))
                     done += step
                     say(f"filled {done:,} ({fills[-1]})")
                     if fills[-1]["errors"]:
