@@ -28,13 +28,29 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from raftmeta.sm import acls, buckets, gcqueue, iam, lifecycle, members, multipart, nodes, objects, repair, versions
+from raftmeta.sm import (
+    acls,
+    buckets,
+    chunkindex,
+    gcqueue,
+    iam,
+    lifecycle,
+    members,
+    multipart,
+    nodes,
+    objects,
+    repair,
+    version_listing,
+    versions,
+)
 from raftmeta.sm.tables import Command, Failed, Query, packb, unpackb
 
 log = logging.getLogger("raftmeta")
 
 # The state machine's concepts, each owning its tables, commands and queries (``raftmeta/sm/``).
-MODULES = (buckets, objects, versions, gcqueue, nodes, multipart, iam, repair, members, lifecycle, acls)
+# ``chunkindex`` comes last: its ``migrate`` builds the index from the other modules' tables.
+MODULES = (buckets, objects, versions, version_listing, gcqueue, nodes, multipart, iam, repair, members, lifecycle,
+           acls, chunkindex)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v) WITHOUT ROWID;

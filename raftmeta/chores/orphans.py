@@ -46,7 +46,7 @@ class OrphanSweep(Chore):
             node = BlobNode.from_record(record)
             if not node.is_up(now):
                 continue  # not reachable now; its files are looked at when it is back
-            refs = set((await self.leader.query({"q": "node_refs", "node": node.node_id}))["ids"])
+            refs = await self._refs(node.node_id)
             try:
                 await self._missing(node, refs)
                 after, more = "", True
@@ -64,6 +64,19 @@ class OrphanSweep(Chore):
         if deleted:
             log.info("orphan sweep: %d unreferenced chunk files deleted", deleted)
         return deleted
+
+    async def _refs(self, node_id: str) -> set[str]:
+        """The chunk ids manifests place on ``node_id``, from the chunk index, a page a
+        query (each O(page), whatever the number of objects)."""
+        refs: set[str] = set()
+        after, more = "", True
+        while more:
+            page = await self.leader.query({"q": "node_refs", "node": node_id, "after": after, "limit": PAGE})
+            refs.update(page["ids"])
+            more = bool(page.get("more")) and bool(page["ids"])
+            if page["ids"]:
+                after = page["ids"][-1]
+        return refs
 
     async def _missing(self, node: BlobNode, refs: set[str]) -> None:
         """The other direction: replicas the manifests (read before the listing) place on

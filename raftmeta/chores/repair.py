@@ -1,7 +1,9 @@
 """Repair: bring every chunk back to ``replicas`` healthy copies, node to node.
 
-A pass first measures the backlog (one scan of the manifests: chunks, and bytes of
-missing replicas, the denominator of the progress and ETA an operator sees), then copies
+A pass first measures the backlog (one walk of the chunk index, ``repair_scan``: the
+chunks written with too few replicas and those on nodes that do not count now, never a
+scan of every manifest; chunks, and bytes of missing replicas, the denominator of the
+progress and ETA an operator sees), then copies
 up to ``budget`` chunks, ``IN_FLIGHT`` at once under one shared rate limit (client
 traffic keeps the disks first): the target pulls from a good source and verifies the
 chunk's checksum (the manifest's, in its own algorithm: ``core.chunksum``) before its
@@ -129,8 +131,8 @@ class Repair(Chore):
         return bool(result.get("ok") and added)
 
     async def _measure_backlog(self, counted: list[str], budget: int) -> list[list[Any]]:
-        """One scan of the manifests: what is under-replicated now; the first ``budget``
-        of those chunks are this pass's work."""
+        """One walk of the chunk index (``repair_scan``, a bounded page a query): what is
+        under-replicated now; the first ``budget`` of those chunks are this pass's work."""
         want = self.stats.replicas
         chunks = missing = 0
         todo: list[list[Any]] = []

@@ -17,6 +17,7 @@ import hashlib
 import sqlite3
 from typing import Any
 
+from raftmeta.sm import chunkindex
 from raftmeta.sm.gcqueue import queue_gc
 from raftmeta.sm.objects import replace_object
 from raftmeta.sm.tables import Failed, bucket_exists, packb, unpackb
@@ -53,8 +54,10 @@ def _upload(db: sqlite3.Connection, upload_id: str, bucket: str | None = None, k
 
 def drop_upload(db: sqlite3.Connection, upload_id: str, ts: float, keep: set[str] = frozenset()) -> int:
     count = 0
-    for (chunks,) in db.execute("SELECT chunks FROM parts WHERE upload_id=?", (upload_id,)).fetchall():
-        queue_gc(db, unpackb(chunks), ts, keep)
+    for number, chunks in db.execute("SELECT number, chunks FROM parts WHERE upload_id=?", (upload_id,)).fetchall():
+        manifest = unpackb(chunks)
+        queue_gc(db, manifest, ts, keep)
+        chunkindex.drop_part(db, upload_id, number, manifest)
         count += 1
     db.execute("DELETE FROM parts WHERE upload_id=?", (upload_id,))
     db.execute("DELETE FROM uploads WHERE upload_id=?", (upload_id,))
@@ -88,6 +91,8 @@ def cmd_put_part(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str, Any]:
     ).fetchone()
     if old is not None:
         queue_gc(db, unpackb(old[0]), cmd["ts"], {c[0] for c in part["chunks"]})
+    chunkindex.replace(db, (chunkindex.KIND_PART, cmd["upload_id"], "", cmd["number"]),
+                       unpackb(old[0]) if old is not None else [], part["chunks"])
     db.execute(
         "INSERT OR REPLACE INTO parts VALUES (?,?,?,?,?,?,?)",
         (cmd["upload_id"], cmd["number"], part["size"], part["etag"], cmd["ts"],

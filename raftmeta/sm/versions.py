@@ -27,9 +27,18 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
+from raftmeta.sm import chunkindex
 from raftmeta.sm.gcqueue import add_refs, queue_gc
 from raftmeta.sm.objectlock import LOCKED, apply_lock_defaults, check_retention_change, locked
-from raftmeta.sm.tables import Failed, bucket_exists, bucket_setting, packb, successor, unpackb
+from raftmeta.sm.tables import (
+    Failed,
+    bucket_exists,
+    bucket_setting,
+    is_without_rowid,
+    packb,
+    rebuild_as_rowid,
+    unpackb,
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS versions (
@@ -38,11 +47,20 @@ CREATE TABLE IF NOT EXISTS versions (
     size INTEGER NOT NULL, etag TEXT NOT NULL, sha256 TEXT NOT NULL, content_type TEXT NOT NULL,
     created REAL NOT NULL, superseded REAL, meta BLOB NOT NULL, chunks BLOB NOT NULL,
     PRIMARY KEY (bucket, key, seq DESC)
-) WITHOUT ROWID;
+);
 CREATE INDEX IF NOT EXISTS versions_null ON versions (bucket, key) WHERE null_id=1;
 -- status counts noncurrent versions, markers and their bytes without reading manifests
 CREATE INDEX IF NOT EXISTS versions_stats ON versions (marker, size);
 """
+
+
+
+def migrate(db: sqlite3.Connection) -> None:
+    """A WITHOUT ROWID table from an older version is rebuilt as a rowid table (a row
+    with a 1 KiB inline object stays on its page: ``objects``' SCHEMA says why)."""
+    if is_without_rowid(db, "versions"):
+        rebuild_as_rowid(db, "versions", SCHEMA, "bucket, key, seq DESC")
+
 
 SEQ_SPAN = 1024  # versions one entry may write (DeleteObjects: at most 1000 keys)
 NULL = "null"
@@ -182,11 +200,13 @@ def _insert(db: sqlite3.Connection, v: Version) -> None:
         (v.seq, int(v.null_id), int(v.marker), v.size, v.etag, v.sha256, v.content_type, v.created,
          v.superseded, packb(v.meta), packb(v.chunks), v.bucket, v.key),
     )
+    chunkindex.add_version(db, v.bucket, v.key, v.seq, v.chunks)
 
 
 def _supersede(db: sqlite3.Connection, bucket: str, key: str, ts: float) -> None:
     """The key's latest version becomes noncurrent at ``ts`` (a newer one follows). The
-    current row moves table to table in SQL: its manifest is never unpacked."""
+    current row moves table to table in SQL: its manifest is never unpacked (nor is the
+    chunk index touched: a version's identity there is the same in either table)."""
     moved = db.execute(
         f"INSERT INTO versions ({V_COLS}, bucket, key) SELECT version, null_id, 0, size, etag, sha256, content_type, "
         "created, ?, meta, chunks, bucket, key FROM objects WHERE bucket=? AND key=?", (ts, bucket, key)).rowcount
@@ -200,7 +220,7 @@ def _supersede(db: sqlite3.Connection, bucket: str, key: str, ts: float) -> None
 
 def _promote(db: sqlite3.Connection, bucket: str, key: str) -> None:
     """After a removal: the newest remaining version is the latest again; an object
-    moves back to ``objects``."""
+    moves back to ``objects`` (same identity in the chunk index: no index write)."""
     if current(db, bucket, key) is not None:
         return
     top = newest_noncurrent(db, bucket, key)
@@ -225,6 +245,7 @@ def remove(db: sqlite3.Connection, version: Version, ts: float, bypass: bool = F
     if locked(version.meta, ts, bypass):
         raise Failed("AccessDenied", LOCKED)
     queue_gc(db, version.chunks, ts, keep)
+    chunkindex.drop_version(db, version.bucket, version.key, version.seq, version.chunks)
     if version.current:
         db.execute("DELETE FROM objects WHERE bucket=? AND key=?", (version.bucket, version.key))
     else:
@@ -269,6 +290,7 @@ def write(db: sqlite3.Connection, bucket: str, key: str, obj: dict[str, Any], ts
         (bucket, key, obj["size"], obj["etag"], obj["sha256"], obj["content_type"], obj["created"], seq,
          packb(obj.get("meta", {})), packb(obj["chunks"]), int(null_id)),
     )
+    chunkindex.add_version(db, bucket, key, seq, obj["chunks"])
     return vid_of(seq, null_id)
 
 
@@ -317,12 +339,19 @@ def manifest_at(db: sqlite3.Connection, bucket: str, key: str, seq: int) -> list
     return unpackb(row[0]) if row else None
 
 
-def set_manifest(db: sqlite3.Connection, bucket: str, key: str, seq: int, chunks: list[list[Any]]) -> None:
+def set_manifest(db: sqlite3.Connection, bucket: str, key: str, seq: int, chunks: list[list[Any]],
+                 old: list[list[Any]] | None = None) -> None:
+    """Replace a version's manifest (repair); ``old``: its manifest now, if read already."""
+    old = manifest_at(db, bucket, key, seq) if old is None else old
+    if old is None:
+        return
+    chunkindex.replace_version(db, bucket, key, seq, old, chunks)
     db.execute("UPDATE objects SET chunks=? WHERE bucket=? AND key=? AND version=?", (packb(chunks), bucket, key, seq))
     db.execute("UPDATE versions SET chunks=? WHERE bucket=? AND key=? AND seq=?", (packb(chunks), bucket, key, seq))
 
 
 MANIFEST_TABLES = ("objects", "versions")  # every table whose rows carry an object's manifest
+# (every write of their ``chunks`` keeps ``chunkindex`` in step, in the same transaction)
 
 
 # ---------------------------------------------------------------------- bucket commands
@@ -404,83 +433,7 @@ def cmd_set_legal_hold(db: sqlite3.Connection, cmd: dict[str, Any]) -> dict[str,
     return {"vid": version.vid}
 
 
-# ---------------------------------------------------------------------- listing every version
-
-_ARM = ("SELECT key, version AS seq, null_id, 0 AS marker, size, etag, created, 1 AS latest FROM objects "
-        "WHERE bucket=? AND {cond} UNION ALL "
-        "SELECT key, seq, null_id, marker, size, etag, created, superseded IS NULL FROM versions "
-        "WHERE bucket=? AND {cond} ORDER BY key, seq DESC LIMIT ?")
-_SAME_KEY = _ARM.format(cond="key=? AND seq<?")
-_AFTER_KEY = _ARM.format(cond="key{lo}?{hi}")  # one lower bound, so the index seeks straight to it
-
-
-def _rows(db: sqlite3.Connection, bucket: str, after: tuple[str, int | None], lo: str, hi: str | None,
-          limit: int) -> list[tuple[Any, ...]]:
-    """Up to ``limit`` versions in listing order (key ascending, newest first) after
-    ``after`` ((key, seq), or (key, None): after all of that key's), with keys in [lo, hi)."""
-    key, seq = after
-    rows: list[tuple[Any, ...]] = []
-    if seq is not None and key >= lo and (hi is None or key < hi):
-        rows = db.execute(_SAME_KEY, (bucket, key, seq, bucket, key, seq, limit)).fetchall()
-    if len(rows) < limit:
-        bound, op = (lo, ">=") if lo > key else (key, ">")
-        args: tuple[Any, ...] = (bound,) if hi is None else (bound, hi)
-        sql = _AFTER_KEY.replace("{lo}", op).replace("{hi}", "" if hi is None else " AND key<?")
-        rows += db.execute(sql, (bucket, *args, bucket, *args, limit - len(rows))).fetchall()
-    return rows
-
-
-def q_list_versions(db: sqlite3.Connection, q: dict[str, Any]) -> dict[str, Any]:
-    """One page of ListObjectVersions: versions and delete markers (key ascending, newest
-    first) and common prefixes, ``max_keys`` in all, after ``key_marker`` and
-    ``vid_marker``. Each step is an indexed range scan of both tables, merged."""
-    bucket, prefix, delimiter = q["bucket"], q.get("prefix", ""), q.get("delimiter", "")
-    max_keys, key_marker, vid_marker = q.get("max_keys", 1000), q.get("key_marker", ""), q.get("vid_marker")
-    if not bucket_exists(db, bucket):
-        raise Failed("NoSuchBucket")
-    after: tuple[str, int | None] = (key_marker, None)
-    if key_marker and vid_marker:
-        # A position, not a version that must still exist: a client deleting what it
-        # lists pages on after versions it has just deleted.
-        seq = parse_vid(vid_marker)
-        if seq is None:
-            marked = find(db, bucket, key_marker, NULL)
-            seq = marked.seq if marked is not None else None
-        after = (key_marker, seq)
-    entries: list[dict[str, Any]] = []
-    prefixes: list[str] = []
-    out = {"entries": entries, "prefixes": prefixes, "truncated": False}
-    lo, hi = prefix, successor(prefix)
-    while max_keys > 0:
-        limit = max_keys - len(entries) - len(prefixes) + 1
-        rows = _rows(db, bucket, after, lo, hi, limit)
-        restart = False
-        for key, seq, null_id, marker, size, etag, created, latest in rows:
-            common = ""
-            if delimiter and (pos := key.find(delimiter, len(prefix))) >= 0:
-                common = key[: pos + len(delimiter)]
-            if len(entries) + len(prefixes) == max_keys:
-                out["truncated"] = True
-                return out
-            if common:
-                if not key_marker.startswith(common):  # else returned on an earlier page
-                    prefixes.append(common)
-                    out["next_key"], out["next_vid"] = common, None
-                nxt = successor(common)
-                if nxt is None:
-                    return out
-                lo, after, restart = max(lo, nxt), (key, None), True
-                break
-            entries.append({"key": key, "vid": vid_of(seq, null_id), "marker": bool(marker), "size": size,
-                            "etag": etag, "created": created, "latest": bool(latest)})
-            out["next_key"], out["next_vid"] = key, vid_of(seq, null_id)
-            after = (key, seq)
-        if not restart and len(rows) < limit:
-            break
-    return out
-
-
-QUERIES = {"list_versions": q_list_versions}
+QUERIES: dict[str, Any] = {}  # ListObjectVersions: ``version_listing``
 
 COMMANDS = {
     "set_versioning": cmd_set_versioning,
