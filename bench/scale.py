@@ -16,7 +16,10 @@ checkpoint it measures, in this order:
 - a full ListObjectsV2 walk of ``scale-big``'s ``p/`` (every key of it, 1000 a page);
 - leader failover: SIGKILL of the Raft leader -> the next successful PUT (then restarted);
 - a follower's catch-up: SIGKILL of a follower, ``--catchup`` objects written without
-  it, restart -> its applied index reaches the leader's commit index.
+  it (through S3, or with ``--catchup-direct`` as put_object commands through the
+  metadata RPC, which is faster here), restart -> its applied index reaches the leader's
+  commit index; ``snapshot_needed`` says whether the leader's log had been compacted past
+  what the follower held, so it had to install a snapshot.
 
 ``--seed N`` starts from N objects applied to the stopped replicas' databases by their
 own state machine (``bench.scale_seed``), not through S3; checkpoints above N are filled
@@ -40,6 +43,7 @@ import psutil
 import trio
 
 from bench.load import Endpoint, Job, LoadGenerator, list_all, run_job
+from bench.scale_seed import command as seed_command
 from bench.scale_seed import seed, templates
 from chaos.cluster import ACCESS_KEY, SECRET, SECRET_KEY, Cluster
 from raftmeta.client import MetaClient
@@ -164,14 +168,47 @@ def failover(cluster: Cluster) -> dict[str, Any]:
     return {"killed": leader, "seconds": None if took is None else round(took, 3)}
 
 
+def write_direct(cluster: Cluster, count: int, in_flight: int = 64) -> dict[str, Any]:
+    """``count`` put_object commands of the 1 KiB template through the metadata RPC (as a
+    frontend commits them), ``in_flight`` at once: faster than S3 on this machine."""
+    objects = templates(cluster, BIG)
+
+    async def run() -> float:
+        client = MetaClient(cluster.rpc, SECRET)
+        limit = trio.Semaphore(in_flight)
+        started = time.perf_counter()
+
+        async def one(n: int) -> None:
+            async with limit:
+                reply = await client.write(seed_command(BIG, f"direct/{n:09d}", objects[1024], time.time()))
+                if not reply.get("ok"):
+                    raise RuntimeError(f"direct write failed: {reply}")
+
+        async with trio.open_nursery() as nursery:
+            for n in range(count):
+                await limit.acquire()
+                limit.release()
+                nursery.start_soon(one, n)
+        return time.perf_counter() - started
+
+    seconds = trio.run(run)
+    return {"commands": count, "seconds": round(seconds, 1), "per_s": round(count / seconds, 1)}
+
+
 def catchup(cluster: Cluster, gen: LoadGenerator, eps: list[Endpoint], first: int, count: int,
-            buckets: int) -> dict[str, Any]:
+            buckets: int, direct: bool = False) -> dict[str, Any]:
     leader = cluster.leader()
     follower = next(n for n in cluster.procs if n.startswith("raftmeta") and n != leader)
     index = int(follower.removeprefix("raftmeta")) - 1
+    was = (trio.run(_statuses, [cluster.rpc[index]])[0] or {}).get("last_applied", 0)
     cluster.kill(follower)
-    written = fill(gen, eps, layout(first, first + count, buckets), 8, 1800)
-    target = max((s or {}).get("commit_index", 0) for s in trio.run(_statuses, cluster.rpc))
+    if direct:
+        written = write_direct(cluster, count)
+    else:
+        written = fill(gen, eps, layout(first, first + count, buckets), 8, 1800)
+    statuses = trio.run(_statuses, cluster.rpc)
+    target = max((s or {}).get("commit_index", 0) for s in statuses)
+    log_start = min((s or {}).get("commit_index", 0) - (s or {}).get("log_size", 0) for s in statuses if s)
     t = time.perf_counter()
     cluster.start(follower)
     took = None
@@ -181,8 +218,9 @@ def catchup(cluster: Cluster, gen: LoadGenerator, eps: list[Endpoint], first: in
             took = time.perf_counter() - t
             break
         time.sleep(0.2)
-    return {"follower": follower, "written_while_down": written, "entries_behind": target,
-            "seconds": None if took is None else round(took, 2)}
+    return {"follower": follower, "written_while_down": written, "entries_behind": target - was,
+            # the leader's log no longer holds what the follower lacks: it gets a snapshot
+            "snapshot_needed": log_start > was, "seconds": None if took is None else round(took, 2)}
 
 
 def checkpoint(cluster: Cluster, gen: LoadGenerator, eps: list[Endpoint], n: int, args: argparse.Namespace,
@@ -207,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=8, help="fill threads per job (jobs: bucket x frontend x size)")
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--catchup", type=int, default=0, help="objects written while a follower is down (0: 10%% of the last checkpoint, at most 1,000,000)")
+    ap.add_argument("--catchup-direct", action="store_true",
+                    help="write the catch-up's objects as put_object commands through the metadata RPC, not S3")
     ap.add_argument("--fill-budget", type=float, default=4 * 3600)
     ap.add_argument("--seed", type=int, default=0,
                     help="objects applied straight to the stopped replicas' databases before any S3 fill (bench.scale_seed)")
@@ -255,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
                 result["checkpoints"].append(point)
                 (out_dir / "scale.json").write_text(json.dumps(result, indent=1))
             count = args.catchup or min(max(points[-1] // 10, 1000), 1_000_000)
-            result["catchup"] = catchup(cluster, gen, eps, done, count, args.buckets)
+            result["catchup"] = catchup(cluster, gen, eps, done, count, args.buckets, args.catchup_direct)
             say(f"catch-up {result['catchup']}")
             result["ended"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
             (out_dir / "scale.json").write_text(json.dumps(result, indent=1))

@@ -51,7 +51,8 @@ def templates(cluster: Cluster, bucket: str) -> dict[int, dict[str, Any]]:
     return trio.run(read)
 
 
-def _command(bucket: str, key: str, template: dict[str, Any], ts: float) -> dict[str, Any]:
+def command(bucket: str, key: str, template: dict[str, Any], ts: float) -> dict[str, Any]:
+    """A put_object of ``template`` (a stored object) at ``key``, with fresh chunk ids."""
     obj = {k: template[k] for k in ("size", "etag", "sha256", "content_type", "meta")}
     obj["created"] = ts
     obj["chunks"] = [[uuid.uuid4().hex, *chunk[1:]] for chunk in template["chunks"]]
@@ -81,7 +82,7 @@ def seed(cluster: Cluster, slices: Iterable[dict[str, list[str]]], objects: dict
     for keys in slices:
         for bucket, names in keys.items():
             for i, key in enumerate(names):
-                pending.append(_command(bucket, key, objects[1024 if i % 2 else 0], ts))
+                pending.append(command(bucket, key, objects[1024 if i % 2 else 0], ts))
                 count += 1
                 if len(pending) == BATCH:
                     flush()
