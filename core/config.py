@@ -104,6 +104,8 @@ def add_frontend(p: argparse.ArgumentParser) -> None:
                    help="open connections one client address may hold; more are closed at once")
     p.add_argument("--certfile", help="serve S3 over TLS with this certificate (PEM)")
     p.add_argument("--keyfile", help="the certificate's private key (PEM)")
+    p.add_argument("--no-lean-path", dest="lean_path", action="store_false",
+                   help="serve GET/HEAD/PUT of objects and UploadPart through Quart too (frontend.lean)")
 
 
 ROLES = {"raftmeta": add_raftmeta, "blobnode": add_blobnode, "frontend": add_frontend}

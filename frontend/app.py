@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qsl, unquote_to_bytes
 
 import trio
@@ -103,30 +103,37 @@ class BoundedRequest(TrioRequest):
         return data.decode() if as_text else data
 
 
+async def pump_body(nursery: trio.Nursery, request: Any, receive: Any, body_idle: float) -> None:
+    """Feed the request's ``BoundedBody`` from ASGI ``receive`` (room permitting, with the
+    idle limit), until the disconnect; then end the request's nursery. Used by the Quart
+    connection and by the lean path (``frontend.lean``) alike."""
+    body = request.body
+    if request.headers.get("expect", "").strip().lower() == "100-continue":
+        # The first receive() sends the client its "100 Continue" (http_edge): only once
+        # a handler reads the body, so a refused request is answered before it is sent.
+        await body.wanted.wait()
+    while True:
+        await body.wait_for_room()
+        if body.complete:
+            message = await receive()  # the disconnect, whenever it comes
+        else:
+            with trio.move_on_after(body_idle) as idle:
+                message = await receive()
+            if idle.cancelled_caught:
+                body.time_out()
+                continue
+        if message["type"] == "http.request":
+            body.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                body.set_complete()
+        elif message["type"] == "http.disconnect":
+            break
+    nursery.cancel_scope.cancel()
+
+
 class BoundedConnection(TrioASGIHTTPConnection):
     async def handle_messages(self, nursery: trio.Nursery, request: Any, receive: Any) -> None:  # type: ignore[override]
-        body = request.body
-        if request.headers.get("expect", "").strip().lower() == "100-continue":
-            # The first receive() sends the client its "100 Continue" (http_edge): only once
-            # a handler reads the body, so a refused request is answered before it is sent.
-            await body.wanted.wait()
-        while True:
-            await body.wait_for_room()
-            if body.complete:
-                message = await receive()  # the disconnect, whenever it comes
-            else:
-                with trio.move_on_after(self.app.ctx.limits.body_idle) as idle:
-                    message = await receive()
-                if idle.cancelled_caught:
-                    body.time_out()
-                    continue
-            if message["type"] == "http.request":
-                body.append(message.get("body", b""))
-                if not message.get("more_body", False):
-                    body.set_complete()
-            elif message["type"] == "http.disconnect":
-                break
-        nursery.cancel_scope.cancel()
+        await pump_body(nursery, request, receive, self.app.ctx.limits.body_idle)
 
 
 class CairnApp(QuartTrio):
@@ -246,17 +253,36 @@ async def route(ctx: Context, request: Any) -> Response:
                         request.scope.get("raw_path", b"")[:200], took, request.request_id)
 
 
-async def _route(ctx: Context, request: Any) -> Response:
-    scope = request.scope
+class Parsed(NamedTuple):
+    """What a request's head says before any handler runs: its bucket, key, query
+    parameters and route (``routes.match``)."""
+
+    raw_path: bytes
+    query_string: bytes
+    bucket: str
+    key: str | None
+    params: dict[str, str]
+    route: routes.Route
+
+
+def parse(ctx: Context, scope: Any, method: str, headers: Any) -> Parsed:
+    """The request's bucket, key, parameters and route (S3Error if the path or the query
+    string is not one S3 takes)."""
     raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
     query_string: bytes = scope.get("query_string", b"")
     bucket, key = split_path(raw_path)
-    headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
-    virtual = virtual_host_bucket(request.headers.get("host", ""), ctx.domains)
+    virtual = virtual_host_bucket(headers.get("host", ""), ctx.domains)
     if virtual is not None:  # BUCKET.DOMAIN/KEY: the whole path is the key
         bucket, key = virtual, split_path(b"/" + virtual.encode() + raw_path)[1]
     params = query_params(query_string)
-    route = routes.match(request.method, bucket, key, params, request.headers)
+    return Parsed(raw_path, query_string, bucket, key, params, routes.match(method, bucket, key, params, headers))
+
+
+async def _route(ctx: Context, request: Any) -> Response:
+    scope = request.scope
+    parsed = getattr(request, "parsed", None) or parse(ctx, scope, request.method, request.headers)
+    raw_path, query_string, bucket, key, params, route = parsed
+    headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
     request.operation = route.operation
     if route.need == routes.OPEN:  # health, CORS preflight: never authenticated
         return await route.handler(ctx, request, bucket, key, params)

@@ -16,6 +16,7 @@ from frontend import http_edge
 from frontend.app import CairnApp
 from frontend.context import Context, Limits
 from frontend.datapath import DataPath, Settings
+from frontend.lean import LeanApp
 from raftmeta.client import MetaClient
 
 log = logging.getLogger("frontend")
@@ -78,5 +79,5 @@ async def serve(args: Any) -> None:
         nursery.start_soon(app.ctx.data.directory.refresh_loop)
         nursery.start_soon(app.ctx.data.read_repair_loop)
         nursery.start_soon(app.ctx.meta.follow_members)
-        await hypercorn_serve(app, hc)
+        await hypercorn_serve(LeanApp(app) if getattr(args, "lean_path", True) else app, hc)
         nursery.cancel_scope.cancel()
