@@ -23,7 +23,8 @@ from urllib.parse import unquote
 
 import trio
 
-from core import acl, wire
+from core import access as access_rules
+from core import wire
 from frontend.context import Context
 from frontend.errors import S3Error, from_wire
 from frontend.sigv4 import AuthResult, verify_request
@@ -156,15 +157,7 @@ async def _candidate_secret(ctx: Context, access_key: str) -> str | None:
     return reply["secret"] if reply.get("found") else None
 
 
-# What each need asks of a bucket's ACL (None: nothing a bucket ACL can give).
-_ACL_NEED = {"list": acl.READ, "any": acl.READ, "write": acl.WRITE, "read_acp": acl.READ_ACP,
-             "write_acp": acl.WRITE_ACP, "full": None}
-# Needs on an object, settled by its version's ACL inside the read (or command) unless the
-# caller holds a Cairn grant that covers every object of the bucket.
-OBJECT_NEEDS = {"read": acl.READ, "obj_read_acp": acl.READ_ACP, "obj_write_acp": acl.WRITE_ACP}
-_GRANTS_FOR = {"list": ("list", "full"), "write": ("write", "full"), "full": ("full",), "read_acp": ("full",),
-               "write_acp": ("full",), "read": ("read", "full"), "obj_read_acp": ("full",),
-               "obj_write_acp": ("full",)}
+OBJECT_NEEDS = access_rules.OBJECT_NEEDS
 
 
 async def bucket_access(ctx: Context, principal: Principal, bucket: str) -> dict[str, Any]:
@@ -179,17 +172,7 @@ async def bucket_access(ctx: Context, principal: Principal, bucket: str) -> dict
     return access
 
 
-def _bucket_allows(access: dict[str, Any], user: str | None, need: str) -> bool:
-    if user is not None and user == access["owner"]:
-        return True
-    granted = access.get("permission")
-    if granted in _GRANTS_FOR.get(need, ()) or (need == "any" and granted):
-        return True
-    permission = _ACL_NEED.get(need)
-    if permission is None or access.get("ownership") == acl.OWNER_ENFORCED:  # ACLs are off there
-        return False
-    return acl.may(access["grants"], access["owner"], user, permission,
-                   bool((access.get("pab") or {}).get("IgnorePublicAcls")))
+_bucket_allows = access_rules.bucket_allows
 
 
 async def authorize(ctx: Context, principal: Principal, bucket: str, need: str) -> dict[str, Any] | None:
@@ -206,10 +189,7 @@ async def authorize(ctx: Context, principal: Principal, bucket: str, need: str) 
     if not access.get("exists"):  # bucket names are one public namespace: S3 says so to anyone
         raise S3Error("NoSuchBucket", BucketName=bucket)
     if need in OBJECT_NEEDS:
-        if access.get("permission") in _GRANTS_FOR[need]:
-            return None
-        return {"user": principal.user, "need": OBJECT_NEEDS[need],
-                "list": _bucket_allows(access, principal.user, "list")}
+        return access_rules.object_check(access, principal.user, need)
     if not _bucket_allows(access, principal.user, need):
         raise S3Error("AccessDenied")
     return None
