@@ -4,8 +4,9 @@ What PySyncObj 0.3.17 does not do, and this module adds:
 - durability: its journal is an mmap that is never synced. ``DurableJournal`` msyncs
   before a follower acknowledges entries and before the leader counts its own log
   toward a commit (once per tick: group commit), and fsyncs Raft term/vote metadata.
-- snapshots: the default forks and pickles the object; ours copy the SQLite database
-  with its backup API (``_serialize`` / ``_deserialize``).
+- snapshots: the default forks and pickles the object; ours (``raftmeta.snapshots``)
+  copy a read transaction of the SQLite database in a background thread, send it from a
+  read-ahead thread, and install a received one by renaming it into place.
 - safety: the Raft port always requires the cluster secret (PySyncObj pickles its TCP
   messages; without ``password`` an open port would be remote code execution). Frames
   are HMAC-signed (``_SignedFrames``) instead of Fernet-encrypted: as on every internal
@@ -49,10 +50,9 @@ import hashlib
 import hmac
 import logging
 import os
-import pickle
 import random
-import sqlite3
 import struct
+import threading
 import time
 import zlib
 from collections.abc import Callable
@@ -66,7 +66,7 @@ import pysyncobj.tcp_connection as ptcp
 from pysyncobj import SyncObj, SyncObjConf, replicated
 
 from core.wire import MAX_HEADER
-from raftmeta import raftconn
+from raftmeta import raftconn, snapshots
 from raftmeta.prevote import PreVote
 from raftmeta.state import MetaState
 
@@ -202,12 +202,7 @@ logging.getLogger("pysyncobj.syncobj").addFilter(
 )
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path or ".", os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+_fsync_dir = snapshots.fsync_dir
 
 
 class DurableJournal(pjournal.FileJournal):
@@ -283,8 +278,10 @@ class MetaNode(PreVote, SyncObj):
             logCompactionBatchSize=RAFT_BATCH_BYTES,
             journalFile=os.path.join(data_dir, "raft.journal"),
             fullDumpFile=os.path.join(data_dir, "raft.snapshot"),
-            serializer=self._serialize,
-            deserializer=self._deserialize,
+            # Not called (``Snapshots`` replaces PySyncObj's Serializer): set so that PySyncObj
+            # hands the serializer no pickle of this object.
+            serializer=snapshots.write_snapshot,
+            deserializer=snapshots.read_snapshot,
             logCompactionMinEntries=compaction_entries,
             logCompactionMinTime=600,
             dynamicMembershipChange=True,
@@ -306,11 +303,15 @@ class MetaNode(PreVote, SyncObj):
         original_encryptor = psyncobj.getEncryptor
         psyncobj.createJournal = create_journal
         psyncobj.getEncryptor = _SignedFrames
+        self._snapshots = snapshots.Snapshots(conf.fullDumpFile, RAFT_BATCH_BYTES, state, self._snapshot_installed)
+        original_serializer = psyncobj.Serializer
+        psyncobj.Serializer = lambda *args: self._snapshots
         try:
             super().__init__(self_addr, peers, conf)
         finally:
             psyncobj.createJournal = original
             psyncobj.getEncryptor = original_encryptor
+            psyncobj.Serializer = original_serializer
         transport = self._SyncObj__transport
         send = transport.send
 
@@ -506,30 +507,17 @@ class MetaNode(PreVote, SyncObj):
 
     # -------------------------------------------------------------- snapshots
 
-    def _serialize(self, path: str, raft_data: Any) -> None:
-        """Runs on the Raft thread, between applies: the database is quiescent."""
-        if os.path.exists(path):
-            os.unlink(path)
-        dst = sqlite3.connect(path, isolation_level=None)
-        try:
-            self.state.db.backup(dst)
-            dst.execute("CREATE TABLE raft_snapshot (data BLOB)")
-            dst.execute("INSERT INTO raft_snapshot VALUES (?)", (pickle.dumps(raft_data),))
-        finally:
-            dst.close()
-        with open(path, "rb+") as f:
-            os.fsync(f.fileno())
+    def _snapshot_installed(self) -> None:
+        """After a leader's snapshot was installed (Raft thread): the install took a while,
+        during which the election timer (set when its last part came) may have run out;
+        the leader was heard just now, so the timer starts from here."""
+        now = time.monotonic()
+        self._heard_leader = now
+        self._SyncObj__raftElectionDeadline = now + self._SyncObj__generateRaftTimeout()
 
-    def _deserialize(self, path: str) -> Any:
-        """Load a snapshot (ours at start-up, or the leader's): keep whichever is newer."""
-        snap = sqlite3.connect(path, isolation_level=None)
-        try:
-            raft_data = pickle.loads(snap.execute("SELECT data FROM raft_snapshot").fetchone()[0])
-            row = snap.execute("SELECT v FROM meta WHERE k='applied'").fetchone()
-            snap_index = int(row[0]) if row else 0
-            if snap_index > self.state.applied_index():
-                log.info("restoring state from snapshot at index %d", snap_index)
-                self.state.restore_from(snap)
-        finally:
-            snap.close()
-        return raft_data
+    def destroy(self) -> None:
+        super().destroy()
+        thread = self._SyncObj__thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(10)
+        self._snapshots.close()  # a snapshot being written must not outlive the node

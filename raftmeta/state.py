@@ -176,6 +176,26 @@ class MetaState:
             self.reader = self._open(self.path)
             self.last_applied = self.applied_index()
 
+    def replace_with(self, path: str) -> None:
+        """Make the complete, fsynced SQLite file at ``path`` (a received snapshot) the
+        live database: a rename, not a copy (Raft thread; no other connection may be open
+        on the database but ours)."""
+        with self.reader_lock:
+            self.close()  # the last connection: SQLite checkpoints and removes the WAL
+            for suffix in ("-wal", "-shm"):  # an old WAL must never be replayed onto the new file
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.path + suffix)
+            os.replace(path, self.path)
+            fd = os.open(os.path.dirname(os.path.abspath(self.path)), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self.db = self._open(self.path)
+            migrate(self.db)  # a snapshot from an older version may lack a column or an index
+            self.reader = self._open(self.path)
+            self.last_applied = self.applied_index()
+
     def applied_index(self) -> int:
         row = self.db.execute("SELECT v FROM meta WHERE k='applied'").fetchone()
         return int(row[0]) if row else 0

@@ -128,7 +128,8 @@ async def test_snapshots(tmp_path: Path) -> None:
             listing = await must(cluster.client(absent).read({"q": "list", "bucket": "s", "max_keys": 1000},
                                                              deadline=30))
             assert [c["key"] for c in listing["contents"]] == expected
-            assert (absent.data_dir / "raft.snapshot").is_file()  # received from the leader
+            # installed from the leader's; its own snapshot of it is written in the background
+            await wait_until(lambda: (absent.data_dir / "raft.snapshot").is_file(), 15, "the installed snapshot")
             await cluster.wait_leader()
             for r in cluster.replicas:
                 stats = await must(cluster.client(r).read({"q": "stats"}))
