@@ -63,6 +63,8 @@ def add_raftmeta(p: argparse.ArgumentParser) -> None:
     p.add_argument("--commit-in-flight", type=int, default=2,
                    help="batch entries being committed at once; commands arriving meanwhile share the next entry "
                         "(0: every command its own entry)")
+    p.add_argument("--snapshot-entries", type=int, default=50_000,
+                   help="Raft log entries after which a snapshot is taken and the log compacted")
     p.add_argument("--unsafe-no-journal-sync", action="store_true",
                    help="do not sync the Raft journal (loses acknowledged writes on power loss; benchmarks only)")
 

@@ -249,7 +249,8 @@ async def serve(args: Any) -> None:
     multipart.MIN_PART_SIZE = getattr(args, "min_part_size", multipart.MIN_PART_SIZE)
     state = MetaState(os.path.join(args.data_dir, "meta.sqlite"))
     node = MetaNode(args.raft, args.peers, args.data_dir, args.secret, state,
-                    sync_journal=not getattr(args, "unsafe_no_journal_sync", False))
+                    sync_journal=not getattr(args, "unsafe_no_journal_sync", False),
+                    compaction_entries=getattr(args, "snapshot_entries", 50_000))
     if not node._sync_journal:
         log.warning("--unsafe-no-journal-sync: acknowledged writes can be lost on power loss")
     server = MetaServer(node, state, args.secret, gc_grace=args.gc_grace, gc_interval=args.gc_interval,
