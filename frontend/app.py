@@ -32,10 +32,11 @@ from quart_trio.wrappers.request import TrioBody, TrioRequest
 from core import wire
 from frontend import iam, metrics, routes
 from frontend.budget import OWNER
-from frontend.context import Context, read_body
+from frontend.context import Context, read_body, version_param
 from frontend.errors import SERVICE_UNAVAILABLE, S3Error, from_wire
-from frontend.names import virtual_host_bucket
+from frontend.names import check_key, virtual_host_bucket
 from frontend.s3 import cors
+from raftmeta.client import ROUND_TRIPS
 
 log = logging.getLogger("frontend")
 
@@ -232,6 +233,8 @@ async def route(ctx: Context, request: Any) -> Response:
     request.cors_bucket = None  # set once an S3 operation is dispatched: its errors get CORS headers too
     started = time.monotonic()
     status = 500
+    round_trips = [0]
+    ROUND_TRIPS.set(round_trips)  # this request's task and the tasks it starts count here
     try:
         try:
             response = await _route(ctx, request)
@@ -247,7 +250,7 @@ async def route(ctx: Context, request: Any) -> Response:
         sent = 0
         if status in (200, 206) and request.method == "GET" and request.operation == "GetObject":
             sent = int(response.headers.get("Content-Length", 0) or 0)
-        metrics.observe(request.operation, status, took, request.body.received, sent)
+        metrics.observe(request.operation, status, took, request.body.received, sent, round_trips[0])
         if took > SLOW_REQUEST:
             log.warning("slow request %s %s took %.1fs (request id %s)", request.method,
                         request.scope.get("raw_path", b"")[:200], took, request.request_id)
@@ -278,6 +281,20 @@ def parse(ctx: Context, scope: Any, method: str, headers: Any) -> Parsed:
     return Parsed(raw_path, query_string, bucket, key, params, routes.match(method, bucket, key, params, headers))
 
 
+def _object_prefetch(operation: str, bucket: str, key: str | None, params: dict[str, str]) -> dict[str, Any] | None:
+    """(bucket, key, vid) of the version a GetObject or HeadObject will read, to read
+    behind the key look-up's barrier (``iam.lookup_key``); None for any other request,
+    or one that fails before it would read."""
+    if operation not in ("GetObject", "HeadObject") or not bucket or key is None:
+        return None
+    try:
+        check_key(key)
+        vid = version_param(params)
+    except S3Error:
+        return None
+    return {"bucket": bucket, "key": key, "vid": vid}
+
+
 async def _route(ctx: Context, request: Any) -> Response:
     scope = request.scope
     parsed = getattr(request, "parsed", None) or parse(ctx, scope, request.method, request.headers)
@@ -288,7 +305,8 @@ async def _route(ctx: Context, request: Any) -> Response:
         return await route.handler(ctx, request, bucket, key, params)
     operator = routes.level(bucket, key) == routes.OPERATOR
     request.auth, request.principal = await iam.authenticate(
-        ctx, request.method, raw_path, query_string, headers, "" if operator else bucket)
+        ctx, request.method, raw_path, query_string, headers, "" if operator else bucket,
+        None if operator else _object_prefetch(route.operation, bucket, key, params))
     budget_owner(request, request.principal)
     if operator:
         return await routes.dispatch(ctx, request, route, bucket, key, params)

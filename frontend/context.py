@@ -83,6 +83,22 @@ def object_query(request: Any, bucket: str, key: str, vid: str | None,
     return query
 
 
+async def read_object(ctx: Context, request: Any, query: dict[str, Any]) -> dict[str, Any]:
+    """``ctx.meta.read(query)`` through ``meta_call``, unless the request's key look-up
+    already read this version behind its barrier with the same object ACL check
+    (``iam.lookup_key``'s prefetch, ``object_as``: read before authorization, so used
+    only here, by a handler that passed it, and only when the check is the one the
+    frontend's own authorization decided)."""
+    prefetched = getattr(getattr(request, "principal", None), "prefetched", None)
+    if (prefetched is not None and prefetched[0] == (query["bucket"], query["key"], query.get("vid"))
+            and "reply" in prefetched[1] and prefetched[1].get("check") == query.get("check")):
+        reply = prefetched[1]["reply"]
+        if not reply.get("ok"):
+            raise from_reply(reply)
+        return reply
+    return await meta_call(ctx.meta.read(query))
+
+
 def version_param(params: Mapping[str, str]) -> str | None:
     """The ``versionId`` a request names (None: the latest); its form is checked by the
     state machine, which answers InvalidArgument for one that is not a version id."""

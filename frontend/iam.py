@@ -40,6 +40,10 @@ class Principal:
     access_key: str = ""
     bucket_access: dict[str, Any] | None = None  # access to ``access_bucket``, read with the key
     access_bucket: str = ""
+    # ((bucket, key, vid), ``object_as`` answer): the object read with the key (GetObject,
+    # HeadObject), used only by a handler whose own read is that one with the same ACL
+    # check (``context.read_object``)
+    prefetched: tuple[tuple[str, str, str | None], dict[str, Any]] | None = None
 
 
 ANONYMOUS = Principal(None)
@@ -65,9 +69,12 @@ def requested_access_key(headers: list[tuple[str, str]], query_string: bytes) ->
     return None
 
 
-async def lookup_key(ctx: Context, access_key: str | None, bucket: str = "") -> tuple[str | None, Principal]:
+async def lookup_key(ctx: Context, access_key: str | None, bucket: str = "",
+                     prefetch: dict[str, Any] | None = None) -> tuple[str | None, Principal]:
     """(secret, principal) of an access key, or (None, ANONYMOUS) if unknown. For a user's
-    key, the key and the user's access to ``bucket`` are read behind one Raft barrier."""
+    key, the key, the user's access to ``bucket`` and, for ``prefetch`` (bucket, key, vid),
+    the object read the request will make if it is authorized (``object_as``) are read
+    behind one Raft barrier."""
     if not access_key:
         return None, ANONYMOUS
     if access_key == ctx.root_access_key:
@@ -75,6 +82,8 @@ async def lookup_key(ctx: Context, access_key: str | None, bucket: str = "") -> 
     queries = [{"q": "key", "access_key": access_key}]
     if bucket:
         queries.append({"q": "access", "bucket": bucket, "access_key": access_key})
+        if prefetch is not None:
+            queries.append({"q": "object_as", "access_key": access_key, **prefetch})
     try:
         results = await ctx.meta.read_many(queries)
     except wire.WireError as exc:
@@ -82,11 +91,16 @@ async def lookup_key(ctx: Context, access_key: str | None, bucket: str = "") -> 
     key = results[0]
     if not key.get("found"):
         return None, ANONYMOUS
-    return key["secret"], Principal(key["user"], key["admin"], access_key, results[1] if bucket else None, bucket)
+    prefetched = None
+    if bucket and prefetch is not None:
+        prefetched = ((prefetch["bucket"], prefetch["key"], prefetch["vid"]), results[2])
+    return key["secret"], Principal(key["user"], key["admin"], access_key, results[1] if bucket else None, bucket,
+                                    prefetched)
 
 
 async def authenticate(ctx: Context, method: str, raw_path: bytes, query_string: bytes,
-                       headers: list[tuple[str, str]], bucket: str = "") -> tuple[AuthResult | None, Principal]:
+                       headers: list[tuple[str, str]], bucket: str = "",
+                       prefetch: dict[str, Any] | None = None) -> tuple[AuthResult | None, Principal]:
     """Verify the request's signature (if it carries one) and say who signed it.
 
     The signature is checked before any linearizable read: with the secret this frontend
@@ -94,7 +108,8 @@ async def authenticate(ctx: Context, method: str, raw_path: bytes, query_string:
     replica has not heard of) after a linearizable look-up that at most
     ``UNKNOWN_KEY_LOOKUPS`` requests wait for at once, so forged or random keys cannot
     turn into Raft work. Only a valid signature is then confirmed linearizably (the key
-    may have been deleted a moment ago), together with the access to ``bucket``."""
+    may have been deleted a moment ago), together with the access to ``bucket`` and the
+    ``prefetch`` read: a small GET or HEAD by a user's key costs one round trip."""
     access_key = requested_access_key(headers, query_string)
     if access_key == ctx.root_access_key or not access_key:
         secret, principal = await lookup_key(ctx, access_key, bucket)
@@ -107,7 +122,7 @@ async def authenticate(ctx: Context, method: str, raw_path: bytes, query_string:
                           domains=ctx.domains)
     if auth is None:  # no signature at all after all (a credential-looking string elsewhere)
         return None, ANONYMOUS
-    confirmed, principal = await lookup_key(ctx, access_key, bucket)
+    confirmed, principal = await lookup_key(ctx, access_key, bucket, prefetch)
     if confirmed != secret:
         _SECRETS.pop(access_key, None)
         raise S3Error("InvalidAccessKeyId", AWSAccessKeyId=access_key)

@@ -21,6 +21,8 @@ REGISTRY = CollectorRegistry()
 REQUESTS = Counter("cairn_s3_requests_total", "S3 requests served", ["operation", "status"], registry=REGISTRY)
 LATENCY = Histogram("cairn_s3_request_seconds", "Time to the response headers", ["operation"], registry=REGISTRY,
                     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+ROUND_TRIPS = Histogram("cairn_s3_metadata_round_trips", "Metadata (raftmeta) calls made by one S3 request",
+                        ["operation"], registry=REGISTRY, buckets=(0, 1, 2, 3, 4, 6, 8, 16))
 BYTES_IN = Counter("cairn_s3_received_bytes_total", "Request body bytes received", registry=REGISTRY)
 BYTES_OUT = Counter("cairn_s3_sent_bytes_total", "Object bytes sent (Content-Length of GETs)", registry=REGISTRY)
 RAFT_LEADER = Gauge("cairn_raft_is_leader", "1 if this raftmeta node is the Raft leader", ["node"], registry=REGISTRY)
@@ -50,9 +52,10 @@ LC_LAST_PASS = Gauge("cairn_lifecycle_last_completed_timestamp_seconds", "When t
 BUFFERS_FREE = Gauge("cairn_frontend_chunk_buffers_free", "Chunk buffers free in this frontend", registry=REGISTRY)
 
 
-def observe(op: str, status: int, seconds: float, received: int, sent: int) -> None:
+def observe(op: str, status: int, seconds: float, received: int, sent: int, round_trips: int = 0) -> None:
     REQUESTS.labels(op, str(status)).inc()
     LATENCY.labels(op).observe(seconds)
+    ROUND_TRIPS.labels(op).observe(round_trips)
     if received:
         BYTES_IN.inc(received)
     if sent:

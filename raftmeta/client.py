@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+from contextvars import ContextVar
 from typing import Any
 
 import trio
@@ -17,6 +18,11 @@ import trio
 from core import wire
 
 log = logging.getLogger("raftmeta.client")
+# Metadata round trips of the current request: a caller sets a fresh [0] (a frontend, per
+# S3 request) and every ``call`` in that context (reads, read_manys, writes) adds one,
+# however many nodes it tried.
+ROUND_TRIPS: ContextVar[list[int] | None] = ContextVar("round_trips", default=None)
+
 DOWN_DEADLINE = 3.0  # seconds a call waits while the previous one found every node unreachable
 
 
@@ -40,6 +46,9 @@ class MetaClient:
         Returns the reply (``ok`` True or an application error such as NoSuchBucket);
         raises WireError(ERR_UNAVAILABLE) when no node could answer in time.
         """
+        tally = ROUND_TRIPS.get()
+        if tally is not None:
+            tally[0] += 1
         last: Exception | None = None
         delay = 0.02
         if self._down:

@@ -17,6 +17,7 @@ from frontend.context import (
     empty_response,
     meta_call,
     object_query,
+    read_object,
     stored_headers,
     user_metadata,
     version_headers,
@@ -144,7 +145,7 @@ def object_headers(obj: dict[str, Any]) -> dict[str, str]:
 
 
 async def get_object(ctx: Context, request: Any, bucket: str, key: str, params: dict[str, str]) -> Response:
-    reply = await meta_call(ctx.meta.read(object_query(request, bucket, key, version_param(params))))
+    reply = await read_object(ctx, request, object_query(request, bucket, key, version_param(params)))
     obj = reply["obj"]
     size = obj["size"]
     headers = {**object_headers(obj), **lifecycle.expiration_header(reply)}

@@ -13,7 +13,8 @@ import sqlite3
 from typing import Any
 
 from core import acl
-from raftmeta.sm import acls
+from core.access import object_check
+from raftmeta.sm import acls, objects
 from raftmeta.sm.tables import Failed, bucket_exists
 
 SCHEMA = """
@@ -145,6 +146,32 @@ def q_access(db: sqlite3.Connection, q: dict[str, Any]) -> dict[str, Any]:
     return {"exists": True, **info, "permission": grant[0] if grant else None}
 
 
+def q_object_as(db: sqlite3.Connection, q: dict[str, Any]) -> dict[str, Any]:
+    """GetObject's and HeadObject's read of a version for the caller named by
+    ``access_key``, read with its key and access (one round trip): the version read with
+    the object ACL check the frontend's authorization adds for that caller
+    (``core.access.object_check``; none for an admin), returned with ``check`` and the
+    read's ``reply``. The frontend uses the reply only when its own authorization, from
+    the key and access it read, decided that very check. Nothing for an unknown key or
+    bucket: the frontend refuses those itself."""
+    key = q_key(db, {"access_key": q["access_key"]})
+    if not key["found"]:
+        return {}
+    check = None
+    if not key["admin"]:
+        access = q_access(db, {"bucket": q["bucket"], "user": key["user"]})
+        if not access["exists"]:
+            return {}
+        check = object_check(access, key["user"], "read")
+    read = {"bucket": q["bucket"], "key": q["key"], "vid": q.get("vid"), **({"check": check} if check else {})}
+    try:
+        reply = objects.q_object(db, read)
+        reply.setdefault("ok", True)
+    except Failed as exc:
+        reply = {**exc.extra, "ok": False, "err": exc.code, "msg": exc.msg}
+    return {"check": check, "reply": reply}
+
+
 def q_users(db: sqlite3.Connection, q: dict[str, Any]) -> dict[str, Any]:
     users = []
     for name, created, admin, cid, email in db.execute(
@@ -170,5 +197,5 @@ def q_visible_buckets(db: sqlite3.Connection, q: dict[str, Any]) -> dict[str, An
     return {"buckets": [list(r) for r in rows]}
 
 
-QUERIES = {"key": q_key, "access": q_access, "users": q_users, "bucket_grants": q_bucket_grants,
+QUERIES = {"key": q_key, "access": q_access, "object_as": q_object_as, "users": q_users, "bucket_grants": q_bucket_grants,
            "visible_buckets": q_visible_buckets}

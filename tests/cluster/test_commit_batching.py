@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -32,7 +33,9 @@ def batch_stats(cluster) -> dict:
 
 def test_concurrent_writes_share_entries_and_each_lands(cluster, s3, s3b, bucket):
     s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
-    before = batch_stats(cluster)
+    deadline = time.monotonic() + 20  # every member records its entry format through Raft once it starts
+    while not (before := batch_stats(cluster))["allowed"] and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert before["allowed"]
     bodies = {n: os.urandom(100 + n) for n in range(192)}
 
