@@ -18,10 +18,13 @@ so that no connection can hurt the process or hold its resources unbounded.
 - ``Expect: 100-continue`` is answered when the app first reads the body, not when the
   head arrives (``_continue_when_the_body_is_read``): a denied upload gets its 403 unsent.
 - Larger socket reads (``MAX_RECV``).
+- A response whose body is already in memory goes out in one socket write, head and
+  body together (``_coalesce_head_with_body``), not two.
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import math
 from http import HTTPStatus
@@ -219,6 +222,70 @@ def _never_block_on_a_finished_app() -> None:
     task_group.TaskGroup.spawn_app = spawn_app
 
 
+# Set (in the app's task) while it sends an ``http.response.start`` whose body follows at
+# once, from memory (``lean.send_response``): the ASGI messages stay exactly Quart's.
+BODY_FOLLOWS: contextvars.ContextVar[bool] = contextvars.ContextVar("cairn_body_follows", default=False)
+COALESCE_MAX = 256 * 1024  # a larger body is not copied to join its head: two writes, as before
+
+
+def _coalesce_head_with_body() -> None:
+    """hypercorn writes a response's head the moment the app sends ``http.response.start``,
+    and its body in another write: two send syscalls for a 4 KiB GET (~18% of its CPU).
+    A start sent with ``BODY_FOLLOWS`` set (its sender promises the body next, without waiting on
+    anything) has its encoded head held, and written with whatever the connection sends
+    next (the body, or the end of a bodiless answer), in one ``send_all``: same bytes,
+    same send timeout and backpressure. Unmarked responses (streamed bodies) are not held."""
+    from hypercorn.protocol import h11 as hypercorn_h11
+    from hypercorn.protocol.events import StreamClosed
+    from hypercorn.protocol.http_stream import HTTPStream
+
+    protocol_class = hypercorn_h11.H11Protocol
+    if hasattr(protocol_class, "_cairn_hold"):  # installed (_reason_phrases wraps its _send_h11_event)
+        return
+    protocol_class._cairn_hold = False  # the next final head is to be held
+    protocol_class._cairn_head = b""  # a held head, not written yet
+
+    original_app_send = HTTPStream.app_send
+
+    async def app_send(self: Any, message: Any) -> None:
+        if BODY_FOLLOWS.get() and message is not None and message.get("type") == "http.response.start":
+            protocol = getattr(self.send, "__self__", None)
+            if isinstance(protocol, protocol_class):
+                protocol._cairn_hold = True
+        await original_app_send(self, message)
+
+    async def _send_h11_event(self: Any, event: Any) -> None:  # hypercorn's, holding a marked head
+        held, self._cairn_head = self._cairn_head, b""
+        try:
+            data = self.connection.send(event) or b""
+        except h11.LocalProtocolError:
+            if held:
+                await self.send(RawData(data=held))
+            if self.connection.their_state != h11.ERROR:
+                raise
+            return
+        if self._cairn_hold and isinstance(event, h11.Response):
+            self._cairn_hold = False
+            self._cairn_head = held + data
+            return
+        if held and len(data) > COALESCE_MAX:
+            await self.send(RawData(data=held))
+            held = b""
+        await self.send(RawData(data=held + data if held else data))
+
+    original_stream_send = protocol_class.stream_send
+
+    async def stream_send(self: Any, event: Any) -> None:
+        if self._cairn_head and isinstance(event, StreamClosed):  # ended without its body: head as before
+            held, self._cairn_head = self._cairn_head, b""
+            await self.send(RawData(data=held))
+        await original_stream_send(self, event)
+
+    HTTPStream.app_send = app_send  # type: ignore[method-assign]
+    protocol_class._send_h11_event = _send_h11_event  # type: ignore[method-assign]
+    protocol_class.stream_send = stream_send  # type: ignore[method-assign]
+
+
 def _reason_phrases() -> None:
     """hypercorn sends every status line with an empty reason phrase ("HTTP/1.1 400 \\r\\n").
     botocore, waiting for 100 Continue, recognizes an early final answer only by a
@@ -333,9 +400,12 @@ def install() -> None:
         if found != pinned:
             raise SystemExit(f"frontend: {name} {found} is installed, but the frontend is written against "
                              f"{pinned}'s internals (pinned in pyproject.toml): reinstall with pip install -e .")
+    if hypercorn_run.TCPServer is GuardedTCPServer:
+        return  # installed (the spawn_app patches wrap one another: applied twice, they would nest)
     hypercorn_tcp.MAX_RECV = MAX_RECV
     hypercorn_run.TCPServer = GuardedTCPServer  # type: ignore[misc]
     _never_block_on_a_finished_app()
+    _coalesce_head_with_body()  # before _reason_phrases, which wraps its _send_h11_event
     _reason_phrases()
     _continue_when_the_body_is_read()  # last: its spawn_app needs hypercorn's own ``send``
 

@@ -33,6 +33,7 @@ from werkzeug.sansio.utils import get_content_length, get_host
 
 from frontend import app as s3app
 from frontend.errors import S3Error
+from frontend.http_edge import BODY_FOLLOWS
 
 HOT = frozenset(("GetObject", "HeadObject", "PutObject", "UploadPart"))
 
@@ -80,12 +81,18 @@ class LeanRequest:
 
 async def send_response(send: Any, response: Any) -> None:
     """A handler's Quart ``Response`` as ASGI messages, as Quart's connection sends it."""
-    await send({"type": "http.response.start", "status": response.status_code,
-                "headers": encode_headers(response.headers)})
+    start = {"type": "http.response.start", "status": response.status_code,
+             "headers": encode_headers(response.headers)}
     body = response.response
     if type(body) is DataBody:  # bytes in memory: the one piece and the end in one message (same bytes sent)
+        token = BODY_FOLLOWS.set(True)  # and the head written with them, in one socket write
+        try:
+            await send(start)
+        finally:
+            BODY_FOLLOWS.reset(token)
         await send({"type": "http.response.body", "body": body.data[body.begin : body.end], "more_body": False})
         return
+    await send(start)
     async with response.response as body:
         async for data in body:
             await send({"type": "http.response.body", "body": data.encode() if isinstance(data, str) else data,
