@@ -25,20 +25,14 @@ async def app(scope: Any, receive: Any, send: Any) -> None:
             if message["type"] == "lifespan.shutdown":
                 return
     start = {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"5")]}
-    if scope["path"] == "/small":
+    if scope["path"] in ("/small", "/head"):
         token = http_edge.BODY_FOLLOWS.set(True)
         try:
             await send(start)
         finally:
             http_edge.BODY_FOLLOWS.reset(token)
-        await send({"type": "http.response.body", "body": b"hello", "more_body": False})
-    elif scope["path"] == "/head":
-        token = http_edge.BODY_FOLLOWS.set(True)
-        try:
-            await send(start)
-        finally:
-            http_edge.BODY_FOLLOWS.reset(token)
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        body = b"hello" if scope["path"] == "/small" else b""
+        await send({"type": "http.response.body", "body": body, "more_body": False})
     else:  # streamed: the head now, the body once released
         await send(start)
         await RELEASE.wait()
