@@ -295,6 +295,20 @@ def _object_prefetch(operation: str, bucket: str, key: str | None, params: dict[
     return {"bucket": bucket, "key": key, "vid": vid}
 
 
+def deferrable(ctx: Context, operation: str, headers: Any) -> bool:
+    """Whether a request's authorization may ride in its commit (``iam.authenticate``'s
+    ``defer``): a PutObject whose declared body fits in its manifest, so nothing of it
+    reaches a blob node before the state machine has checked the caller, and that asks
+    for nothing read before the commit (an object lock, an expected bucket owner). The
+    handler settles the authorization first if the body turns out otherwise."""
+    if operation != "PutObject" or "x-amz-expected-bucket-owner" in headers:
+        return False
+    declared = headers.get("x-amz-decoded-content-length") or headers.get("content-length")
+    if declared is None or not declared.isdigit() or int(declared) > ctx.data.settings.inline_max:
+        return False
+    return not any(name.lower().startswith("x-amz-object-lock-") for name in headers.keys())
+
+
 async def _route(ctx: Context, request: Any) -> Response:
     scope = request.scope
     parsed = getattr(request, "parsed", None) or parse(ctx, scope, request.method, request.headers)
@@ -306,7 +320,8 @@ async def _route(ctx: Context, request: Any) -> Response:
     operator = routes.level(bucket, key) == routes.OPERATOR
     request.auth, request.principal = await iam.authenticate(
         ctx, request.method, raw_path, query_string, headers, "" if operator else bucket,
-        None if operator else _object_prefetch(route.operation, bucket, key, params))
+        None if operator else _object_prefetch(route.operation, bucket, key, params),
+        not operator and deferrable(ctx, route.operation, request.headers))
     budget_owner(request, request.principal)
     if operator:
         return await routes.dispatch(ctx, request, route, bucket, key, params)

@@ -16,6 +16,7 @@ BucketOwnerEnforced ownership, ACLs are off.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +45,10 @@ class Principal:
     # HeadObject), used only by a handler whose own read is that one with the same ACL
     # check (``context.read_object``)
     prefetched: tuple[tuple[str, str, str | None], dict[str, Any]] | None = None
+    # the key was not read: the user and secret are the ones last confirmed for it, and
+    # the write's commit checks key and access in the state machine (``commit_as``)
+    deferred: bool = False
+    secret_digest: str = ""  # a deferred principal's: SHA-256 of the secret its signature was checked with
 
 
 ANONYMOUS = Principal(None)
@@ -100,7 +105,8 @@ async def lookup_key(ctx: Context, access_key: str | None, bucket: str = "",
 
 async def authenticate(ctx: Context, method: str, raw_path: bytes, query_string: bytes,
                        headers: list[tuple[str, str]], bucket: str = "",
-                       prefetch: dict[str, Any] | None = None) -> tuple[AuthResult | None, Principal]:
+                       prefetch: dict[str, Any] | None = None,
+                       defer: bool = False) -> tuple[AuthResult | None, Principal]:
     """Verify the request's signature (if it carries one) and say who signed it.
 
     The signature is checked before any linearizable read: with the secret this frontend
@@ -109,7 +115,12 @@ async def authenticate(ctx: Context, method: str, raw_path: bytes, query_string:
     ``UNKNOWN_KEY_LOOKUPS`` requests wait for at once, so forged or random keys cannot
     turn into Raft work. Only a valid signature is then confirmed linearizably (the key
     may have been deleted a moment ago), together with the access to ``bucket`` and the
-    ``prefetch`` read: a small GET or HEAD by a user's key costs one round trip."""
+    ``prefetch`` read: a small GET or HEAD by a user's key costs one round trip.
+
+    ``defer`` (a small PutObject, ``app.deferrable``): a key whose user this frontend has
+    confirmed before is not read at all; the principal comes back ``deferred`` and the
+    commit carries the key, the secret's digest and the need for the state machine to
+    check in the same apply (``commit_as``, ``raftmeta.sm.iam.check_as``)."""
     access_key = requested_access_key(headers, query_string)
     if access_key == ctx.root_access_key or not access_key:
         secret, principal = await lookup_key(ctx, access_key, bucket)
@@ -117,42 +128,96 @@ async def authenticate(ctx: Context, method: str, raw_path: bytes, query_string:
         auth = verify_request(method, raw_path, query_string, headers, found.get, region=ctx.region,
                               domains=ctx.domains)
         return auth, (principal if auth is not None else ANONYMOUS)
-    secret = _SECRETS.get(access_key) or await _candidate_secret(ctx, access_key)
+    known = _SECRETS.get(access_key)
+    secret = known.secret if known is not None else await _candidate_secret(ctx, access_key)
     auth = verify_request(method, raw_path, query_string, headers, {access_key: secret}.get, region=ctx.region,
                           domains=ctx.domains)
     if auth is None:  # no signature at all after all (a credential-looking string elsewhere)
         return None, ANONYMOUS
+    if defer and bucket and known is not None and not known.admin:
+        return auth, Principal(known.user, False, access_key, deferred=True, secret_digest=_digest(secret))
     confirmed, principal = await lookup_key(ctx, access_key, bucket, prefetch)
-    if confirmed != secret:
-        _SECRETS.pop(access_key, None)
+    if confirmed != secret or principal.user is None:
+        forget(access_key)
         raise S3Error("InvalidAccessKeyId", AWSAccessKeyId=access_key)
-    _SECRETS.put(access_key, secret)
+    _SECRETS.put(access_key, _Known(secret, principal.user, principal.admin))
     return auth, principal
+
+
+def commit_as(principal: Principal, bucket: str, need: str) -> dict[str, Any]:
+    """What a deferred principal's commit carries for the state machine to authorize
+    (``raftmeta.sm.iam.check_as``): the key, its secret's digest (the secret itself never
+    enters the log), the user this frontend took it for, the bucket and the need."""
+    return {"access_key": principal.access_key, "secret": principal.secret_digest, "user": principal.user,
+            "bucket": bucket, "need": need}
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def forget(access_key: str) -> None:
+    """Drop the identity cached for ``access_key`` (a commit found the key gone)."""
+    _SECRETS.pop(access_key)
+
+
+async def confirm(ctx: Context, principal: Principal, bucket: str, need: str) -> None:
+    """The reads a deferred principal skipped: raise InvalidAccessKeyId, NoSuchBucket or
+    AccessDenied as an undeferred request would have, before its handler ran."""
+    secret, confirmed = await lookup_key(ctx, principal.access_key, bucket)
+    if secret is None or _digest(secret) != principal.secret_digest or confirmed.user != principal.user:
+        forget(principal.access_key)
+        raise S3Error("InvalidAccessKeyId", AWSAccessKeyId=principal.access_key)
+    await authorize(ctx, confirmed, bucket, need)
+
+
+async def settle(ctx: Context, request: Any, bucket: str) -> None:
+    """Authorize now what a deferred principal's commit would have (``confirm``), for a
+    handler that must know before its commit (a body too large to wait) or an error of
+    the request's own that an unauthorized caller must not see before AccessDenied. Once
+    taken for a commit (``take_commit_as``), or settled, there is nothing left to do."""
+    pending = take_commit_as(request)
+    if pending is not None:
+        await confirm(ctx, request.principal, bucket, pending["need"])
+
+
+def take_commit_as(request: Any) -> dict[str, Any] | None:
+    """The request's pending ``commit_as``, for its commit to carry (once)."""
+    pending, request.commit_as = getattr(request, "commit_as", None), None
+    return pending
 
 
 UNKNOWN_KEY_LOOKUPS = 4
 
 
+@dataclass(frozen=True)
+class _Known:
+    secret: str
+    user: str
+    admin: bool
+
+
 class _SecretCache:
-    """Access key -> the secret last confirmed linearizably for it. A key's secret never
-    changes (keys are created with one and deleted), so a cached secret can only be
-    stale by the key being gone, which the confirming read finds."""
+    """Access key -> the secret, user and admin flag last confirmed linearizably for it.
+    A key's secret and user never change (keys are created with them and deleted), so
+    an entry can only be stale by the key being gone, which the confirming read (or, for
+    a deferred write, its commit) finds."""
 
     def __init__(self, size: int = 10_000) -> None:
         self.size = size
-        self._items: dict[str, str] = {}
+        self._items: dict[str, _Known] = {}
 
-    def get(self, access_key: str) -> str | None:
+    def get(self, access_key: str) -> _Known | None:
         return self._items.get(access_key)
 
-    def put(self, access_key: str, secret: str) -> None:
+    def put(self, access_key: str, secret: _Known) -> None:
         self._items.pop(access_key, None)
         if len(self._items) >= self.size:
             self._items.pop(next(iter(self._items)))
         self._items[access_key] = secret
 
-    def pop(self, access_key: str, default: None = None) -> str | None:
-        return self._items.pop(access_key, default)
+    def pop(self, access_key: str) -> None:
+        self._items.pop(access_key, None)
 
 
 _SECRETS = _SecretCache()

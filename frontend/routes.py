@@ -306,12 +306,21 @@ async def dispatch(ctx: Context, request: Any, route: Route, bucket_name: str, k
         check_key(key)  # before any access is read
     sse.check(route.operation, request.headers)  # refused, never ignored
     request.object_check = None  # what the object's own ACL must allow (``iam.authorize``)
+    request.commit_as = None  # a deferred principal's authorization, checked by its commit
     if route.need in BUCKET_ACCESS:
-        request.object_check = await iam.authorize(ctx, principal, bucket_name, route.need)
+        if principal.deferred and route.need == WRITE:
+            request.commit_as = iam.commit_as(principal, bucket_name, route.need)
+        else:
+            request.object_check = await iam.authorize(ctx, principal, bucket_name, route.need)
     expected = request.headers.get("x-amz-expected-bucket-owner")
     if expected is not None and bucket_name and route.need != ADMIN:
         await _expected_owner(ctx, bucket_name, expected)
-    return await route.handler(ctx, request, bucket_name, key, params)
+    try:
+        return await route.handler(ctx, request, bucket_name, key, params)
+    except S3Error:
+        await iam.settle(ctx, request, bucket_name)  # auth errors come first, as they would have
+        raise
+
 
 
 async def _expected_owner(ctx: Context, bucket_name: str, expected: str) -> None:

@@ -21,6 +21,7 @@ from frontend.chunked import AwsChunkedDecoder
 from frontend.context import decimal
 from frontend.datapath import DataPath, Stored
 from frontend.errors import S3Error, from_reply, from_wire
+from frontend.iam import forget as forget_key
 from raftmeta.client import MetaClient
 
 MAX_PUT_SIZE = 5 * 1024**3
@@ -103,19 +104,25 @@ class UploadBody:
             self.raw_received += len(data)
             if self.decoder is None:
                 decoded += len(data)
-                if decoded > self.max_size:
-                    raise S3Error("EntityTooLarge")
+                self._bound(decoded)
                 yield data
             else:
                 for piece in self.decoder.feed(data):
                     decoded += len(piece)
-                    if decoded > self.max_size:
-                        raise S3Error("EntityTooLarge")
+                    self._bound(decoded)
                     yield piece
         if self.raw_length is not None and self.raw_received != self.raw_length:
             raise S3Error("IncompleteBody")
         if self.decoder is not None:
             self.trailers = self.decoder.finish()
+
+    def _bound(self, decoded: int) -> None:
+        """A body never goes past its declared length (nor the largest PUT): not a byte
+        more is stored than the request said, before its authorization was decided."""
+        if self.length is not None and decoded > self.length:
+            raise S3Error("IncompleteBody")
+        if decoded > self.max_size:
+            raise S3Error("EntityTooLarge")
 
     def on_chunk(self, chunk: memoryview) -> None:
         if self.checksum is not None:
@@ -162,22 +169,31 @@ class UploadBody:
 async def commit_object(
     meta: MetaClient, data: DataPath, bucket: str, key: str, stored: Stored, *, content_type: str,
     meta_fields: dict[str, Any], cond: dict[str, Any] | None = None, integrity: bool = True,
+    commit_as: dict[str, Any] | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """Make the stored chunks the object at (bucket, key) through Raft; returns its ETag
     and the commit's reply (``vid``: its version id, absent in a bucket never versioned;
     ``expiration``: the lifecycle rule that will expire it).
 
     A refused commit (no bucket, failed condition) sends the chunks to GC. A commit whose
-    outcome is unknown (no Raft answer) keeps them: it may have applied."""
+    outcome is unknown (no Raft answer) keeps them: it may have applied. ``commit_as``
+    (``iam.commit_as``): the caller's key and access, checked by the state machine
+    before the commit applies (``raftmeta.sm.iam.check_as``)."""
     etag = stored.md5.hexdigest()
     obj = {"size": stored.size, "etag": etag, "sha256": stored.sha256.hexdigest(), "content_type": content_type,
            "created": time.time(), "meta": meta_fields, "chunks": stored.chunks}
     try:
-        reply = await meta.write({"op": "put_object", "bucket": bucket, "key": key, "obj": obj, "ts": obj["created"],
-                                  "cond": cond or {}, "integrity": integrity})
+        command = {"op": "put_object", "bucket": bucket, "key": key, "obj": obj, "ts": obj["created"],
+                   "cond": cond or {}, "integrity": integrity}
+        if commit_as is not None:
+            command["as"] = commit_as
+        reply = await meta.write(command)
     except WireError as exc:
         raise from_wire(exc) from None
     if not reply.get("ok"):
         await data.discard(stored.chunks)
+        if commit_as is not None and reply.get("err") == "InvalidAccessKeyId":  # gone since it was confirmed
+            forget_key(commit_as["access_key"])
+            raise S3Error("InvalidAccessKeyId", AWSAccessKeyId=commit_as["access_key"])
         raise from_reply(reply)
     return etag, reply

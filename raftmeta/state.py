@@ -303,6 +303,8 @@ class MetaState:
         else:
             db.execute("SAVEPOINT cmd")
             try:
+                if "as" in cmd:  # the caller's authorization rides in the command
+                    iam.check_as(db, cmd["as"] if isinstance(cmd["as"], dict) else {})
                 result = handler(db, {**cmd, "index": index, "pos": position}) or {}
                 result.setdefault("ok", True)
                 db.execute("RELEASE cmd")

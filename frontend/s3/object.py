@@ -10,7 +10,7 @@ from typing import Any
 
 from quart import Response
 
-from frontend import conditions
+from frontend import conditions, iam
 from frontend.context import (
     Context,
     checksum_headers,
@@ -46,10 +46,11 @@ async def put_object(ctx: Context, request: Any, bucket: str, key: str, params: 
         object_lock.require_integrity_header(request.headers)
     access = acl.write_fields(request)  # parsed before a byte is stored
     if lock or body.length is None or body.length > ctx.data.settings.inline_max:
+        await iam.settle(ctx, request, bucket)  # no byte reaches a blob node before the caller is authorized
         await bucket_exists(ctx, bucket)  # fail fast before chunks are written (the commit checks anyway)
-    stored, checksum = await body.store(ctx.data)
+    stored, checksum = await body.store(ctx.data)  # a deferred caller's body: inline, held by this frontend
     etag, reply = await commit_object(
-        ctx.meta, ctx.data, bucket, key, stored, cond=cond,
+        ctx.meta, ctx.data, bucket, key, stored, cond=cond, commit_as=iam.take_commit_as(request),
         integrity=object_lock.has_integrity_header(request.headers),
         content_type=request.headers.get("content-type", "binary/octet-stream"),
         meta_fields={"user": user_meta, "headers": headers, "checksum": checksum, **({"tags": tags} if tags else {}),

@@ -9,11 +9,13 @@ a listing.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import sqlite3
 from typing import Any
 
 from core import acl
-from core.access import object_check
+from core.access import bucket_allows, object_check
 from raftmeta.sm import acls, objects
 from raftmeta.sm.tables import Failed, bucket_exists
 
@@ -128,6 +130,26 @@ def q_key(db: sqlite3.Connection, q: dict[str, Any]) -> dict[str, Any]:
     if row is None:
         return {"found": False}
     return {"found": True, "user": row[0], "secret": row[1], "admin": bool(row[2])}
+
+
+def check_as(db: sqlite3.Connection, caller: dict[str, Any]) -> None:
+    """Authorize a command for the caller it carries (``as``: a frontend's write whose
+    key and access were not read first, ``frontend.iam.commit_as``), in the command's
+    own apply, so the decision and the write see one state. Raises InvalidAccessKeyId
+    (the key is gone, or is not the one the frontend verified the signature with),
+    NoSuchBucket or AccessDenied, in the order a frontend's own checks would."""
+    key = q_key(db, {"access_key": caller.get("access_key", "")})
+    digest = hashlib.sha256(key["secret"].encode()).hexdigest() if key["found"] else ""
+    if not key["found"] or not hmac.compare_digest(digest, str(caller.get("secret", ""))) \
+            or key["user"] != caller.get("user"):
+        raise Failed("InvalidAccessKeyId")
+    if key["admin"]:
+        return
+    access = q_access(db, {"bucket": caller.get("bucket", ""), "user": key["user"]})
+    if not access["exists"]:
+        raise Failed("NoSuchBucket")
+    if not bucket_allows(access, key["user"], str(caller.get("need", ""))):
+        raise Failed("AccessDenied")
 
 
 def q_access(db: sqlite3.Connection, q: dict[str, Any]) -> dict[str, Any]:
