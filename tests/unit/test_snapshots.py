@@ -216,3 +216,35 @@ def test_a_crash_between_install_and_its_snapshot_is_repaired_at_start(tmp_path:
     Snapshots(str(tmp_path / "raft.snapshot"), 1 << 16, state)
     assert not marker.exists() and not os.path.exists(snaps.path)
     state.close()
+
+
+def test_the_copy_is_synced_in_steps_from_a_low_priority_thread(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A snapshot's dirty pages go to disk while it is written (not all at once ahead of
+    the journal's syncs), and its thread runs at ``BACKGROUND_NICE``; the copy is whole."""
+    state = new_state(tmp_path / "meta.sqlite")
+    index = fill(state, 2, 50)  # ~5,000 objects, ~10 MB
+    monkeypatch.setattr(snapshots, "FLUSH_EVERY", 1 << 20)
+    synced: list[int] = []
+    priorities: list[int] = []
+    real_fdatasync, real_write = os.fdatasync, snapshots.write_snapshot
+
+    def fdatasync(fd: int) -> None:
+        synced.append(fd)
+        real_fdatasync(fd)
+
+    def write_snapshot(*args: Any) -> None:
+        priorities.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        real_write(*args)
+
+    monkeypatch.setattr(snapshots.os, "fdatasync", fdatasync)
+    monkeypatch.setattr(snapshots, "write_snapshot", write_snapshot)
+    before = set(keys_of(state.path))
+    snaps = Snapshots(str(tmp_path / "raft.snapshot"), 1 << 16, state)
+    snaps.serialize(raft_data(index - 1), index - 1)
+    assert wait_done(snaps) == (SERIALIZER_STATE.SUCCESS, index - 1)
+    assert len(synced) >= 2, synced  # ~10 MB: a sync after each 4 MiB backup step but the last
+    assert priorities == [max(os.getpriority(os.PRIO_PROCESS, 0), snapshots.BACKGROUND_NICE)]
+    assert set(keys_of(snaps.path)) == before
+    snaps.close()
+    state.close()
