@@ -138,8 +138,7 @@ async def authenticate(ctx: Context, method: str, raw_path: bytes, query_string:
         return auth, Principal(known.user, False, access_key, deferred=True, secret_digest=_digest(secret))
     confirmed, principal = await lookup_key(ctx, access_key, bucket, prefetch)
     if confirmed != secret or principal.user is None:
-        forget(access_key)
-        raise S3Error("InvalidAccessKeyId", AWSAccessKeyId=access_key)
+        raise gone(access_key)
     _SECRETS.put(access_key, _Known(secret, principal.user, principal.admin))
     return auth, principal
 
@@ -156,9 +155,11 @@ def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def forget(access_key: str) -> None:
-    """Drop the identity cached for ``access_key`` (a commit found the key gone)."""
+def gone(access_key: str) -> S3Error:
+    """The error for a key found missing (or not the one its signature was checked with),
+    once its cached identity is dropped."""
     _SECRETS.pop(access_key)
+    return S3Error("InvalidAccessKeyId", AWSAccessKeyId=access_key)
 
 
 async def confirm(ctx: Context, principal: Principal, bucket: str, need: str) -> None:
@@ -166,8 +167,7 @@ async def confirm(ctx: Context, principal: Principal, bucket: str, need: str) ->
     AccessDenied as an undeferred request would have, before its handler ran."""
     secret, confirmed = await lookup_key(ctx, principal.access_key, bucket)
     if secret is None or _digest(secret) != principal.secret_digest or confirmed.user != principal.user:
-        forget(principal.access_key)
-        raise S3Error("InvalidAccessKeyId", AWSAccessKeyId=principal.access_key)
+        raise gone(principal.access_key)
     await authorize(ctx, confirmed, bucket, need)
 
 
@@ -210,11 +210,11 @@ class _SecretCache:
     def get(self, access_key: str) -> _Known | None:
         return self._items.get(access_key)
 
-    def put(self, access_key: str, secret: _Known) -> None:
+    def put(self, access_key: str, known: _Known) -> None:
         self._items.pop(access_key, None)
         if len(self._items) >= self.size:
             self._items.pop(next(iter(self._items)))
-        self._items[access_key] = secret
+        self._items[access_key] = known
 
     def pop(self, access_key: str) -> None:
         self._items.pop(access_key, None)

@@ -317,10 +317,11 @@ async def dispatch(ctx: Context, request: Any, route: Route, bucket_name: str, k
         await _expected_owner(ctx, bucket_name, expected)
     try:
         return await route.handler(ctx, request, bucket_name, key, params)
-    except S3Error:
+    except S3Error as exc:
         await iam.settle(ctx, request, bucket_name)  # auth errors come first, as they would have
+        if principal.deferred and exc.code == "InvalidAccessKeyId":  # its commit found the key gone
+            raise iam.gone(principal.access_key) from None
         raise
-
 
 
 async def _expected_owner(ctx: Context, bucket_name: str, expected: str) -> None:

@@ -21,7 +21,6 @@ from frontend.chunked import AwsChunkedDecoder
 from frontend.context import decimal
 from frontend.datapath import DataPath, Stored
 from frontend.errors import S3Error, from_reply, from_wire
-from frontend.iam import forget as forget_key
 from raftmeta.client import MetaClient
 
 MAX_PUT_SIZE = 5 * 1024**3
@@ -192,8 +191,5 @@ async def commit_object(
         raise from_wire(exc) from None
     if not reply.get("ok"):
         await data.discard(stored.chunks)
-        if commit_as is not None and reply.get("err") == "InvalidAccessKeyId":  # gone since it was confirmed
-            forget_key(commit_as["access_key"])
-            raise S3Error("InvalidAccessKeyId", AWSAccessKeyId=commit_as["access_key"])
         raise from_reply(reply)
     return etag, reply

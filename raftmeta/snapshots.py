@@ -67,23 +67,22 @@ def write_snapshot(src: sqlite3.Connection, dst_path: str, raft_data: Any,
     with contextlib.suppress(FileNotFoundError):
         os.unlink(dst_path)
 
-    dst = sqlite3.connect(dst_path, isolation_level=None)
-    flushed = [0]  # pages copied at the last flush
     flush_pages = max(1, FLUSH_EVERY // (src.execute("PRAGMA page_size").fetchone()[0] or 4096))
-    fd = -1
+    flushed, fd = 0, -1  # pages copied at the last flush; the copy's fd, opened at the first
 
     def progress(status: int, remaining: int, total: int) -> None:
-        nonlocal fd
+        nonlocal fd, flushed
         if cancelled():
             raise InterruptedError("snapshot cancelled")
-        if total - remaining - flushed[0] >= flush_pages:
+        if total - remaining - flushed >= flush_pages:
             # written back in steps: one fsync of the whole copy at the end would put
             # hundreds of MB of dirty pages ahead of the journal's own syncs
             if fd < 0:
                 fd = os.open(dst_path, os.O_RDONLY)
             os.fdatasync(fd)
-            flushed[0] = total - remaining
+            flushed = total - remaining
 
+    dst = sqlite3.connect(dst_path, isolation_level=None)
     try:
         src.backup(dst, pages=BACKUP_STEP_PAGES, progress=progress)
         dst.execute("PRAGMA journal_mode=DELETE")
