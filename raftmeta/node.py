@@ -22,6 +22,9 @@ What PySyncObj 0.3.17 does not do, and this module adds:
   carried up to 20,000 entries (RAFT_APPEND_MAX_ENTRIES), and the follower applied its
   whole backlog in one tick without reading a message, missed its leader and stood for
   election (``_SyncObj__applyLogEntries``: slices within APPLY_BUDGET per tick).
+- staggered snapshots: every replica started one at the same index (the log length
+  ``logCompactionMinEntries``), so all three copied their database at once; each now has
+  its own phase (``_stagger_snapshots``).
 - pre-vote (Raft thesis 9.6, ``raftmeta.prevote``): a node that missed its leader for a
   moment asks before it stands, so it cannot depose a healthy leader.
 - leader leases (Raft thesis 6.4.1): a follower that heard from its leader less than
@@ -263,6 +266,8 @@ class MetaNode(PreVote, SyncObj):
         sync_journal: bool = True,
     ) -> None:
         self.state = state
+        self._compaction_entries = compaction_entries
+        self._stagger_key: tuple[int, int] | None = None  # see _stagger_snapshots
         self._journal: DurableJournal | None = None
         self._sync_journal = sync_journal
         # Set before PySyncObj starts its thread, which calls the handlers below.
@@ -490,7 +495,24 @@ class MetaNode(PreVote, SyncObj):
         if self._SyncObj__raftCommitIndex - self._SyncObj__raftLastApplied > APPLY_SLICE:
             timeToWait = 0.0  # a backlog to apply: the next tick comes at once
         self._pre_vote_tick()
+        self._stagger_snapshots()
         super()._onTick(timeToWait)
+
+    def _stagger_snapshots(self) -> None:
+        """Give this replica its own snapshot phase (``snapshots.staggered_threshold``):
+        recomputed only when the log's first entry or the membership changed."""
+        log = self._SyncObj__raftLog
+        if not len(log):
+            return
+        others = self._SyncObj__otherNodes
+        key = (log[0][1], len(others))
+        if key == self._stagger_key:
+            return
+        self._stagger_key = key
+        me = self._SyncObj__selfNode.id
+        ids = sorted({node.id for node in others} | {me})
+        self._SyncObj__conf.logCompactionMinEntries = snapshots.staggered_threshold(
+            key[0], self._compaction_entries, ids.index(me), len(ids))
 
     @replicated
     def apply_cmd(self, data: bytes) -> dict[str, Any]:

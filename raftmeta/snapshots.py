@@ -102,6 +102,24 @@ def background_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
 
 
+def staggered_threshold(first_index: int, every: int, position: int, members: int) -> int:
+    """How many log entries this replica lets grow before its next snapshot, so that the
+    replicas of a group take theirs at different moments (PySyncObj starts one once the
+    log holds ``logCompactionMinEntries``; with one value for all, every replica copies
+    its database at the same index, and a commit then waits for replicas that all
+    compete for disk and CPU). The replica at ``position`` of ``members`` (sorted by
+    address) snapshots at indexes congruent to ``position * every // members`` modulo
+    ``every``: the next such index at least ``every // 2`` past ``first_index`` (its log's
+    first entry, the last snapshot's). So the answer is within [every/2, 3*every/2), every
+    replica still snapshots once per ``every`` entries on average, and a replica that
+    restarted or joined falls back into its own phase by itself."""
+    if members <= 1 or every < 2:
+        return every
+    phase = (position % members) * every // members
+    earliest = first_index + every // 2
+    return every // 2 + (phase - earliest) % every
+
+
 def read_snapshot(path: str) -> tuple[Any, int]:
     """(PySyncObj's raft data, the applied index stored in the state) of a snapshot file."""
     snap = sqlite3.connect(path, isolation_level=None)

@@ -248,3 +248,42 @@ def test_the_copy_is_synced_in_steps_from_a_low_priority_thread(tmp_path: Path,
     assert set(keys_of(snaps.path)) == before
     snaps.close()
     state.close()
+
+
+def _snapshot_indexes(every: int, position: int, members: int, first: int, count: int) -> list[int]:
+    """Where a replica's snapshots fall, from a log starting at ``first``: PySyncObj starts
+    one once the log holds the threshold, and the log then starts at that index."""
+    out = []
+    for _ in range(count):
+        first += snapshots.staggered_threshold(first, every, position, members)
+        out.append(first)
+    return out
+
+
+@pytest.mark.parametrize("every", [40, 3000, 50_000])
+def test_replicas_snapshot_in_phases_of_their_own(every: int) -> None:
+    """Three replicas whose logs start at the same index (a fresh group) snapshot a third
+    of the interval apart, each once per ``every`` entries, and never at the same index."""
+    runs = [_snapshot_indexes(every, i, 3, 1, 30) for i in range(3)]
+    for i, indexes in enumerate(runs):
+        assert {x % every for x in indexes} == {i * every // 3}
+        gaps = [b - a for a, b in zip([1, *indexes], indexes, strict=False)]
+        assert all(every // 2 <= g < every * 3 // 2 for g in gaps), gaps
+        assert all(g == every for g in gaps[1:])
+    everyone = sorted(x for indexes in runs for x in indexes)
+    assert min(b - a for a, b in zip(everyone, everyone[1:], strict=False)) >= every // 3 - 1
+
+
+def test_a_restarted_replica_falls_back_into_its_phase() -> None:
+    """Wherever its log starts (a snapshot installed from the leader, a restart), the
+    replica's next snapshot is at its own phase, at least half an interval away."""
+    every = 3000
+    for first in (1, 999, 1000, 1001, 123_456, 7_777_777):
+        threshold = snapshots.staggered_threshold(first, every, 2, 3)
+        assert every // 2 <= threshold < every * 3 // 2
+        assert (first + threshold) % every == 2 * every // 3
+
+
+def test_one_replica_or_a_tiny_interval_is_left_as_configured() -> None:
+    assert snapshots.staggered_threshold(12345, 3000, 0, 1) == 3000
+    assert snapshots.staggered_threshold(12345, 1, 1, 3) == 1
