@@ -31,7 +31,6 @@ def _serve(port: int, variant: str) -> None:
     from hypercorn.trio import serve
 
     from frontend import http_edge
-    from frontend.context import Limits
 
     http_edge.install()
     if variant == "hypercorn":  # its TrioSingleTask and its handling of Updated
@@ -48,7 +47,7 @@ def _serve(port: int, variant: str) -> None:
     config = Config()
     config.bind = [f"127.0.0.1:{port}"]
     config.accesslog = None
-    http_edge.configure(config, Limits())
+    config.keep_alive_timeout = http_edge.KEEP_ALIVE
     trio.run(serve, raw_app, config)
 
 
