@@ -172,11 +172,15 @@ class Cluster:
 
 @asynccontextmanager
 async def open_cluster(root: Path, *, compaction_entries: int = 50_000) -> AsyncIterator[Cluster]:
-    raft = [f"127.0.0.1:{p}" for p in free_ports(3)]
+    # The RPC ports are chosen with the Raft ports, all distinct: an RPC listener bound to
+    # port 0 could get a Raft port whose node had not bound it yet, and that node then
+    # never listened (its peers reached the RPC server instead, and the group had no leader).
+    ports = free_ports(6)
+    raft = [f"127.0.0.1:{p}" for p in ports[:3]]
     replicas = [
         Replica(
             name=f"meta{i}", data_dir=root / f"meta{i}", raft_addr=raft[i],
-            peers=[a for a in raft if a != raft[i]], compaction_entries=compaction_entries,
+            peers=[a for a in raft if a != raft[i]], compaction_entries=compaction_entries, rpc_port=ports[3 + i],
         )
         for i in range(3)
     ]
