@@ -16,6 +16,7 @@ import multiprocessing
 import os
 import statistics
 import time
+from pathlib import Path
 from typing import Any
 
 from bench.http_ceiling import raw_app
@@ -52,7 +53,7 @@ def _serve(port: int, variant: str) -> None:
 
 
 def _cpu(pid: int) -> float:
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()  # noqa: SIM115
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
