@@ -281,18 +281,23 @@ def parse(ctx: Context, scope: Any, method: str, headers: Any) -> Parsed:
     return Parsed(raw_path, query_string, bucket, key, params, routes.match(method, bucket, key, params, headers))
 
 
-def _object_prefetch(operation: str, bucket: str, key: str | None, params: dict[str, str]) -> dict[str, Any] | None:
-    """(bucket, key, vid) of the version a GetObject or HeadObject will read, to read
-    behind the key look-up's barrier (``iam.lookup_key``); None for any other request,
-    or one that fails before it would read."""
-    if operation not in ("GetObject", "HeadObject") or not bucket or key is None:
+def _prefetch(operation: str, bucket: str, key: str | None, params: dict[str, str]) -> dict[str, Any] | None:
+    """The read a request's handler will make first, to make behind the key look-up's
+    barrier (``iam.lookup_key``): for GetObject and HeadObject the version it serves
+    (``object_as``, with the caller's ACL check), for UploadPart and UploadPartCopy the
+    upload (``upload``); None for any other request, or one that fails before it reads."""
+    if not bucket or key is None:
+        return None
+    if operation in ("UploadPart", "UploadPartCopy"):
+        return {"q": "upload", "upload_id": params["uploadId"], "bucket": bucket, "key": key}
+    if operation not in ("GetObject", "HeadObject"):
         return None
     try:
         check_key(key)
         vid = version_param(params)
     except S3Error:
         return None
-    return {"bucket": bucket, "key": key, "vid": vid}
+    return {"q": "object_as", "bucket": bucket, "key": key, "vid": vid}
 
 
 def deferrable(ctx: Context, operation: str, headers: Any) -> bool:
@@ -320,7 +325,7 @@ async def _route(ctx: Context, request: Any) -> Response:
     operator = routes.level(bucket, key) == routes.OPERATOR
     request.auth, request.principal = await iam.authenticate(
         ctx, request.method, raw_path, query_string, headers, "" if operator else bucket,
-        None if operator else _object_prefetch(route.operation, bucket, key, params),
+        None if operator else _prefetch(route.operation, bucket, key, params),
         not operator and deferrable(ctx, route.operation, request.headers))
     budget_owner(request, request.principal)
     if operator:

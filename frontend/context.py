@@ -90,7 +90,9 @@ async def read_object(ctx: Context, request: Any, query: dict[str, Any]) -> dict
     only here, by a handler that passed it, and only when the check is the one the
     frontend's own authorization decided)."""
     prefetched = getattr(getattr(request, "principal", None), "prefetched", None)
-    if (prefetched is not None and prefetched[0] == (query["bucket"], query["key"], query.get("vid"))
+    if (prefetched is not None
+            and prefetched[0] == {"q": "object_as", "bucket": query["bucket"], "key": query["key"],
+                                  "vid": query.get("vid")}
             and "reply" in prefetched[1] and prefetched[1].get("check") == query.get("check")):
         reply = prefetched[1]["reply"]
         if not reply.get("ok"):

@@ -41,10 +41,11 @@ class Principal:
     access_key: str = ""
     bucket_access: dict[str, Any] | None = None  # access to ``access_bucket``, read with the key
     access_bucket: str = ""
-    # ((bucket, key, vid), ``object_as`` answer): the object read with the key (GetObject,
-    # HeadObject), used only by a handler whose own read is that one with the same ACL
-    # check (``context.read_object``)
-    prefetched: tuple[tuple[str, str, str | None], dict[str, Any]] | None = None
+    # (query, answer): the handler's first read, made with the key's (``app._prefetch``):
+    # the object of a GetObject or HeadObject (``object_as``), used only by a handler whose
+    # own read is that one with the same ACL check (``context.read_object``); the upload of
+    # an UploadPart (``multipart.upload_of``). Read before authorization: used only after it.
+    prefetched: tuple[dict[str, Any], dict[str, Any]] | None = None
     # the key was not read: the user and secret are the ones last confirmed for it, and
     # the write's commit checks key and access in the state machine (``commit_as``)
     deferred: bool = False
@@ -77,9 +78,9 @@ def requested_access_key(headers: list[tuple[str, str]], query_string: bytes) ->
 async def lookup_key(ctx: Context, access_key: str | None, bucket: str = "",
                      prefetch: dict[str, Any] | None = None) -> tuple[str | None, Principal]:
     """(secret, principal) of an access key, or (None, ANONYMOUS) if unknown. For a user's
-    key, the key, the user's access to ``bucket`` and, for ``prefetch`` (bucket, key, vid),
-    the object read the request will make if it is authorized (``object_as``) are read
-    behind one Raft barrier."""
+    key, the key, the user's access to ``bucket`` and ``prefetch``, the read the request
+    will make first if it is authorized (``app._prefetch``; ``object_as`` read as this
+    key's), are read behind one Raft barrier."""
     if not access_key:
         return None, ANONYMOUS
     if access_key == ctx.root_access_key:
@@ -88,7 +89,7 @@ async def lookup_key(ctx: Context, access_key: str | None, bucket: str = "",
     if bucket:
         queries.append({"q": "access", "bucket": bucket, "access_key": access_key})
         if prefetch is not None:
-            queries.append({"q": "object_as", "access_key": access_key, **prefetch})
+            queries.append({**prefetch, "access_key": access_key} if prefetch["q"] == "object_as" else prefetch)
     try:
         results = await ctx.meta.read_many(queries)
     except wire.WireError as exc:
@@ -98,7 +99,7 @@ async def lookup_key(ctx: Context, access_key: str | None, bucket: str = "",
         return None, ANONYMOUS
     prefetched = None
     if bucket and prefetch is not None:
-        prefetched = ((prefetch["bucket"], prefetch["key"], prefetch["vid"]), results[2])
+        prefetched = (prefetch, results[2])
     return key["secret"], Principal(key["user"], key["admin"], access_key, results[1] if bucket else None, bucket,
                                     prefetched)
 

@@ -58,8 +58,55 @@ def part_number(params: dict[str, str], name: str = "partNumber") -> int:
     return number
 
 
-async def _upload(ctx: Context, bucket: str, key: str, upload_id: str) -> dict[str, Any]:
-    return await meta_call(ctx.meta.read({"q": "upload", "upload_id": upload_id, "bucket": bucket, "key": key}))
+class _UploadAlgorithms:
+    """upload id -> (bucket, key, checksum algorithm) of uploads this frontend created or
+    read, the most recent ``size``. An upload's algorithm never changes, so an entry is
+    stale only by the upload having ended, which its next part's commit finds
+    (``put_part`` answers NoSuchUpload and sends the part's chunks to GC)."""
+
+    def __init__(self, size: int = 10_000) -> None:
+        self.size = size
+        self._items: dict[str, tuple[str, str, str | None]] = {}
+
+    def get(self, upload_id: str, bucket: str, key: str) -> tuple[bool, str | None]:
+        found = self._items.get(upload_id)
+        if found is None or found[:2] != (bucket, key):
+            return False, None
+        return True, found[2]
+
+    def put(self, upload_id: str, bucket: str, key: str, algorithm: str | None) -> None:
+        self._items.pop(upload_id, None)
+        if len(self._items) >= self.size:
+            del self._items[next(iter(self._items))]
+        self._items[upload_id] = (bucket, key, algorithm)
+
+    def pop(self, upload_id: str) -> None:
+        self._items.pop(upload_id, None)
+
+
+_ALGORITHMS = _UploadAlgorithms()
+
+
+async def part_algorithm(ctx: Context, request: Any, bucket: str, key: str, upload_id: str) -> str | None:
+    """The checksum algorithm an upload's parts default to, known before the part's body
+    is stored; NoSuchUpload for an upload not found (or of another key). Read at most
+    once per upload by this frontend (``_UploadAlgorithms``), and then, for a user's key,
+    behind its key look-up's barrier (``app._prefetch``), so a part costs its commit and,
+    for a user's key, that look-up."""
+    known, algorithm = _ALGORITHMS.get(upload_id, bucket, key)
+    if known:
+        return algorithm
+    query = {"q": "upload", "upload_id": upload_id, "bucket": bucket, "key": key}
+    prefetched = getattr(request.principal, "prefetched", None)
+    if prefetched is not None and prefetched[0] == query:
+        upload = prefetched[1]
+        if not upload.get("ok"):
+            raise from_reply(upload)
+    else:
+        upload = await meta_call(ctx.meta.read(query))
+    algorithm = upload["meta"].get("checksum_algorithm")
+    _ALGORITHMS.put(upload_id, bucket, key, algorithm)
+    return algorithm
 
 
 # ---------------------------------------------------------------------- create / abort
@@ -90,6 +137,7 @@ async def create(ctx: Context, request: Any, bucket: str, key: str) -> Response:
                  "checksum_type": checksum_type, **({"lock": lock} if lock else {}), **acl.write_fields(request),
                  **({"tags": tags} if tags else {})},
     }))
+    _ALGORITHMS.put(upload_id, bucket, key, algorithm)
     response = xml_response(s3xml.initiate_upload(bucket, key, upload_id))
     if algorithm:
         response.headers["x-amz-checksum-algorithm"] = algorithm.upper()
@@ -98,6 +146,7 @@ async def create(ctx: Context, request: Any, bucket: str, key: str) -> Response:
 
 
 async def abort(ctx: Context, bucket: str, key: str, upload_id: str) -> Response:
+    _ALGORITHMS.pop(upload_id)
     await meta_call(ctx.meta.write({"op": "abort_upload", "upload_id": upload_id, "bucket": bucket, "key": key,
                                     "ts": time.time()}))
     return empty_response(204)
@@ -109,8 +158,7 @@ async def abort(ctx: Context, bucket: str, key: str, upload_id: str) -> Response
 async def upload_part(ctx: Context, request: Any, bucket: str, key: str, params: dict[str, str]) -> Response:
     number = part_number(params)
     upload_id = params["uploadId"]
-    upload = await _upload(ctx, bucket, key, upload_id)
-    algorithm = upload["meta"].get("checksum_algorithm")
+    algorithm = await part_algorithm(ctx, request, bucket, key, upload_id)
     if "x-amz-copy-source" in request.headers:
         stored = Stored()
         checksum = await _copy_into(ctx, request, stored, algorithm)
@@ -264,6 +312,7 @@ async def complete(ctx: Context, request: Any, bucket: str, key: str, upload_id:
                                   "part_checksums": True})
     if not reply.get("ok"):
         raise from_reply(reply)
+    _ALGORITHMS.pop(upload_id)
     response = _complete_response(request, bucket, key, reply["etag"], checksum, meta.get("checksum_type"))
     response.headers.update(version_headers(reply.get("vid")))
     return response

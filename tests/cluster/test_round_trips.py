@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import re
 
+import boto3
 import pytest
+from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from chaos.cluster import ACCESS_KEY, SECRET_KEY
 from tests.cluster.test_access import admin, code, new_user
 
 pytestmark = pytest.mark.cluster
@@ -109,3 +112,56 @@ def test_a_users_small_put_costs_one_round_trip_and_is_authorized_by_its_commit(
     assert code(gone) == "InvalidAccessKeyId"
     with pytest.raises(ClientError):
         s3.head_object(Bucket="erin-trips", Key="late")
+
+
+def test_a_part_costs_its_commit_and_a_users_key_look_up(cluster, s3):
+    """An upload's checksum algorithm is read once per frontend, behind a user's key
+    look-up: a part by the root key on the frontend that created its upload is its commit
+    alone, and one by a user's key costs that look-up and the commit."""
+    root1 = boto3.client("s3", endpoint_url=cluster.endpoints[1], aws_access_key_id=ACCESS_KEY,
+                         aws_secret_access_key=SECRET_KEY, region_name="us-east-1",  # parts carry no checksum:
+                         config=Config(retries={"max_attempts": 1},  # the upload's algorithm is computed
+                                       request_checksum_calculation="when_required"))
+    _, gina = new_user(cluster, "gina-trips")
+    _, hank = new_user(cluster, "hank-trips")
+    gina.create_bucket(Bucket="gina-trips")
+    hank.list_buckets()  # each key's identity confirmed
+    upload = root1.create_multipart_upload(Bucket="gina-trips", Key="root", ChecksumAlgorithm="SHA256")["UploadId"]
+    before = _trips(cluster, "UploadPart", 1)
+    etags = [root1.upload_part(Bucket="gina-trips", Key="root", UploadId=upload, PartNumber=n,
+                               Body=b"r" * 4096)["ETag"] for n in (1, 2, 3)]
+    after = _trips(cluster, "UploadPart", 1)
+    assert (after[0] - before[0], after[1] - before[1]) == (3, 3), (before, after)
+    parts = root1.list_parts(Bucket="gina-trips", Key="root", UploadId=upload)["Parts"]
+    assert [p["ETag"] for p in parts] == etags and all(p.get("ChecksumSHA256") for p in parts)
+
+    # a user's upload begun on another frontend: the first part reads it behind the look-up
+    upload = s3.create_multipart_upload(Bucket="gina-trips", Key="user")["UploadId"]
+    before = _trips(cluster, "UploadPart", 1)
+    for n in (1, 2):
+        gina.upload_part(Bucket="gina-trips", Key="user", UploadId=upload, PartNumber=n, Body=b"g" * 4096)
+    after = _trips(cluster, "UploadPart", 1)
+    assert after[0] - before[0] == 4, (before, after)
+
+    # the upload's answer is read before authorization, and never told to a caller refused
+    with pytest.raises(ClientError) as denied:
+        hank.upload_part(Bucket="gina-trips", Key="user", UploadId=upload, PartNumber=3, Body=b"h")
+    assert code(denied) == "AccessDenied"
+    with pytest.raises(ClientError) as denied:
+        hank.upload_part(Bucket="gina-trips", Key="user", UploadId="no-such-upload", PartNumber=1, Body=b"h")
+    assert code(denied) == "AccessDenied"
+    with pytest.raises(ClientError) as missing:
+        gina.upload_part(Bucket="gina-trips", Key="user", UploadId="no-such-upload", PartNumber=1, Body=b"g")
+    assert code(missing) == "NoSuchUpload"
+    with pytest.raises(ClientError) as other_key:  # an upload of another key is not this one's
+        gina.upload_part(Bucket="gina-trips", Key="other", UploadId=upload, PartNumber=1, Body=b"g")
+    assert code(other_key) == "NoSuchUpload"
+    assert [p["PartNumber"] for p in gina.list_parts(Bucket="gina-trips", Key="user", UploadId=upload)["Parts"]] \
+        == [1, 2]
+
+    # an upload ended through another frontend, still known here: its part's commit refuses it
+    s3.abort_multipart_upload(Bucket="gina-trips", Key="user", UploadId=upload)
+    with pytest.raises(ClientError) as ended:
+        gina.upload_part(Bucket="gina-trips", Key="user", UploadId=upload, PartNumber=3, Body=b"g" * 4096)
+    assert code(ended) == "NoSuchUpload"
+    assert upload not in [u["UploadId"] for u in s3.list_multipart_uploads(Bucket="gina-trips").get("Uploads", [])]
