@@ -164,6 +164,9 @@ async def upload_part(ctx: Context, request: Any, bucket: str, key: str, params:
         checksum = await _copy_into(ctx, request, stored, algorithm)
     else:
         body = UploadBody(request, request.auth, max_size=MAX_PART_SIZE, default_algorithm=algorithm)
+        if algorithm is not None and body.checksum_algorithm != algorithm:  # every part's is the upload's
+            raise S3Error("InvalidRequest", f"Checksum Type mismatch occurred, expected checksum Type: {algorithm}, "
+                          f"actual checksum Type: {body.checksum_algorithm}")
         stored, checksum = await body.store(ctx.data)
     etag = stored.md5.hexdigest()
     part = {"size": stored.size, "etag": etag, "checksum": checksum, "chunks": stored.chunks}
@@ -283,6 +286,8 @@ async def complete(ctx: Context, request: Any, bucket: str, key: str, upload_id:
         for algo, value in checksums.items():
             if part["checksum"].get(algo) != value:
                 raise S3Error("InvalidPart", UploadId=upload_id, PartNumber=number, ETag=etag)
+        if algorithm and algorithm not in part["checksum"]:  # stored before parts had to carry the upload's
+            raise S3Error("InvalidPart", UploadId=upload_id, PartNumber=number, ETag=etag)
         md5s.update(bytes.fromhex(part["etag"]))
         if composite is not None:
             composite.update(base64.b64decode(part["checksum"][algorithm]))

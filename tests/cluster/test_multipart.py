@@ -270,3 +270,23 @@ def test_full_object_checksum(s3, bucket, algorithm):
     assert got["Body"].read() == b"".join(bodies)  # botocore validates the full-object checksum too
     assert got[f"Checksum{algorithm}"] == whole.b64digest()
     assert base64.b64decode(whole.b64digest())
+
+
+def test_a_part_with_another_algorithm_than_its_uploads_is_refused(s3, bucket):
+    """Every part's checksum is of the upload's algorithm (AWS: InvalidRequest, "Checksum
+    Type mismatch"), refused before it is stored; a part without one has the upload's
+    computed. botocore sends CRC32 by default, so a SHA-256 upload's parts name it."""
+    key = "mismatched-parts"
+    upload_id = s3.create_multipart_upload(Bucket=bucket, Key=key, ChecksumAlgorithm="SHA256")["UploadId"]
+    with pytest.raises(ClientError) as mismatch:
+        s3.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=1, Body=b"x" * 10,
+                       ChecksumAlgorithm="CRC32")
+    assert mismatch.value.response["Error"]["Code"] == "InvalidRequest"
+    assert "expected checksum Type: sha256, actual checksum Type: crc32" in mismatch.value.response["Error"]["Message"]
+    assert s3.list_parts(Bucket=bucket, Key=key, UploadId=upload_id).get("Parts", []) == []
+    part = s3.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=1, Body=b"x" * 10,
+                          ChecksumAlgorithm="SHA256")
+    done = s3.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": [
+        {"PartNumber": 1, "ETag": part["ETag"], "ChecksumSHA256": part["ChecksumSHA256"]}]})
+    assert done["ChecksumSHA256"].endswith("-1")
+    assert s3.get_object(Bucket=bucket, Key=key)["Body"].read() == b"x" * 10
