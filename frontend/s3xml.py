@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 import time
 import xml.etree.ElementTree as ET
 from typing import Any
@@ -26,9 +27,20 @@ def _iso_seconds(seconds: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
 
 
+_MILLIS = tuple(f".{n:03d}Z" for n in range(1000))
+
+
 def iso8601(ts: float) -> str:
     # Objects written together share their second: a listing page formats few of them.
-    return f"{_iso_seconds(int(ts))}.{int(ts * 1000) % 1000:03d}Z"
+    return _iso_seconds(int(ts)) + _MILLIS[int(ts * 1000) % 1000]
+
+
+_ESCAPED = re.compile(r"[&<>\r]").search
+
+
+def _text(value: str) -> str:
+    """``value`` as XML text; most keys need no escaping, and finding that is cheaper."""
+    return escape(value, _CR) if _ESCAPED(value) else value
 
 
 def _el(name: str, value: Any) -> str:
@@ -98,11 +110,12 @@ def _page_tail(page: dict[str, Any], params: dict[str, Any], url: bool, tag: str
         out.append(_el("EncodingType", "url"))
     out.append(_el("IsTruncated", "true" if page["truncated"] else "false"))
     # ETags are hex digests (with a -N part count) and sizes are ints: only keys need escaping.
+    # Rows are [key, size, etag, created] (``q_list`` with ``rows``).
     out.extend(
-        f"<{tag}><Key>{escape(_key(item['key'], url), _CR)}</Key>{fields}<LastModified>{iso8601(item['created'])}"
-        f"</LastModified><ETag>&quot;{item['etag']}&quot;</ETag><Size>{int(item['size'])}</Size>"
+        f"<{tag}><Key>{_text(_key(key, url))}</Key>{fields}<LastModified>{iso8601(created)}"
+        f"</LastModified><ETag>&quot;{etag}&quot;</ETag><Size>{int(size)}</Size>"
         f"<StorageClass>STANDARD</StorageClass>{owner}</{tag}>"
-        for item in page["contents"]
+        for key, size, etag, created in page["contents"]
     )
     out.extend(f"<CommonPrefixes>{_el('Prefix', _key(prefix, url))}</CommonPrefixes>" for prefix in page["prefixes"])
     return out

@@ -119,7 +119,7 @@ async def list_objects(ctx: Context, bucket: str, params: dict[str, str]) -> Res
     # The bucket's owner and the page, behind one Raft barrier.
     bucket_info, page = await meta_call_many(ctx, [{"q": "bucket", "bucket": bucket}, {
         "q": "list", "bucket": bucket, "prefix": p["prefix"], "delimiter": p["delimiter"],
-        "after": after, "max_keys": p["max_keys"],
+        "after": after, "max_keys": p["max_keys"], "rows": True,
     }])
     p["owner"] = bucket_info["owner"]
     if page["truncated"]:

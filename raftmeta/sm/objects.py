@@ -263,10 +263,12 @@ def q_list(db: sqlite3.Connection, q: dict[str, Any]) -> dict[str, Any]:
     """One page of a listing: keys and common prefixes in key order, ``max_keys`` in all.
 
     Every step is an indexed range scan; a common prefix is skipped in one seek, so a
-    page costs O(max_keys) index lookups whatever the bucket holds.
+    page costs O(max_keys) index lookups whatever the bucket holds. ``rows``: each object
+    as [key, size, etag, created], not a map (a third of the bytes and of the decoding).
     """
     bucket, prefix = q["bucket"], q.get("prefix", "")
     delimiter, after, max_keys = q.get("delimiter", ""), q.get("after", ""), q.get("max_keys", 1000)
+    as_rows = bool(q.get("rows"))
     if not bucket_exists(db, bucket):
         raise Failed("NoSuchBucket")
     if max_keys <= 0:
@@ -310,7 +312,8 @@ def q_list(db: sqlite3.Connection, q: dict[str, Any]) -> dict[str, Any]:
             if len(contents) + len(prefixes) == max_keys:
                 truncated = True
                 return page(contents, prefixes, truncated, last)
-            contents.append({"key": key, "size": size, "etag": etag, "created": created})
+            contents.append((key, size, etag, created) if as_rows else
+                            {"key": key, "size": size, "etag": etag, "created": created})
             last = key
             after = key
         if not restart and len(rows) < limit:
@@ -320,7 +323,7 @@ def q_list(db: sqlite3.Connection, q: dict[str, Any]) -> dict[str, Any]:
     return page(contents, prefixes, truncated, last)
 
 
-def page(contents: list[dict[str, Any]], prefixes: list[str], truncated: bool, last: str) -> dict[str, Any]:
+def page(contents: list[Any], prefixes: list[str], truncated: bool, last: str) -> dict[str, Any]:
     return {"contents": contents, "prefixes": prefixes, "truncated": truncated, "last": last}
 
 

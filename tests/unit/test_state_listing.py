@@ -247,3 +247,15 @@ def test_listing_common_prefix_ending_in_u_d7ff(rep: Replica) -> None:
     page = rep.q(q="list", bucket="b", delimiter="\ud7ff")
     assert page["prefixes"] == ["q/\ud7ff"]
     assert [c["key"] for c in page["contents"]] == ["r"]
+
+
+def test_a_page_as_rows_holds_the_same_objects_as_maps(rep: Replica) -> None:
+    rep.apply(create())
+    for n, key in enumerate(("a&b", "a<c>", "a/d", "e")):
+        rep.apply(put(key, obj(size=n, etag=f"e{n}", created=3.25 + n)))
+    for query in ({}, {"delimiter": "/"}, {"max_keys": 2}):
+        maps = rep.q(q="list", bucket="b", **query)
+        rows = rep.q(q="list", bucket="b", rows=True, **query)
+        assert [list(r) for r in rows["contents"]] == [[c["key"], c["size"], c["etag"], c["created"]]
+                                                       for c in maps["contents"]]
+        assert {**rows, "contents": None} == {**maps, "contents": None}
