@@ -12,8 +12,11 @@ checkpoint it measures, in this order:
 
 - SQLite bytes per object (database and WAL of one replica) and each raftmeta's RSS;
 - 4 KiB PUT (new keys) and 1 KiB GET / HEAD (existing keys) for ``--seconds`` at
-  concurrency 1: ops/s, p50, p99;
-- a full ListObjectsV2 walk of ``scale-big``'s ``p/`` (every key of it, 1000 a page);
+  concurrency 1: ops/s, p50, p99, and how the raftmeta nodes served the reads (under the
+  leader's lease or behind a barrier); then the same GETs again (``get_again``): the
+  first ones read rows no request has touched since the start, these the same rows;
+- a ListObjectsV2 walk of the first 1,000 pages of ``scale-big``'s ``p/``
+  (``list_first_1m``: 1M keys once it holds them), then of all of it (1000 a page);
 - leader failover: SIGKILL of the Raft leader -> the next successful PUT (then restarted);
 - a follower's catch-up: SIGKILL of a follower, ``--catchup`` objects written without
   it (through S3, or with ``--catchup-direct`` as put_object commands through the
@@ -148,6 +151,16 @@ async def _statuses(rpc: list[str]) -> list[dict[str, Any] | None]:
     return out
 
 
+def _reads(cluster: Cluster) -> dict[str, int]:
+    """Linearizable reads served so far by all raftmeta nodes, by how: under the leader's
+    lease (no Raft round) or behind a barrier (one)."""
+    total: dict[str, int] = {}
+    for status in trio.run(_statuses, cluster.rpc):
+        for how, count in ((status or {}).get("reads") or {}).items():
+            total[how] = total.get(how, 0) + count
+    return total
+
+
 def failover(cluster: Cluster) -> dict[str, Any]:
     s3 = cluster.s3(0, retries={"max_attempts": 1}, connect_timeout=2, read_timeout=15)
     leader = cluster.leader()
@@ -227,8 +240,13 @@ def checkpoint(cluster: Cluster, gen: LoadGenerator, eps: list[Endpoint], n: int
                sample: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {"objects": n, **footprint(cluster, n)}
     out["put"] = latency(gen, eps[0], "PUT", BIG, ["probe/"], args.seconds)
-    out["get"] = latency(gen, eps[0], "GET", BIG, sample, args.seconds)
-    out["head"] = latency(gen, eps[0], "HEAD", BIG, sample, args.seconds)
+    for name, method in (("get", "GET"), ("head", "HEAD"), ("get_again", "GET")):  # again: the rows cached now
+        before = _reads(cluster)
+        out[name] = latency(gen, eps[0], method, BIG, sample, args.seconds)
+        out[name]["reads"] = {how: after - before.get(how, 0) for how, after in _reads(cluster).items()}
+    t = time.perf_counter()
+    listed = list_all(eps[0], BIG, prefix="p/", max_pages=1000, max_seconds=600)
+    out["list_first_1m"] = {"keys": listed, "seconds": round(time.perf_counter() - t, 2)}
     t = time.perf_counter()
     listed = list_all(eps[0], BIG, prefix="p/", max_seconds=600)
     out["list"] = {"keys": listed, "seconds": round(time.perf_counter() - t, 2)}

@@ -44,7 +44,7 @@ class Principal:
     # (query, answer): the handler's first read, made with the key's (``app._prefetch``):
     # the object of a GetObject or HeadObject (``object_as``), used only by a handler whose
     # own read is that one with the same ACL check (``context.read_object``); the upload of
-    # an UploadPart (``multipart.upload_of``). Read before authorization: used only after it.
+    # an UploadPart (``multipart.part_algorithm``). Read before authorization: used only after it.
     prefetched: tuple[dict[str, Any], dict[str, Any]] | None = None
     # the key was not read: the user and secret are the ones last confirmed for it, and
     # the write's commit checks key and access in the state machine (``commit_as``)
