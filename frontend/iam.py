@@ -28,6 +28,7 @@ from core import access as access_rules
 from core import wire
 from frontend.context import Context
 from frontend.errors import S3Error, from_wire
+from frontend.recent import Recent
 from frontend.sigv4 import AuthResult, verify_request
 
 ROOT_USER = "root"
@@ -79,8 +80,8 @@ async def lookup_key(ctx: Context, access_key: str | None, bucket: str = "",
                      prefetch: dict[str, Any] | None = None) -> tuple[str | None, Principal]:
     """(secret, principal) of an access key, or (None, ANONYMOUS) if unknown. For a user's
     key, the key, the user's access to ``bucket`` and ``prefetch``, the read the request
-    will make first if it is authorized (``app._prefetch``; ``object_as`` read as this
-    key's), are read behind one Raft barrier."""
+    will make first if it is authorized (``app._prefetch``, read as this key's), are read
+    behind one Raft barrier."""
     if not access_key:
         return None, ANONYMOUS
     if access_key == ctx.root_access_key:
@@ -89,7 +90,7 @@ async def lookup_key(ctx: Context, access_key: str | None, bucket: str = "",
     if bucket:
         queries.append({"q": "access", "bucket": bucket, "access_key": access_key})
         if prefetch is not None:
-            queries.append({**prefetch, "access_key": access_key} if prefetch["q"] == "object_as" else prefetch)
+            queries.append({**prefetch, "access_key": access_key})
     try:
         results = await ctx.meta.read_many(queries)
     except wire.WireError as exc:
@@ -198,30 +199,11 @@ class _Known:
     admin: bool
 
 
-class _SecretCache:
-    """Access key -> the secret, user and admin flag last confirmed linearizably for it.
-    A key's secret and user never change (keys are created with them and deleted), so
-    an entry can only be stale by the key being gone, which the confirming read (or, for
-    a deferred write, its commit) finds."""
-
-    def __init__(self, size: int = 10_000) -> None:
-        self.size = size
-        self._items: dict[str, _Known] = {}
-
-    def get(self, access_key: str) -> _Known | None:
-        return self._items.get(access_key)
-
-    def put(self, access_key: str, known: _Known) -> None:
-        self._items.pop(access_key, None)
-        if len(self._items) >= self.size:
-            self._items.pop(next(iter(self._items)))
-        self._items[access_key] = known
-
-    def pop(self, access_key: str) -> None:
-        self._items.pop(access_key, None)
-
-
-_SECRETS = _SecretCache()
+# Access key -> the secret, user and admin flag last confirmed linearizably for it. A key's
+# secret and user never change (keys are created with them and deleted), so an entry can
+# only be stale by the key being gone, which the confirming read (or, for a deferred
+# write, its commit) finds.
+_SECRETS: Recent[str, _Known] = Recent()
 _UNKNOWN = trio.CapacityLimiter(UNKNOWN_KEY_LOOKUPS)
 
 

@@ -35,6 +35,7 @@ from frontend.context import (
 )
 from frontend.datapath import Stored
 from frontend.errors import S3Error, from_reply
+from frontend.recent import Recent
 from frontend.s3 import acl, object_lock, tagging
 from frontend.s3.copy_object import parse_copy_source
 from frontend.upload import UploadBody
@@ -58,42 +59,29 @@ def part_number(params: dict[str, str], name: str = "partNumber") -> int:
     return number
 
 
-class _UploadAlgorithms:
-    """upload id -> (bucket, key, checksum algorithm) of uploads this frontend created or
-    read, the most recent ``size``. An upload's algorithm never changes, so an entry is
-    stale only by the upload having ended, which its next part's commit finds
-    (``put_part`` answers NoSuchUpload and sends the part's chunks to GC)."""
-
-    def __init__(self, size: int = 10_000) -> None:
-        self.size = size
-        self._items: dict[str, tuple[str, str, str | None]] = {}
-
-    def get(self, upload_id: str, bucket: str, key: str) -> tuple[bool, str | None]:
-        found = self._items.get(upload_id)
-        if found is None or found[:2] != (bucket, key):
-            return False, None
-        return True, found[2]
-
-    def put(self, upload_id: str, bucket: str, key: str, algorithm: str | None) -> None:
-        self._items.pop(upload_id, None)
-        if len(self._items) >= self.size:
-            del self._items[next(iter(self._items))]
-        self._items[upload_id] = (bucket, key, algorithm)
-
-    def pop(self, upload_id: str) -> None:
-        self._items.pop(upload_id, None)
+# upload id -> (bucket, key, checksum algorithm) of uploads this frontend created or read.
+# An upload's algorithm never changes, so an entry is stale only by the upload having
+# ended, which its next part's commit finds (``put_part`` answers NoSuchUpload and sends
+# the part's chunks to GC).
+_ALGORITHMS: Recent[str, tuple[str, str, str | None]] = Recent()
 
 
-_ALGORITHMS = _UploadAlgorithms()
+def _known_algorithm(uploads: Recent[str, tuple[str, str, str | None]], upload_id: str, bucket: str,
+                     key: str) -> tuple[bool, str | None]:
+    """(known, algorithm) of an upload remembered for this bucket and key."""
+    found = uploads.get(upload_id)
+    if found is None or found[:2] != (bucket, key):
+        return False, None
+    return True, found[2]
 
 
 async def part_algorithm(ctx: Context, request: Any, bucket: str, key: str, upload_id: str) -> str | None:
     """The checksum algorithm an upload's parts default to, known before the part's body
     is stored; NoSuchUpload for an upload not found (or of another key). Read at most
-    once per upload by this frontend (``_UploadAlgorithms``), and then, for a user's key,
+    once per upload by this frontend (``_ALGORITHMS``), and then, for a user's key,
     behind its key look-up's barrier (``app._prefetch``), so a part costs its commit and,
     for a user's key, that look-up."""
-    known, algorithm = _ALGORITHMS.get(upload_id, bucket, key)
+    known, algorithm = _known_algorithm(_ALGORITHMS, upload_id, bucket, key)
     if known:
         return algorithm
     query = {"q": "upload", "upload_id": upload_id, "bucket": bucket, "key": key}
@@ -105,7 +93,7 @@ async def part_algorithm(ctx: Context, request: Any, bucket: str, key: str, uplo
     else:
         upload = await meta_call(ctx.meta.read(query))
     algorithm = upload["meta"].get("checksum_algorithm")
-    _ALGORITHMS.put(upload_id, bucket, key, algorithm)
+    _ALGORITHMS.put(upload_id, (bucket, key, algorithm))
     return algorithm
 
 
@@ -137,7 +125,7 @@ async def create(ctx: Context, request: Any, bucket: str, key: str) -> Response:
                  "checksum_type": checksum_type, **({"lock": lock} if lock else {}), **acl.write_fields(request),
                  **({"tags": tags} if tags else {})},
     }))
-    _ALGORITHMS.put(upload_id, bucket, key, algorithm)
+    _ALGORITHMS.put(upload_id, (bucket, key, algorithm))
     response = xml_response(s3xml.initiate_upload(bucket, key, upload_id))
     if algorithm:
         response.headers["x-amz-checksum-algorithm"] = algorithm.upper()

@@ -13,17 +13,14 @@ import trio
 from hypercorn.events import RawData
 
 from frontend import http_edge
+from tests.unit.asgi_helpers import answer_lifespan
 
 RELEASE = trio.Event()
 
 
 async def app(scope: Any, receive: Any, send: Any) -> None:
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            await send({"type": message["type"] + ".complete"})
-            if message["type"] == "lifespan.shutdown":
-                return
+        return await answer_lifespan(receive, send)
     start = {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"5")]}
     if scope["path"] in ("/small", "/head"):
         token = http_edge.BODY_FOLLOWS.set(True)

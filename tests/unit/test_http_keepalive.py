@@ -14,6 +14,7 @@ import pytest
 import trio
 
 from frontend import http_edge
+from tests.unit.asgi_helpers import answer_lifespan
 
 LIMIT = 0.5  # keep_alive_timeout of these servers (but the shutdown test's)
 SLOW = 3 * LIMIT  # how long /slow is served
@@ -21,11 +22,7 @@ SLOW = 3 * LIMIT  # how long /slow is served
 
 async def app(scope: Any, receive: Any, send: Any) -> None:
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            await send({"type": message["type"] + ".complete"})
-            if message["type"] == "lifespan.shutdown":
-                return
+        return await answer_lifespan(receive, send)
     if scope["path"] == "/slow":
         await trio.sleep(SLOW)
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
