@@ -40,6 +40,7 @@ from raftmeta.chores.repair import Repair
 from raftmeta.membership import Membership
 from raftmeta.node import MetaNode
 from raftmeta.sm import multipart
+from raftmeta.snapshots import DatabaseBehind
 from raftmeta.state import MetaState
 
 log = logging.getLogger("raftmeta")
@@ -248,9 +249,14 @@ async def serve(args: Any) -> None:
     # Cluster-wide like --replicas: every member must be started with the same value.
     multipart.MIN_PART_SIZE = getattr(args, "min_part_size", multipart.MIN_PART_SIZE)
     state = MetaState(os.path.join(args.data_dir, "meta.sqlite"))
-    node = MetaNode(args.raft, args.peers, args.data_dir, args.secret, state,
-                    sync_journal=not getattr(args, "unsafe_no_journal_sync", False),
-                    compaction_entries=getattr(args, "snapshot_entries", 50_000))
+    try:
+        node = MetaNode(args.raft, args.peers, args.data_dir, args.secret, state,
+                        sync_journal=not getattr(args, "unsafe_no_journal_sync", False),
+                        compaction_entries=getattr(args, "snapshot_entries", 50_000))
+    except DatabaseBehind as exc:
+        log.error("raftmeta %s cannot start: %s", args.data_dir, exc)
+        state.close()
+        raise SystemExit(2) from None
     if not node._sync_journal:
         log.warning("--unsafe-no-journal-sync: acknowledged writes can be lost on power loss")
     server = MetaServer(node, state, args.secret, gc_grace=args.gc_grace, gc_interval=args.gc_interval,

@@ -13,9 +13,7 @@ callbacks post to.
 
 from __future__ import annotations
 
-import shutil
 import socket
-import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -149,7 +147,8 @@ class Cluster:
     async def wait_leader(self, timeout: float = 15.0) -> Replica:
         """Wait until every live replica reports the same single leader and term."""
         live = self.live()
-        with trio.fail_after(timeout):
+        sts: list[dict[str, Any]] = []
+        with trio.move_on_after(timeout):
             while True:
                 try:
                     sts = await self.statuses(live)
@@ -165,6 +164,7 @@ class Cluster:
                     ):
                         return leaders[0]
                 await trio.sleep(0.05)
+        raise trio.TooSlowError(f"no single ready leader after {timeout} s: {sts}")
 
     def crashes(self) -> list[str]:
         return [f"{r.name}: {r.crash!r}" for r in self.replicas if r.crash is not None]
@@ -197,20 +197,6 @@ async def open_cluster(root: Path, *, compaction_entries: int = 50_000) -> Async
                 for r in replicas:
                     await r.stop()
             nursery.cancel_scope.cancel()
-
-
-def snapshot_contents(snapshot: Path, scratch: Path) -> tuple[int, list[str]]:
-    """(applied index, object keys) of a raft.snapshot file, read from a copy of it."""
-    scratch.mkdir(parents=True, exist_ok=True)
-    copy = scratch / f"snapshot-{time.monotonic_ns()}.sqlite"
-    shutil.copyfile(snapshot, copy)
-    db = sqlite3.connect(copy)
-    try:
-        index = int(db.execute("SELECT v FROM meta WHERE k='applied'").fetchone()[0])
-        keys = [row[0] for row in db.execute("SELECT key FROM objects ORDER BY key")]
-    finally:
-        db.close()
-    return index, keys
 
 
 def obj(size: int = 0, chunks: list[list[Any]] | None = None, **extra: Any) -> dict[str, Any]:

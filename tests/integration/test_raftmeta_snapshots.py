@@ -1,8 +1,9 @@
 """In-process tests of raftmeta replicas restarting: catching up from the journal and from
-snapshots, and serving non-linear reads while a snapshot is restored."""
+snapshots, and serving non-linear reads while a snapshot is installed."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -13,7 +14,8 @@ import trio
 
 from core import wire
 from raftmeta.client import MetaClient
-from tests.integration.raftcluster import SECRET, must, obj, open_cluster, snapshot_contents, wait_until
+from raftmeta.snapshots import DatabaseBehind
+from tests.integration.raftcluster import SECRET, must, obj, open_cluster, wait_until
 
 
 @pytest.mark.parametrize("who", ["follower", "leader"])
@@ -68,10 +70,10 @@ async def test_restarted_replica_catches_up(tmp_path: Path, who: str) -> None:
 
 
 async def test_snapshots(tmp_path: Path) -> None:
-    """With compaction after 50 entries, ~200 writes leave snapshot files and a compacted log.
-    A replica restarted alone (no peer up) with its SQLite file deleted rebuilds the whole
-    state from its own snapshot; a replica that was down while the others compacted is
-    brought up to date by the leader sending it a snapshot."""
+    """With compaction after 50 entries, ~200 writes leave snapshot records and a compacted
+    log. A replica whose SQLite file was deleted refuses to start (the compacted log cannot
+    rebuild it); a replica that was down while the others compacted is brought up to date
+    by the leader sending it a copy of its database."""
     with trio.fail_after(60):
         async with open_cluster(tmp_path, compaction_entries=50) as cluster:
             leader = await cluster.wait_leader()
@@ -91,86 +93,89 @@ async def test_snapshots(tmp_path: Path) -> None:
                 await must(live_client.write({"op": "put_object", "bucket": "s", "key": f"k{i:03d}", "obj": obj(i),
                                               "ts": time.time()}))
             await wait_until(
-                lambda: all((r.data_dir / "raft.snapshot").is_file() for r in live), 15, "snapshot files",
+                lambda: all((r.data_dir / "raft.snapshot").is_file() for r in live), 15, "snapshot records",
             )
             sts = await cluster.statuses(live)
             for st in sts:  # the logs were compacted past what the absent replica has
                 assert st["log_size"] < 150 and st["commit_index"] - st["log_size"] > absent_applied, st
+            for r in live:  # a record, not a copy of the database
+                assert (r.data_dir / "raft.snapshot").stat().st_size < 4096
+                assert not (r.data_dir / "raft.snapshot.send").exists()
             expected = [f"k{i:03d}" for i in range(200)]
 
-            # 1. everything down; `rebuilt` comes back alone, its SQLite database deleted
+            # 1. everything down; `rebuilt` loses its SQLite database and refuses to start (it
+            # must be replaced as a member: restarted empty, it would vote without its log)
             for r in live:
                 await r.stop()
-            snap_index, snap_keys = snapshot_contents(rebuilt.data_dir / "raft.snapshot", tmp_path / "copy")
-            assert snap_keys == expected[: len(snap_keys)] and len(snap_keys) > 100
             for suffix in ("", "-wal", "-shm"):
                 (rebuilt.data_dir / f"meta.sqlite{suffix}").unlink(missing_ok=True)
-            await rebuilt.start(cluster.nursery)
-            alone = cluster.client(rebuilt)
+            with pytest.raises(DatabaseBehind, match="Replace this member"):
+                await rebuilt.start(cluster.nursery)
+            assert rebuilt.state is not None and rebuilt.node is None
+            rebuilt.state.close()
+            rebuilt.state = None
 
-            # wait on `status` (which does not touch SQLite): a read racing the restore can crash the
-            # server, see test_non_linear_reads_during_snapshot_restore
-            async def restored() -> bool:
-                return (await alone.status(rebuilt.rpc_addr))["state_applied"] >= snap_index
-
-            await wait_until(restored, 10, "the state restored from the local snapshot")
-            listing = await must(alone.read({"q": "list", "bucket": "s", "max_keys": 1000}, linear=False))
-            keys = [c["key"] for c in listing["contents"]]
-            # no peer is up: all of it came from the snapshot (and the tail of the local journal)
-            assert keys == expected[: len(keys)] and len(keys) >= len(snap_keys)
-            got = await must(alone.read({"q": "object", "bucket": "s", "key": "k050"}, linear=False))
-            assert got["obj"]["size"] == 50
-
-            # 2. quorum again; the absent replica can only be caught up by a snapshot transfer
+            # 2. the leader back, then the absent replica: only a copy can catch it up
             await leader.start(cluster.nursery)
-            await cluster.wait_leader()
             await absent.start(cluster.nursery)
+            await cluster.wait_leader()
             listing = await must(cluster.client(absent).read({"q": "list", "bucket": "s", "max_keys": 1000},
                                                              deadline=30))
             assert [c["key"] for c in listing["contents"]] == expected
-            # installed from the leader's; its own snapshot of it is written in the background
-            await wait_until(lambda: (absent.data_dir / "raft.snapshot").is_file(), 15, "the installed snapshot")
-            await cluster.wait_leader()
-            for r in cluster.replicas:
+            await wait_until(lambda: (absent.data_dir / "raft.snapshot").is_file(), 15, "the installed record")
+            assert not (leader.data_dir / "raft.snapshot.send").exists()  # the copy went once sent
+            for r in (leader, absent):
                 stats = await must(cluster.client(r).read({"q": "stats"}))
                 assert stats["objects"] == 200, (r.name, stats)
-            await must(client.write({"op": "put_object", "bucket": "s", "key": "last", "obj": obj(1),
-                                     "ts": time.time()}))
-            for r in cluster.replicas:
+            await must(cluster.client(leader, absent).write({"op": "put_object", "bucket": "s", "key": "last",
+                                                             "obj": obj(1), "ts": time.time()}))
+            for r in (leader, absent):
                 got = await must(cluster.client(r).read({"q": "object", "bucket": "s", "key": "last"}))
                 assert got["obj"]["size"] == 1
             assert not cluster.crashes()
 
 
-async def _reads_across_snapshot_restores(root: Path, attempts: int = 8) -> list[str]:
-    """Restart a replica alone, its SQLite file deleted, so that it restores its snapshot while
-    three readers send non-linear reads; repeat up to ``attempts`` times. Returns what went
-    wrong (nothing, if the replica kept serving). Prints the result as JSON before the
-    cluster is torn down (a failure can leave this process damaged)."""
+async def _reads_across_snapshot_restores(root: Path, attempts: int = 3) -> list[str]:
+    """Stop a follower while the others write and compact past it, start it again, so that
+    it installs a copy of the leader's database while three readers send it non-linear
+    reads; repeat up to ``attempts`` times. Returns what went wrong (nothing, if the replica
+    kept serving). Prints the result as JSON before the cluster is torn down (a failure
+    can leave this process damaged)."""
     problems: list[str] = []
-    with trio.fail_after(90):
+    with trio.fail_after(120):
         async with open_cluster(root, compaction_entries=50) as cluster:
             leader = await cluster.wait_leader()
             client = MetaClient(cluster.addrs, SECRET)
             await must(client.write({"op": "create_bucket", "bucket": "s", "owner": "alice", "ts": time.time()}))
-            for i in range(200):
-                await must(client.write({"op": "put_object", "bucket": "s", "key": f"k{i:03d}",
-                                         "obj": obj(i, pad="x" * 2000), "ts": time.time()}))
             victim = next(r for r in cluster.replicas if r is not leader)
-            await wait_until(lambda: (victim.data_dir / "raft.snapshot").is_file(), 15, "a snapshot")
-            for r in cluster.replicas:
-                await r.stop()
-            snap_index, _ = snapshot_contents(victim.data_dir / "raft.snapshot", root / "copy")
-
+            written = 0
             for attempt in range(1, attempts + 1):
-                for suffix in ("", "-wal", "-shm"):
-                    (victim.data_dir / f"meta.sqlite{suffix}").unlink(missing_ok=True)
-                await victim.start(cluster.nursery)  # its Raft thread restores the snapshot ~0.1 s from now
+                await victim.stop()
+                live = cluster.client(*[r for r in cluster.replicas if r is not victim])
+                for _ in range(150):  # past the others' compactions (every 50 entries, staggered)
+                    await must(live.write({"op": "put_object", "bucket": "s", "key": f"k{written:04d}",
+                                           "obj": obj(written, pad="x" * 2000), "ts": time.time()}))
+                    written += 1
+                target = (await cluster.statuses([leader]))[0]["last_applied"]
+                await victim.start(cluster.nursery)  # the leader sends it a copy within ~0.1 s
                 answered: list[bool] = []
+                installed = trio.Event()
 
-                async def reader_loop(answered: list[bool] = answered) -> None:
+                async def watch(installed: trio.Event = installed, target: int = target) -> None:
+                    deadline = time.monotonic() + 20
+                    while time.monotonic() < deadline and not cluster.crashes():
+                        with contextlib.suppress(wire.WireError):
+                            if (await MetaClient([victim.rpc_addr], SECRET).status(victim.rpc_addr)
+                                    )["state_applied"] >= target:
+                                installed.set()
+                                return
+                        await trio.sleep(0.02)
+                    installed.set()
+
+                async def reader_loop(answered: list[bool] = answered, installed: trio.Event = installed) -> None:
                     reader = MetaClient([victim.rpc_addr], SECRET)
-                    deadline = time.monotonic() + 10
+                    after = 0
+                    deadline = time.monotonic() + 25
                     while time.monotonic() < deadline and not cluster.crashes():
                         try:
                             reply = await reader._call_once(victim.rpc_addr, {
@@ -179,33 +184,33 @@ async def _reads_across_snapshot_restores(root: Path, attempts: int = 8) -> list
                             problems.append(f"read {len(answered) + 1} failed: {exc!r}")
                             return
                         answered.append(bool(reply.get("ok")))
-                        if answered[-10:] == [True] * 10:
-                            return  # restored, and served well after that
+                        after = after + 1 if installed.is_set() and reply.get("ok") else 0
+                        if after >= 10:
+                            return  # installed, and served well after that
                         await trio.sleep(0.005)
 
                 async with trio.open_nursery() as readers:
+                    readers.start_soon(watch)
                     for _ in range(3):
                         readers.start_soon(reader_loop)
                 problems.extend(cluster.crashes())
                 try:
                     with trio.fail_after(5):
                         status = await MetaClient([victim.rpc_addr], SECRET).status(victim.rpc_addr)
-                    if status["state_applied"] < snap_index:
-                        problems.append(f"snapshot not restored: {status}")
+                    if status["state_applied"] < target:
+                        problems.append(f"snapshot not installed: {status}")
                 except (wire.WireError, trio.TooSlowError) as exc:
                     problems.append(f"the replica no longer answers: {exc!r}")
                 if problems:
                     problems.insert(0, f"attempt {attempt}, after {len(answered)} reads ({answered.count(True)} ok)")
                     break
-                await victim.stop()
             print(json.dumps({"problems": problems}), flush=True)
     return problems
 
 
 async def test_non_linear_reads_during_snapshot_restore(tmp_path: Path) -> None:
-    """Frontends read ``nodes`` and ``bucket`` with linear=False; a replica restoring a
-    snapshot (at start-up, or a lagging follower sent one by the leader) must keep serving
-    them. The scenario runs in a child process: when it goes wrong SQLite is used across
+    """Frontends read ``nodes`` and ``bucket`` with linear=False; a replica installing a
+    snapshot the leader sent it must keep serving them. The scenario runs in a child process: when it goes wrong SQLite is used across
     threads on a closed connection (undefined behaviour), which must not damage this one."""
     script = (
         "import sys, trio; from pathlib import Path; "
