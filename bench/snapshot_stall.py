@@ -1,15 +1,19 @@
-"""What a Raft snapshot costs the commits that happen meanwhile.
+"""What Raft snapshots cost the commits that happen meanwhile.
 
-    python -m bench.snapshot_stall [--objects 1000000] [--seconds 60] [--every 3000] [--inflight 16] [--no-baseline]
+    python -m bench.snapshot_stall [--objects 1000000] [--seconds 60] [--every 3000] [--inflight 16]
+                                   [--no-baseline] [--transfer]
 
 Three raftmeta processes (no blob nodes or frontends) whose databases hold ``--objects``
 objects, seeded by their own state machine (``bench.scale_seed``, half 0 B and half 1 KiB
 inline), then 4 KiB inline ``put_object`` commits at ``--inflight`` for ``--seconds``,
-twice: with a snapshot every ``--every`` log entries (``--snapshot-entries``), and with
-none. A background thread watches each node's ``raft.snapshot.tmp`` (present while a
-snapshot is being written) every 20 ms; a commit that starts while any node writes one
-counts as "during". Reports commit latency p50/p99/max during and outside snapshots, the
-snapshots seen, and the Raft terms before and after (a changed term is an election).
+twice: with a compaction every ``--every`` log entries (``--snapshot-entries``), and with
+none. A compaction syncs the database and writes a small record; a copy of the database
+is made only for a follower that needs one. With ``--transfer`` a follower is stopped a
+tenth of the way in, and started again once the leader compacted past it, so the leader
+copies its database and sends it. A thread watches each node's record and copy every
+20 ms. Reports commit latency p50/p99/max: all, within 0.25 s of a compaction, while a
+copy exists (made or sent), and outside both; the follower's catch-up time; and the Raft
+terms before and after (a changed term is an election).
 """
 
 from __future__ import annotations
@@ -62,6 +66,14 @@ async def _ready(client: MetaClient) -> None:
                 except Exception:  # no leader yet
                     pass
                 await trio.sleep(0.2)
+        while True:  # every replica applied them (the seed writes to each one's database)
+            try:
+                applied = [(await client.status(addr))["last_applied"] for addr in client.addrs]
+                if min(applied) == max(applied):  # the leader applied them before it answered
+                    return
+            except Exception:  # a replica not up yet
+                pass
+            await trio.sleep(0.2)
 
 
 async def _terms(cluster: Cluster) -> list[int | None]:
@@ -75,23 +87,82 @@ async def _terms(cluster: Cluster) -> list[int | None]:
     return out
 
 
-def _watch(root: Path, stop: threading.Event, intervals: list[tuple[float, float]]) -> None:
-    tmps = [root / f"raftmeta{i}" / "raft.snapshot.tmp" for i in (1, 2, 3)]
-    since: float | None = None
-    while not stop.is_set():
-        busy = any(p.exists() for p in tmps)
-        now = time.monotonic()
-        if busy and since is None:
-            since = now
-        elif not busy and since is not None:
-            intervals.append((since, now))
-            since = None
-        time.sleep(0.02)
-    if since is not None:
-        intervals.append((since, time.monotonic()))
+class _Watch:
+    """Polls every node's data dir every 20 ms: when its snapshot record changes (a
+    compaction: two fsyncs and a small file) and while a copy for a follower exists
+    (``raft.snapshot.send``: made, then sent)."""
+
+    def __init__(self, root: Path) -> None:
+        self.dirs = [root / f"raftmeta{i}" for i in (1, 2, 3)]
+        self.compactions: list[float] = []
+        self.compacted_by: list[str] = []  # the node of each, in the same order
+        self.copies: list[tuple[float, float]] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        def mtime(d: Path) -> int:
+            try:
+                return (d / "raft.snapshot").stat().st_mtime_ns
+            except FileNotFoundError:
+                return 0
+
+        seen = [mtime(d) for d in self.dirs]
+        since: float | None = None
+        while not self.stop.is_set():
+            now = time.monotonic()
+            for i, d in enumerate(self.dirs):
+                m = mtime(d)
+                if m != seen[i]:
+                    seen[i] = m
+                    self.compactions.append(now)
+                    self.compacted_by.append(f"raftmeta{i + 1}")
+            busy = any((d / "raft.snapshot.send").exists() for d in self.dirs)
+            if busy and since is None:
+                since = now
+            elif not busy and since is not None:
+                self.copies.append((since, now))
+                since = None
+            time.sleep(0.02)
+        if since is not None:
+            self.copies.append((since, time.monotonic()))
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join()
 
 
-def run(objects: int, seconds: float, every: int, inflight: int) -> dict[str, Any]:
+AROUND = 0.25  # a commit that starts this close to a seen compaction counts as "around" it
+
+
+async def _transfer(cluster: Cluster, client: MetaClient, watch: _Watch, start_after: float,
+                    out: dict[str, Any]) -> None:
+    """Stop a follower, wait for the leader to compact past it, start it again: the leader
+    must send it a copy of its database. Records how long until it caught up."""
+    await trio.sleep(start_after)
+    leader = await trio.to_thread.run_sync(cluster.leader)
+    victim = next(f"raftmeta{i}" for i in (1, 2, 3) if f"raftmeta{i}" != leader)
+    await trio.to_thread.run_sync(cluster.kill, victim)
+    killed = time.monotonic()
+    while not any(t > killed and by == leader for t, by in zip(watch.compactions, watch.compacted_by, strict=False)):
+        await trio.sleep(0.1)  # the leader's log no longer holds what the follower lacks
+    await trio.to_thread.run_sync(cluster.start, victim)
+    started = time.monotonic()
+    leader_addr, victim_addr = (cluster.rpc[int(name[-1]) - 1] for name in (leader, victim))
+    target = (await client.status(leader_addr))["commit_index"]
+    while True:
+        try:
+            if (await client.status(victim_addr))["last_applied"] >= target:
+                break
+        except Exception:  # not listening yet
+            pass
+        await trio.sleep(0.1)
+    out.update({"follower": victim, "down_s": round(started - killed, 2),
+                "caught_up_s": round(time.monotonic() - started, 2)})
+
+
+def run(objects: int, seconds: float, every: int, inflight: int, transfer: bool) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="cairn-snapstall-"))
     cluster = Cluster(root, blobs=0, frontends=0, raftmeta_flags=["--snapshot-entries", str(every)])
     try:
@@ -105,11 +176,9 @@ def run(objects: int, seconds: float, every: int, inflight: int) -> dict[str, An
         client = MetaClient(cluster.rpc, SECRET)
         trio.run(_ready, client)
         terms_before = trio.run(_terms, cluster)
-        intervals: list[tuple[float, float]] = []
-        stop = threading.Event()
-        watcher = threading.Thread(target=_watch, args=(root, stop, intervals), daemon=True)
-        watcher.start()
+        watch = _Watch(root)
         commits: list[tuple[float, float]] = []
+        caught: dict[str, Any] = {}
 
         async def load() -> None:
             end = time.monotonic() + seconds
@@ -127,18 +196,29 @@ def run(objects: int, seconds: float, every: int, inflight: int) -> dict[str, An
             async with trio.open_nursery() as nursery:
                 for w in range(inflight):
                     nursery.start_soon(worker, w)
+                if transfer:
+                    nursery.start_soon(_transfer, cluster, client, watch, seconds / 10, caught)
 
         trio.run(load)
-        stop.set()
-        watcher.join()
+        watch.close()
         terms_after = trio.run(_terms, cluster)
-        during = [lat for t, lat in commits if any(a <= t <= b for a, b in intervals)]
-        outside = [lat for t, lat in commits if not any(a <= t <= b for a, b in intervals)]
+        marks = watch.compactions
+
+        def around(t: float) -> bool:
+            return any(abs(t - m) <= AROUND for m in marks)
+
+        def copying(t: float) -> bool:
+            return any(a <= t <= b for a, b in watch.copies)
+
         return {"objects": seeded["seeded"], "db_bytes": db_bytes, "snapshot_entries": every,
                 "commits": len(commits), "commits_per_s": round(len(commits) / seconds, 1),
-                "snapshots_seen": len(intervals),
-                "snapshot_seconds": [round(b - a, 2) for a, b in intervals][:20],
-                "during": _stats(during), "outside": _stats(outside),
+                "compactions_seen": len(marks),
+                "copies_seconds": [round(b - a, 2) for a, b in watch.copies],
+                "all": _stats([lat for _, lat in commits]),
+                "around_a_compaction": _stats([lat for t, lat in commits if around(t)]),
+                "during_a_copy": _stats([lat for t, lat in commits if copying(t)]),
+                "outside": _stats([lat for t, lat in commits if not around(t) and not copying(t)]),
+                "transfer": caught,
                 "terms_before": terms_before, "terms_after": terms_after}
     finally:
         cluster.stop()
@@ -152,8 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--every", type=int, default=3000, help="log entries between snapshots")
     ap.add_argument("--inflight", type=int, default=16)
     ap.add_argument("--no-baseline", action="store_true", help="skip the run without snapshots")
+    ap.add_argument("--transfer", action="store_true", help="make the leader send a follower a copy")
     args = ap.parse_args(argv)
-    results = [run(args.objects, args.seconds, every, args.inflight)
+    results = [run(args.objects, args.seconds, every, args.inflight, args.transfer and every < 10**9)
                for every in ((args.every,) if args.no_baseline else (args.every, 10**9))]
     print(json.dumps(results, indent=1))
     return 0
