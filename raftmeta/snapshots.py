@@ -56,6 +56,7 @@ READ_AHEAD_PARTS = 64  # parts a transmission reads ahead of the Raft thread
 FSYNC_EVERY = 8 << 20  # a received snapshot is fsynced in the background every this many bytes
 SENDER_IDLE = 30.0  # a transmission not asked for its next part this long is dropped (seconds)
 SEND_SLICE = 0.005  # seconds of the Raft thread a transmission takes in one round of sends
+SEND_EVERY = 0.015  # a transmission's rounds start at most this often (seconds)
 COPY_RETRY = 5.0  # after a failed copy for sending, seconds before the next attempt
 RECORD_MAGIC = b"cairn raft snapshot record 1\n"
 SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -243,6 +244,8 @@ class _Copy(_Thread):
     def __init__(self, path: str, db_path: str, raft_data: Any) -> None:
         self.path = path
         self.cancel = False
+        self.started = time.monotonic()
+        self.reported = False  # its completion logged
         conn = begin_read(db_path)
 
         def run() -> None:
@@ -272,6 +275,9 @@ class _Sender:
         self.stop = False
         self.polled = time.monotonic()
         self.burst_until = 0.0  # the end of the current round of parts sent at once
+        self.next_round = 0.0  # the earliest start of the next round
+        self.parts_sent = 0
+        self.started = time.monotonic()
         threading.Thread(target=self._run, name="raftmeta-snapshot-send", daemon=True).start()
 
     def _run(self) -> None:
@@ -299,8 +305,12 @@ class Snapshots:
     Every method but ``close`` is called on the Raft thread."""
 
     def __init__(self, path: str, batch_bytes: int, state: MetaState,
-                 on_installed: Callable[[], None] = lambda: None) -> None:
+                 on_installed: Callable[[], None] = lambda: None,
+                 window_full: Callable[[Any], bool] = lambda node: False,
+                 held_back: Callable[[Any], bool] = lambda node: False) -> None:
         self.path = path  # PySyncObj's fullDumpFile: the record
+        self.window_full = window_full  # whether a node's connection holds all it may queue
+        self.held_back = held_back  # whether a connected node is sent nothing until the next tick
         self.copy_path = path + ".send"
         self.batch = batch_bytes
         self.state = state
@@ -408,10 +418,17 @@ class Snapshots:
                 return None
         sender.polled = now = time.monotonic()
         if not sender.burst_until:
+            if now < sender.next_round:
+                return None
             sender.burst_until = now + SEND_SLICE
+            sender.next_round = now + SEND_EVERY
         elif now > sender.burst_until:
-            # PySyncObj sends parts in a loop until its tick's send time (0.1 s) is up, while
-            # commits wait for the same thread: nothing more this round (a None ends it)
+            # PySyncObj sends parts in a loop until its tick's send time (0.1 s) is up, and
+            # sends again with every new entry, while commits wait for the same thread: a
+            # round takes at most SEND_SLICE, and rounds start at most every SEND_EVERY
+            sender.burst_until = 0.0
+            return None
+        if self.window_full(node):  # the follower has not read what it was sent: a later round
             sender.burst_until = 0.0
             return None
         try:
@@ -421,9 +438,11 @@ class Snapshots:
             return None
         if isinstance(part, BaseException):
             log.error("reading the snapshot copy to send failed: %r", part)
-            self.cancelTransmisstion(node)
+            self.drop_transmission(node)
             return None
+        sender.parts_sent += 1
         if part[2]:
+            log.info("sent the database to %s: %d parts in %.1f s", node, sender.parts_sent, now - sender.started)
             self._sender_done(node)
         return part
 
@@ -441,6 +460,10 @@ class Snapshots:
             return None
         if not copy.done():
             return None
+        if copy.error is None and not copy.reported:
+            copy.reported = True
+            log.info("copied the database for a follower: %.0f MB in %.1f s",
+                     os.path.getsize(copy.path) / 1e6, now - copy.started)
         if copy.error is not None:
             log.error("copying the database for a follower failed: %r", copy.error)
             self.copy_failed = time.monotonic()
@@ -449,11 +472,20 @@ class Snapshots:
         return copy.path
 
     def cancelTransmisstion(self, node: Any) -> None:  # noqa: N802 (PySyncObj's spelling)
-        """A follower disconnected (PySyncObj calls this for every node not connected, on
-        every send): its reader stops; the copy stays while it is wanted."""
+        """PySyncObj calls this on every send for every node outside its connected set: a
+        node held back until the next tick (``MetaNode._hold_back``, which ends a round of
+        parts) is still connected, and its transmission goes on."""
+        if not self.held_back(node):
+            self.drop_transmission(node)
+
+    def drop_transmission(self, node: Any) -> None:
+        """A follower disconnected: its reader stops; the copy stays while it is wanted."""
         sender = self.senders.pop(node, None)
         if sender is not None:
             sender.stop = True
+            if sender.parts_sent:
+                log.info("sending the snapshot to %s stopped after %d parts (disconnected): it starts "
+                         "again from its first part", node, sender.parts_sent)
 
     def _sender_done(self, node: Any) -> None:
         """The last part went: the copy goes with the last of its transmissions (the readers
@@ -468,7 +500,7 @@ class Snapshots:
         now = time.monotonic()
         for node, sender in list(self.senders.items()):
             if now - sender.polled > SENDER_IDLE:
-                self.cancelTransmisstion(node)
+                self.drop_transmission(node)
         if not self.senders and self.copy is not None and now - self.copy_wanted > SENDER_IDLE:
             self._drop_copy()
 
@@ -479,7 +511,7 @@ class Snapshots:
 
     def _drop_senders(self) -> None:
         for node in list(self.senders):
-            self.cancelTransmisstion(node)
+            self.drop_transmission(node)
         self._drop_copy()
 
     # ----------------------------------------------------------------- install

@@ -422,3 +422,80 @@ def test_a_snapshot_that_lost_a_part_on_the_way_is_not_installed(tmp_path: Path)
         s.close()
     follower.state.close()
     lstate.close()
+
+
+def _sending(tmp_path: Path, **hooks: Any) -> tuple[Snapshots, MetaState]:
+    """A leader whose copy for follower "f" is made and whose first part went."""
+    state = new_state(tmp_path / "meta.sqlite")
+    index = fill(state, 2, 20)
+    leader = Snapshots(str(tmp_path / "raft.snapshot"), 4096, state, **hooks)
+    compact(leader, index - 1)
+    deadline = time.monotonic() + 30
+    while leader.getTransmissionData("f") is None:
+        assert time.monotonic() < deadline, "no first part"
+        time.sleep(0.001)
+    return leader, state
+
+
+def test_a_follower_held_back_for_a_tick_keeps_its_transmission(tmp_path: Path) -> None:
+    """PySyncObj cancels the transmission of every node outside its connected set; a node
+    held back until the next tick (its round of parts is over) is still connected: its
+    transfer goes on from where it was. A disconnect starts it again from the first part."""
+    held = {"f"}
+    leader, state = _sending(tmp_path, held_back=lambda node: node in held)
+    sender = leader.senders["f"]
+    leader.cancelTransmisstion("f")
+    assert leader.senders.get("f") is sender and not sender.stop
+    held.clear()
+    leader.cancelTransmisstion("f")
+    assert "f" not in leader.senders and sender.stop
+    leader.close()
+    state.close()
+
+
+def test_a_disconnect_drops_a_held_back_transmission(tmp_path: Path) -> None:
+    leader, state = _sending(tmp_path, held_back=lambda node: True)
+    sender = leader.senders["f"]
+    leader.drop_transmission("f")
+    assert "f" not in leader.senders and sender.stop
+    leader.close()
+    state.close()
+
+
+def test_no_part_goes_while_the_followers_window_is_full(tmp_path: Path) -> None:
+    full: set[str] = set()
+    leader, state = _sending(tmp_path, window_full=lambda node: node in full)
+    sender = leader.senders["f"]
+    full.add("f")
+    time.sleep(0.05)  # the reader has parts ready
+    before = sender.parts_sent
+    assert all(leader.getTransmissionData("f") is None for _ in range(20))
+    assert sender.parts_sent == before
+    full.clear()
+    deadline = time.monotonic() + 5
+    while leader.getTransmissionData("f") is None:
+        assert time.monotonic() < deadline, "no part once the window had room"
+        time.sleep(0.001)
+    assert sender.parts_sent == before + 1
+    leader.close()
+    state.close()
+
+
+def test_rounds_of_parts_are_paced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A round takes at most SEND_SLICE and the next starts SEND_EVERY after it began:
+    the Raft thread sends parts for a bounded share of its time."""
+    monkeypatch.setattr(snapshots, "SEND_SLICE", 0.0)
+    monkeypatch.setattr(snapshots, "SEND_EVERY", 1.0)
+    leader, state = _sending(tmp_path)
+    time.sleep(1.05)  # the reader has parts ready; the first round's pause is over
+    assert leader.getTransmissionData("f") is None  # the first round's slice was used up
+    assert leader.getTransmissionData("f") is not None  # the next round starts
+    started = time.monotonic()
+    assert leader.getTransmissionData("f") is None  # its slice is used up
+    while time.monotonic() - started < 0.5:
+        assert leader.getTransmissionData("f") is None
+        time.sleep(0.01)
+    time.sleep(0.55)
+    assert leader.getTransmissionData("f") is not None
+    leader.close()
+    state.close()
