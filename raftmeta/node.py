@@ -571,6 +571,11 @@ class MetaNode(PreVote, SyncObj):
         return self.state.apply(index, cmd)
 
     @property
+    def snapshot_stats(self) -> dict[str, int]:
+        """Copies made for followers, transfers sent, restarted and installed (``Snapshots``)."""
+        return self._snapshots.stats
+
+    @property
     def journal_syncs(self) -> int:
         return self._journal.syncs if self._journal else 0
 

@@ -225,6 +225,7 @@ class MetaServer:
             "reads": dict(self.reads),
             "pre_votes": {"started": self.node.pre_votes_started, "won": self.node.pre_votes_won},
             "batches": {**self.batcher.stats, "allowed": self.membership.batching_allowed()},
+            "snapshots": dict(self.node.snapshot_stats),
         }
 
     async def chore(self, name: Any) -> dict[str, Any]:

@@ -324,6 +324,9 @@ class Snapshots:
         self.incoming_bytes = 0
         self.fsyncer: threading.Thread | None = None
         self.received: str | None = None  # a complete received snapshot, for ``deserialize``
+        # for operators (raftmeta's status): copies made for followers, transfers sent whole,
+        # transfers dropped after some parts (a disconnect: they start again), snapshots installed
+        self.stats = {"copies": 0, "sent": 0, "restarted": 0, "installed": 0}
         for stale in (self.copy_path, path + ".tmp", path + ".1.tmp"):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(stale)
@@ -443,6 +446,7 @@ class Snapshots:
         sender.parts_sent += 1
         if part[2]:
             log.info("sent the database to %s: %d parts in %.1f s", node, sender.parts_sent, now - sender.started)
+            self.stats["sent"] += 1
             self._sender_done(node)
         return part
 
@@ -457,6 +461,7 @@ class Snapshots:
                 return None
             log.info("copying the database for a follower (claims index %d)", self.raft_data[0][1])
             self.copy = _Copy(self.copy_path, self.state.path, self.raft_data)
+            self.stats["copies"] += 1
             return None
         if not copy.done():
             return None
@@ -484,6 +489,7 @@ class Snapshots:
         if sender is not None:
             sender.stop = True
             if sender.parts_sent:
+                self.stats["restarted"] += 1
                 log.info("sending the snapshot to %s stopped after %d parts (disconnected): it starts "
                          "again from its first part", node, sender.parts_sent)
 
@@ -592,6 +598,7 @@ class Snapshots:
         self.db_applied = self.state.applied_index()
         write_record(self.path, raft_data, self.db_applied)
         self.raft_data = raft_data
+        self.stats["installed"] += 1
         self.on_installed()
         return raft_data
 

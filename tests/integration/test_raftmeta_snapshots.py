@@ -135,6 +135,52 @@ async def test_snapshots(tmp_path: Path) -> None:
             assert not cluster.crashes()
 
 
+async def test_a_transfer_held_back_every_part_is_sent_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A follower's send window smaller than one part holds it back after every part, and
+    rounds of parts are short: the transfer goes on from where it was at each tick (it used
+    to start again from its first part whenever a held-back node was sent to), and the
+    leader commits meanwhile."""
+    from raftmeta import node as raft_node
+    from raftmeta import snapshots
+
+    monkeypatch.setattr(raft_node, "RAFT_SEND_WINDOW", 16 << 10)
+    monkeypatch.setattr(snapshots, "SEND_SLICE", 0.0005)
+    monkeypatch.setattr(snapshots, "SEND_EVERY", 0.002)
+    with trio.fail_after(90):
+        async with open_cluster(tmp_path, compaction_entries=50) as cluster:
+            leader = await cluster.wait_leader()
+            client = MetaClient(cluster.addrs, SECRET)
+            await must(client.write({"op": "create_bucket", "bucket": "t", "owner": "alice", "ts": time.time()}))
+            absent, other = [r for r in cluster.replicas if r is not leader]
+            await absent.stop()
+            live = cluster.client(leader, other)
+            pad = "x" * 4000  # ~1.5 MB of rows: about 25 parts of 64 KiB
+            for i in range(300):
+                await must(live.write({"op": "put_object", "bucket": "t", "key": f"k{i:03d}", "obj": obj(i, pad=pad),
+                                       "ts": time.time()}))
+            await wait_until(lambda: (leader.data_dir / "raft.snapshot").is_file(), 15, "the leader's record")
+            assert leader.node is not None
+            stats = leader.node.snapshot_stats
+            await absent.start(cluster.nursery)
+            written = 0
+
+            async def writer(w: int) -> None:  # new entries arrive between the leader's ticks
+                nonlocal written
+                while not (absent.node is not None and absent.node.snapshot_stats["installed"]):
+                    await must(live.write({"op": "put_object", "bucket": "t", "key": f"during{w}-{written:05d}",
+                                           "obj": obj(1), "ts": time.time()}))
+                    written += 1
+                    assert written < 20_000, "no snapshot installed"
+
+            async with trio.open_nursery() as writers:
+                for w in range(8):
+                    writers.start_soon(writer, w)
+            assert stats["sent"] == 1 and stats["restarted"] == 0 and stats["copies"] == 1, (stats, written)
+            listing = await must(cluster.client(absent).read({"q": "list", "bucket": "t", "max_keys": 1000}, deadline=30))
+            assert len(listing["contents"]) == min(1000, 300 + written)
+            assert not cluster.crashes()
+
+
 async def _reads_across_snapshot_restores(root: Path, attempts: int = 3) -> list[str]:
     """Stop a follower while the others write and compact past it, start it again, so that
     it installs a copy of the leader's database while three readers send it non-linear
