@@ -1,7 +1,7 @@
 """What Raft snapshots cost the commits that happen meanwhile.
 
     python -m bench.snapshot_stall [--objects 1000000] [--seconds 60] [--every 3000] [--inflight 16]
-                                   [--no-baseline] [--transfer]
+                                   [--no-baseline] [--transfer [--idle]]
 
 Three raftmeta processes (no blob nodes or frontends) whose databases hold ``--objects``
 objects, seeded by their own state machine (``bench.scale_seed``, half 0 B and half 1 KiB
@@ -10,7 +10,8 @@ twice: with a compaction every ``--every`` log entries (``--snapshot-entries``),
 none. A compaction syncs the database and writes a small record; a copy of the database
 is made only for a follower that needs one. With ``--transfer`` a follower is stopped a
 tenth of the way in, and started again once the leader compacted past it, so the leader
-copies its database and sends it. A thread watches each node's record and copy every
+copies its database and sends it (with ``--idle`` the writes stop first, so the copy is
+sent by an idle leader). A thread watches each node's record and copy every
 20 ms. Reports commit latency p50/p99/max: all, within 0.25 s of a compaction, while a
 copy exists (made or sent), and outside both; the follower's catch-up time; and the Raft
 terms before and after (a changed term is an election).
@@ -137,9 +138,10 @@ AROUND = 0.25  # a commit that starts this close to a seen compaction counts as 
 
 
 async def _transfer(cluster: Cluster, client: MetaClient, watch: _Watch, start_after: float,
-                    out: dict[str, Any]) -> None:
+                    out: dict[str, Any], idle: dict[str, bool] | None = None) -> None:
     """Stop a follower, wait for the leader to compact past it, start it again: the leader
-    must send it a copy of its database. Records how long until it caught up."""
+    must send it a copy of its database. Records how long until it caught up. With
+    ``idle``, the writes stop (``idle["stop"]``) before the follower starts again."""
     await trio.sleep(start_after)
     leader = await trio.to_thread.run_sync(cluster.leader)
     victim = next(f"raftmeta{i}" for i in (1, 2, 3) if f"raftmeta{i}" != leader)
@@ -147,6 +149,9 @@ async def _transfer(cluster: Cluster, client: MetaClient, watch: _Watch, start_a
     killed = time.monotonic()
     while not any(t > killed and by == leader for t, by in zip(watch.compactions, watch.compacted_by, strict=False)):
         await trio.sleep(0.1)  # the leader's log no longer holds what the follower lacks
+    if idle is not None:
+        idle["stop"] = True
+        await trio.sleep(1.0)  # the writes in flight end
     await trio.to_thread.run_sync(cluster.start, victim)
     started = time.monotonic()
     leader_addr, victim_addr = (cluster.rpc[int(name[-1]) - 1] for name in (leader, victim))
@@ -162,7 +167,7 @@ async def _transfer(cluster: Cluster, client: MetaClient, watch: _Watch, start_a
                 "caught_up_s": round(time.monotonic() - started, 2)})
 
 
-def run(objects: int, seconds: float, every: int, inflight: int, transfer: bool) -> dict[str, Any]:
+def run(objects: int, seconds: float, every: int, inflight: int, transfer: bool, idle: bool = False) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="cairn-snapstall-"))
     cluster = Cluster(root, blobs=0, frontends=0, raftmeta_flags=["--snapshot-entries", str(every)])
     try:
@@ -179,13 +184,14 @@ def run(objects: int, seconds: float, every: int, inflight: int, transfer: bool)
         watch = _Watch(root)
         commits: list[tuple[float, float]] = []
         caught: dict[str, Any] = {}
+        control = {"stop": False}
 
         async def load() -> None:
             end = time.monotonic() + seconds
 
             async def worker(w: int) -> None:
                 n = 0
-                while time.monotonic() < end:
+                while time.monotonic() < end and not control["stop"]:
                     t = time.monotonic()
                     reply = await client.write(put(f"w{w}-{n}"))
                     if not reply.get("ok"):
@@ -197,7 +203,8 @@ def run(objects: int, seconds: float, every: int, inflight: int, transfer: bool)
                 for w in range(inflight):
                     nursery.start_soon(worker, w)
                 if transfer:
-                    nursery.start_soon(_transfer, cluster, client, watch, seconds / 10, caught)
+                    nursery.start_soon(_transfer, cluster, client, watch, seconds / 10, caught,
+                                       control if idle else None)
 
         trio.run(load)
         watch.close()
@@ -233,8 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--inflight", type=int, default=16)
     ap.add_argument("--no-baseline", action="store_true", help="skip the run without snapshots")
     ap.add_argument("--transfer", action="store_true", help="make the leader send a follower a copy")
+    ap.add_argument("--idle", action="store_true", help="with --transfer: writes stop before the follower restarts")
     args = ap.parse_args(argv)
-    results = [run(args.objects, args.seconds, every, args.inflight, args.transfer and every < 10**9)
+    results = [run(args.objects, args.seconds, every, args.inflight, args.transfer and every < 10**9, args.idle)
                for every in ((args.every,) if args.no_baseline else (args.every, 10**9))]
     print(json.dumps(results, indent=1))
     return 0

@@ -541,6 +541,14 @@ class MetaNode(PreVote, SyncObj):
             self._release_held_back()
         if self._SyncObj__raftCommitIndex - self._SyncObj__raftLastApplied > APPLY_SLICE:
             timeToWait = 0.0  # a backlog to apply: the next tick comes at once
+        due = self._snapshots.next_round_in()
+        if due is not None and self._isLeader():
+            # An idle leader sends (and so asks for a snapshot's parts) every 0.1 s: a 620 MB
+            # transfer took 99 s. Its next round is sent when due, at most every SEND_EVERY.
+            at = psyncobj.monotonicTime() + due
+            if self._SyncObj__newAppendEntriesTime > at:
+                self._SyncObj__newAppendEntriesTime = at
+            timeToWait = min(timeToWait, due)
         self._pre_vote_tick()
         self._stagger_snapshots()
         super()._onTick(timeToWait)
@@ -572,7 +580,7 @@ class MetaNode(PreVote, SyncObj):
 
     @property
     def snapshot_stats(self) -> dict[str, int]:
-        """Copies made for followers, transfers sent, restarted and installed (``Snapshots``)."""
+        """Copies made for followers, transfers sent, dropped and installed (``Snapshots``)."""
         return self._snapshots.stats
 
     @property

@@ -325,8 +325,9 @@ class Snapshots:
         self.fsyncer: threading.Thread | None = None
         self.received: str | None = None  # a complete received snapshot, for ``deserialize``
         # for operators (raftmeta's status): copies made for followers, transfers sent whole,
-        # transfers dropped after some parts (a disconnect: they start again), snapshots installed
-        self.stats = {"copies": 0, "sent": 0, "restarted": 0, "installed": 0}
+        # transfers dropped after some parts (a disconnect, a step-down, an install: a follower
+        # that still needs one is sent it again from its first part), snapshots installed
+        self.stats = {"copies": 0, "sent": 0, "dropped": 0, "installed": 0}
         for stale in (self.copy_path, path + ".tmp", path + ".1.tmp"):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(stale)
@@ -450,6 +451,14 @@ class Snapshots:
             self._sender_done(node)
         return part
 
+    def next_round_in(self) -> float | None:
+        """Seconds until a transmission's next round of parts may start (None: no
+        transmission). PySyncObj asks for parts only when it sends, every 0.1 s on an idle
+        leader: the leader's tick sends sooner while one is due (``MetaNode._onTick``)."""
+        if not self.senders:
+            return None
+        return max(0.0, min(s.next_round for s in self.senders.values()) - time.monotonic())
+
     def _copy_ready(self) -> str | None:
         """The path of a finished copy to send, starting one if none is being made."""
         if self.job is not None or self.raft_data is None:
@@ -484,14 +493,15 @@ class Snapshots:
             self.drop_transmission(node)
 
     def drop_transmission(self, node: Any) -> None:
-        """A follower disconnected: its reader stops; the copy stays while it is wanted."""
+        """A transmission ends before its last part (a disconnect, an idle sender, a failed
+        read, an install): its reader stops; the copy stays while it is wanted."""
         sender = self.senders.pop(node, None)
         if sender is not None:
             sender.stop = True
             if sender.parts_sent:
-                self.stats["restarted"] += 1
-                log.info("sending the snapshot to %s stopped after %d parts (disconnected): it starts "
-                         "again from its first part", node, sender.parts_sent)
+                self.stats["dropped"] += 1
+                log.info("sending the snapshot to %s stopped after %d parts: if it still needs one, it is "
+                         "sent again from its first part", node, sender.parts_sent)
 
     def _sender_done(self, node: Any) -> None:
         """The last part went: the copy goes with the last of its transmissions (the readers

@@ -499,3 +499,23 @@ def test_rounds_of_parts_are_paced(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert leader.getTransmissionData("f") is not None
     leader.close()
     state.close()
+
+
+def test_the_next_round_is_due_when_its_pause_is_over(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An idle leader asks for parts every 0.1 s only: ``next_round_in`` tells its tick when
+    the next round of a transmission may start (never before SEND_EVERY after the last)."""
+    monkeypatch.setattr(snapshots, "SEND_SLICE", 0.0)
+    monkeypatch.setattr(snapshots, "SEND_EVERY", 1.0)
+    state = new_state(tmp_path / "meta.sqlite")
+    fill(state, 2, 20)
+    idle = Snapshots(str(tmp_path / "idle.snapshot"), 4096, state)
+    assert idle.next_round_in() is None  # nothing being sent
+    idle.close()
+    leader, state2 = _sending(tmp_path / "l" if (tmp_path / "l").mkdir() is None else tmp_path)
+    due = leader.next_round_in()
+    assert due is not None and 0.5 < due <= 1.0
+    assert leader.getTransmissionData("f") is None  # the round's slice is used up
+    assert leader.next_round_in() > 0.5  # still not before the pause is over
+    leader.close()
+    state2.close()
+    state.close()
