@@ -511,7 +511,8 @@ def test_the_next_round_is_due_when_its_pause_is_over(tmp_path: Path, monkeypatc
     idle = Snapshots(str(tmp_path / "idle.snapshot"), 4096, state)
     assert idle.next_round_in() is None  # nothing being sent
     idle.close()
-    leader, state2 = _sending(tmp_path / "l" if (tmp_path / "l").mkdir() is None else tmp_path)
+    (tmp_path / "l").mkdir()
+    leader, state2 = _sending(tmp_path / "l")
     due = leader.next_round_in()
     assert due is not None and 0.5 < due <= 1.0
     assert leader.getTransmissionData("f") is None  # the round's slice is used up
