@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -268,6 +269,14 @@ class Cluster:
             self._forwarder.wait(5)
         if self.net is not None:
             self.net.destroy()
+
+    def keep_if(self, failed: bool) -> None:
+        """After a run, once stopped: its data directories and logs are the evidence of a
+        failed run (kept, and where is said); a passed run's are removed."""
+        if failed:
+            print(f"the cluster's data and logs are kept in {self.root}")
+        else:
+            shutil.rmtree(self.root, ignore_errors=True)
 
     def __enter__(self) -> Cluster:
         # __exit__ does not run when __enter__ raises: a cluster that never came up is

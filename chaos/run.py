@@ -395,6 +395,7 @@ def run(args: argparse.Namespace) -> int:
     print(json.dumps({k: v for k, v in report.items() if k != "faults"}, indent=1))
     print(f"{len(faults)} faults injected; history and report in {out}")
     print(f"verdict: {report['verdict']}")
+    cluster.keep_if(anomalies or undecided)
     return 1 if anomalies or undecided else 0
 
 

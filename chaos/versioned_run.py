@@ -167,4 +167,5 @@ def run_versioned(args: argparse.Namespace) -> int:
     print(json.dumps({k: v for k, v in report.items() if k != "faults"}, indent=1))
     print(f"{len(faults)} faults injected; history and report in {out}")
     print(f"verdict: {report['verdict']}")
+    cluster.keep_if(bool(bad))
     return 1 if bad else 0
