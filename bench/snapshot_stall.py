@@ -95,8 +95,7 @@ class _Watch:
 
     def __init__(self, root: Path) -> None:
         self.dirs = [root / f"raftmeta{i}" for i in (1, 2, 3)]
-        self.compactions: list[float] = []
-        self.compacted_by: list[str] = []  # the node of each, in the same order
+        self.compactions: list[tuple[float, str]] = []  # (when, which node)
         self.copies: list[tuple[float, float]] = []
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -117,8 +116,7 @@ class _Watch:
                 m = mtime(d)
                 if m != seen[i]:
                     seen[i] = m
-                    self.compactions.append(now)
-                    self.compacted_by.append(f"raftmeta{i + 1}")
+                    self.compactions.append((now, f"raftmeta{i + 1}"))
             busy = any((d / "raft.snapshot.send").exists() for d in self.dirs)
             if busy and since is None:
                 since = now
@@ -135,6 +133,7 @@ class _Watch:
 
 
 AROUND = 0.25  # a commit that starts this close to a seen compaction counts as "around" it
+WAIT_LIMIT = 300.0  # seconds --transfer waits for the leader's compaction, then for the catch-up
 
 
 async def _transfer(cluster: Cluster, client: MetaClient, watch: _Watch, start_after: float,
@@ -147,8 +146,9 @@ async def _transfer(cluster: Cluster, client: MetaClient, watch: _Watch, start_a
     victim = next(f"raftmeta{i}" for i in (1, 2, 3) if f"raftmeta{i}" != leader)
     await trio.to_thread.run_sync(cluster.kill, victim)
     killed = time.monotonic()
-    while not any(t > killed and by == leader for t, by in zip(watch.compactions, watch.compacted_by, strict=False)):
-        await trio.sleep(0.1)  # the leader's log no longer holds what the follower lacks
+    with trio.fail_after(WAIT_LIMIT):
+        while not any(t > killed and by == leader for t, by in watch.compactions):
+            await trio.sleep(0.1)  # the leader's log no longer holds what the follower lacks
     if idle is not None:
         idle["stop"] = True
         await trio.sleep(1.0)  # the writes in flight end
@@ -156,13 +156,14 @@ async def _transfer(cluster: Cluster, client: MetaClient, watch: _Watch, start_a
     started = time.monotonic()
     leader_addr, victim_addr = (cluster.rpc[int(name[-1]) - 1] for name in (leader, victim))
     target = (await client.status(leader_addr))["commit_index"]
-    while True:
-        try:
-            if (await client.status(victim_addr))["last_applied"] >= target:
-                break
-        except Exception:  # not listening yet
-            pass
-        await trio.sleep(0.1)
+    with trio.fail_after(WAIT_LIMIT):
+        while True:
+            try:
+                if (await client.status(victim_addr))["last_applied"] >= target:
+                    break
+            except Exception:  # not listening yet
+                pass
+            await trio.sleep(0.1)
     out.update({"follower": victim, "down_s": round(started - killed, 2),
                 "caught_up_s": round(time.monotonic() - started, 2)})
 
@@ -209,7 +210,7 @@ def run(objects: int, seconds: float, every: int, inflight: int, transfer: bool,
         trio.run(load)
         watch.close()
         terms_after = trio.run(_terms, cluster)
-        marks = watch.compactions
+        marks = [t for t, _ in watch.compactions]
 
         def around(t: float) -> bool:
             return any(abs(t - m) <= AROUND for m in marks)

@@ -421,23 +421,19 @@ class Snapshots:
                 self._drop_copy()
                 return None
         sender.polled = now = time.monotonic()
-        if not sender.burst_until:
+        if not sender.burst_until:  # a round starts, if its pause is over
             if now < sender.next_round:
                 return None
-            sender.burst_until = now + SEND_SLICE
-            sender.next_round = now + SEND_EVERY
-        elif now > sender.burst_until:
-            # PySyncObj sends parts in a loop until its tick's send time (0.1 s) is up, and
-            # sends again with every new entry, while commits wait for the same thread: a
-            # round takes at most SEND_SLICE, and rounds start at most every SEND_EVERY
-            sender.burst_until = 0.0
-            return None
-        if self.window_full(node):  # the follower has not read what it was sent: a later round
-            sender.burst_until = 0.0
-            return None
-        try:
-            part = sender.parts.get_nowait()
-        except queue.Empty:  # not read ahead yet: this round ends
+            sender.burst_until, sender.next_round = now + SEND_SLICE, now + SEND_EVERY
+        # PySyncObj sends parts in a loop until its tick's send time (0.1 s) is up, and sends
+        # again with every new entry, while commits wait for the same thread: a round takes
+        # at most SEND_SLICE, and ends early when the follower has not read what it was sent
+        # or nothing is read ahead yet
+        part = None
+        if now <= sender.burst_until and not self.window_full(node):
+            with contextlib.suppress(queue.Empty):
+                part = sender.parts.get_nowait()
+        if part is None:
             sender.burst_until = 0.0
             return None
         if isinstance(part, BaseException):
